@@ -1,0 +1,3 @@
+//! The `nvm-payments` command-line tool.
+
+fn main() {}

@@ -1,0 +1,1 @@
+//! Verification and balance caches. (being built)

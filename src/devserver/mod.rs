@@ -1,0 +1,1 @@
+//! The local wire-compatible devserver. (being built)

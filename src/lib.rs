@@ -1,0 +1,23 @@
+//! # nvm-payments
+//!
+//! Payment-gated request middleware, a typed client and a local wire-compatible
+//! devserver for agents sold through [Nevermined](https://nevermined.app) payment plans.
+
+pub mod backend;
+pub mod cache;
+pub mod client;
+#[cfg(feature = "devserver")]
+pub mod devserver;
+pub mod layer;
+pub mod settle;
+pub mod token;
+pub mod types;
+
+pub use backend::PaymentBackend;
+pub use client::{Environment, PaymentOptions, Payments};
+pub use types::{
+    get_dynamic_credits_config, get_erc20_price_config, get_expirable_duration_config,
+    get_fiat_price_config, get_fixed_credits_config, get_free_price_config,
+    get_native_token_price_config, get_non_expirable_duration_config, AccessToken, Address,
+    AgentId, ApiKey, Credits, Endpoint, PlanId,
+};

@@ -1,0 +1,1 @@
+//! Settlement: idempotent charges, retries, outcomes. (being built)

@@ -1,0 +1,1 @@
+//! Credential decoding: the x402 envelope (base64 JSON) and legacy bearer JWTs.

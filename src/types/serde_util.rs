@@ -1,0 +1,58 @@
+//! Serde helpers for the backend's lenient JSON: `null` as absent, uints as strings.
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::{Deserialize, Serializer};
+use std::fmt;
+
+/// Reads `null` (or an absent field, with `#[serde(default)]`) as `T::default()`.
+pub fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
+/// A `u64` that goes on the wire as a decimal string and is read from a number or a string.
+pub mod decimal_u64 {
+    use super::*;
+
+    /// Serialises as a decimal string.
+    pub fn serialize<S: Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(v)
+    }
+
+    /// Reads a JSON number, a decimal string, or `null` (as 0).
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = u64;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a non-negative integer as a number or a decimal string")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<u64, E> {
+                Ok(v)
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<u64, E> {
+                u64::try_from(v).map_err(|_| E::custom("must not be negative"))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<u64, E> {
+                if v >= 0.0 && v.fract() == 0.0 && v <= 9_007_199_254_740_991.0 {
+                    Ok(v as u64)
+                } else {
+                    Err(E::custom("must be a whole number below 2^53"))
+                }
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<u64, E> {
+                v.trim().parse().map_err(E::custom)
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<u64, E> {
+                Ok(0)
+            }
+            fn visit_none<E: de::Error>(self) -> Result<u64, E> {
+                Ok(0)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
