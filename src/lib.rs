@@ -15,6 +15,11 @@ pub mod types;
 
 pub use backend::PaymentBackend;
 pub use client::{Environment, PaymentOptions, Payments};
+pub use layer::{
+    BackendUnavailable, ChargeOverride, ChargeTiming, ChargeVia, ConfigError, PaymentContext,
+    PaymentLayer, RejectionKind,
+};
+pub use settle::{OnSettle, RetryPolicy, SettleOutcome, SettleStatus};
 pub use types::{
     get_dynamic_credits_config, get_erc20_price_config, get_expirable_duration_config,
     get_fiat_price_config, get_fixed_credits_config, get_free_price_config,

@@ -1,1 +1,104 @@
-//! The payment layer. (being built)
+//! [`PaymentLayer`]: a `tower::Layer` that charges Nevermined plan credits for the
+//! requests of any tower, hyper or axum service.
+//!
+//! For each request the layer
+//!
+//! 1. **extracts** the caller's credential, with no I/O: an x402 access token from the
+//!    `payment-signature` header, or a legacy JWT from `Authorization: Bearer`;
+//! 2. **authenticates** it: x402 tokens with the facilitator's `verify` (cached by a
+//!    digest of the token; concurrent first requests with one token make one call),
+//!    bearer tokens locally against the issuer's JWKS;
+//! 3. **reserves** the credits against the caller's balance (cached; a local ledger
+//!    counts charges and in-flight reservations, so N concurrent requests never spend
+//!    more than the balance);
+//! 4. runs the **handler** with a [`PaymentContext`] in the request extensions;
+//! 5. **charges** the credits, with the request id as the idempotency key, exactly
+//!    once and only when the handler succeeded (2xx by default).
+//!
+//! A refused request never reaches the inner service; it gets a JSON body
+//! `{"error": code, "message": text}` with `Cache-Control: no-store`, and every 402
+//! carries the `payment-required` header official x402 clients act on:
+//!
+//! | case | status | `error` |
+//! |---|---|---|
+//! | no credential | 402 | `payment_required` |
+//! | credential not decodable / too large | 400 | `malformed_token` |
+//! | forged, expired or revoked credential | 402 | `invalid_token` |
+//! | plan not accepted / token for another agent | 402 (403 if configured) | `plan_not_accepted` / `wrong_agent` |
+//! | not a subscriber / balance below the charge | 402 | `insufficient_balance` |
+//! | backend unreachable, nothing cached to decide with | 503 + `Retry-After` | `backend_unavailable` |
+//! | the plan can never be charged (e.g. it burns 0 credits) | 500 | `payment_misconfigured` |
+//!
+//! # Charging
+//!
+//! What is reserved and charged is what the plan really burns for the configured
+//! credits (`plan.registry.credits.redemption_amount(credits)`, wire-spec §3.4).
+//! The handler can lower it by putting a [`ChargeOverride`] in the response extensions;
+//! it is clamped by the plan and never exceeds what was reserved.
+//!
+//! [`ChargeTiming`] decides when:
+//! - `BeforeResponse` (default): before the response head is returned, with the receipt
+//!   in a `payment-response` header. If the backend refuses the charge the handler's
+//!   response is still returned (the work is done) with the refusal in
+//!   `payment-response` (`success: false`), and the outcome is reported as `Failed`.
+//! - `OnBodyEnd`: when the body has delivered its last frame (streams and SSE pass
+//!   through unbuffered). A client that goes away before the end is **not** charged.
+//! - `Background`: on a task spawned as soon as the response head is ready.
+//!
+//! Every charge ends in one [`SettleOutcome`](crate::settle::SettleOutcome)
+//! (settled, failed, unknown), logged and given to the `on_settle` hook.
+//!
+//! # Example
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use axum::{routing::post, Router};
+//! use nvm_payments::{PaymentContext, PaymentLayer, PaymentOptions, Payments};
+//! use tower::ServiceExt;
+//!
+//! # let key = "local:eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIweDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDEifQ.c2ln";
+//! let payments = Payments::new(PaymentOptions::new(key).backend_url("http://127.0.0.1:3001"))?;
+//! let payment = PaymentLayer::builder(payments)
+//!     .plan_id("42".parse()?)
+//!     .agent_id("7".parse()?)
+//!     .credits(2u64)
+//!     .build()?;
+//!
+//! async fn ask(payment: PaymentContext) -> String {
+//!     format!("paid by {} (request {})", payment.subscriber(), payment.request_id())
+//! }
+//! let app = Router::new().route("/ask", post(ask)).layer(payment);
+//!
+//! // No credential: refused before the handler, without any backend call.
+//! let request = http::Request::post("/ask").body(axum::body::Body::empty())?;
+//! let response = app.oneshot(request).await?;
+//! assert_eq!(response.status(), 402);
+//! assert!(response.headers().contains_key("payment-required"));
+//! # Ok(()) }
+//! ```
+
+mod body;
+mod config;
+mod context;
+mod future;
+mod gate;
+#[allow(clippy::module_inception)]
+mod layer;
+mod rejection;
+mod route;
+mod service;
+mod token_shim;
+
+use token_shim as token;
+
+pub use body::PaymentBody;
+pub use config::{BackendUnavailable, ChargeTiming, ChargeVia, ConfigError, PaymentLayerBuilder};
+#[cfg(feature = "axum")]
+pub use context::MissingPaymentContext;
+pub use context::{Caller, ChargeOverride, PaymentContext};
+pub use future::ResponseFuture;
+pub use layer::PaymentLayer;
+pub use rejection::{RejectionKind, PAYMENT_REQUIRED, PAYMENT_RESPONSE};
+pub(crate) use route::Route;
+pub use service::Payment;

@@ -1,1 +1,26 @@
-//! Settlement: idempotent charges, retries, outcomes. (being built)
+//! Settlement: the idempotent charge of a served request, its retries and its outcome.
+//!
+//! A charge carries the request id as `agentRequestId`, the backend's idempotency key,
+//! so a retry after a timeout or a 5xx can never charge twice. Only errors that are
+//! safe to retry are retried ([`client::Error::is_transient`](crate::client::Error::is_transient)
+//! or [`is_outcome_unknown`](crate::client::Error::is_outcome_unknown)), with capped
+//! exponential backoff inside a bounded window ([`RetryPolicy`]). Every charge ends in
+//! exactly one [`SettleOutcome`], logged with `tracing` and handed to the
+//! [`OnSettle`] hook when one is configured.
+//!
+//! ```
+//! use nvm_payments::settle::{SettleOutcome, SettleStatus};
+//! let hook = |outcome: &SettleOutcome| {
+//!     if outcome.status == SettleStatus::Unknown {
+//!         eprintln!("reconcile request {}", outcome.request_id);
+//!     }
+//! };
+//! let _layer_option = hook; // PaymentLayer::builder(..).on_settle(hook)
+//! ```
+
+mod charge;
+mod outcome;
+
+pub use charge::RetryPolicy;
+pub(crate) use charge::{Charge, ChargeMethod, PendingCharge};
+pub use outcome::{OnSettle, SettleOutcome, SettleStatus};

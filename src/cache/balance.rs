@@ -1,0 +1,251 @@
+//! Balances by `(plan, holder)` with a local ledger, and the [`Reservation`] guard.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use moka::future::Cache;
+use tokio::time::Instant;
+
+use crate::backend::PaymentBackend;
+use crate::types::{Address, Credits, PlanId};
+
+/// Whose balance: one plan, one holder.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct BalanceKey {
+    pub(crate) plan_id: PlanId,
+    pub(crate) holder: Address,
+}
+
+/// Why a request was not admitted.
+#[derive(Debug, Clone)]
+pub(crate) enum BalanceDenied {
+    NotSubscriber,
+    Insufficient { available: Credits },
+    Unavailable(String),
+}
+
+#[derive(Default)]
+struct LedgerState {
+    /// Balance the backend reported at the last fetch.
+    fetched: Credits,
+    is_subscriber: bool,
+    /// When the last fetch succeeded.
+    fetched_at: Option<Instant>,
+    /// A charge disagreed with our view: fetch before the next admission.
+    needs_fetch: bool,
+    /// All credits charged through this ledger, ever.
+    settled_total: Credits,
+    /// `settled_total` when the last successful fetch started: charges after it are
+    /// not in `fetched`.
+    settled_at_fetch: Credits,
+    /// Credits held by admitted requests that are not charged yet.
+    reserved: Credits,
+    /// When the last fetch failed: requests right after it do not queue on another.
+    failed_at: Option<Instant>,
+}
+
+impl LedgerState {
+    fn available(&self) -> Credits {
+        let settled_since_fetch = self.settled_total.saturating_sub(self.settled_at_fetch);
+        self.fetched
+            .saturating_sub(settled_since_fetch)
+            .saturating_sub(self.reserved)
+    }
+
+    fn is_fresh(&self, now: Instant, ttl: Duration) -> bool {
+        !self.needs_fetch && self.fetched_at.is_some_and(|t| now.duration_since(t) < ttl)
+    }
+
+    fn try_reserve(&mut self, amount: Credits) -> Result<Credits, BalanceDenied> {
+        if !self.is_subscriber {
+            return Err(BalanceDenied::NotSubscriber);
+        }
+        let available = self.available();
+        if available < amount {
+            return Err(BalanceDenied::Insufficient { available });
+        }
+        self.reserved = self.reserved.saturating_add(amount);
+        Ok(available)
+    }
+}
+
+/// The ledger of one `(plan, holder)`.
+pub(crate) struct Ledger {
+    state: Mutex<LedgerState>,
+    /// Held by the one request that refreshes the balance; the others wait on it.
+    refresh: tokio::sync::Mutex<()>,
+}
+
+impl Ledger {
+    fn lock(&self) -> MutexGuard<'_, LedgerState> {
+        // The state is plain numbers, consistent after every statement: a panic while
+        // the lock was held cannot leave it half-updated.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Credits held for one admitted request. Dropped without `commit`, it gives them back.
+pub(crate) struct Reservation {
+    ledger: Arc<Ledger>,
+    amount: Credits,
+    balance_seen: Credits,
+    armed: bool,
+}
+
+impl Reservation {
+    /// Credits reserved.
+    pub(crate) fn amount(&self) -> Credits {
+        self.amount
+    }
+
+    /// Credits available to the holder when this request was admitted.
+    pub(crate) fn balance_seen(&self) -> Credits {
+        self.balance_seen
+    }
+
+    /// The charge burned `burned`; `refetch` asks for a fresh balance next time.
+    pub(crate) fn commit(mut self, burned: Credits, refetch: bool) {
+        self.armed = false;
+        let mut s = self.ledger.lock();
+        s.reserved = s.reserved.saturating_sub(self.amount);
+        s.settled_total = s.settled_total.saturating_add(burned);
+        s.needs_fetch |= refetch;
+    }
+
+    /// Nothing was charged.
+    pub(crate) fn release(mut self, refetch: bool) {
+        self.armed = false;
+        let mut s = self.ledger.lock();
+        s.reserved = s.reserved.saturating_sub(self.amount);
+        s.needs_fetch |= refetch;
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if self.armed {
+            let mut s = self.ledger.lock();
+            s.reserved = s.reserved.saturating_sub(self.amount);
+        }
+    }
+}
+
+pub(crate) struct BalanceCache {
+    ledgers: Cache<Arc<BalanceKey>, Arc<Ledger>>,
+    ttl: Duration,
+    stale_max_age: Option<Duration>,
+}
+
+impl BalanceCache {
+    pub(crate) fn new(ttl: Duration, capacity: u64, stale_max_age: Option<Duration>) -> Self {
+        // A ledger outlives its fetched balance (it carries the reservations); it is
+        // dropped once nobody has used it for a while.
+        let idle = ttl
+            .max(stale_max_age.unwrap_or_default())
+            .max(Duration::from_secs(600));
+        BalanceCache {
+            ledgers: Cache::builder()
+                .max_capacity(capacity)
+                .time_to_idle(idle)
+                .build(),
+            ttl,
+            stale_max_age,
+        }
+    }
+
+    async fn ledger(&self, key: &Arc<BalanceKey>) -> Arc<Ledger> {
+        if let Some(ledger) = self.ledgers.get(key).await {
+            return ledger;
+        }
+        self.ledgers
+            .get_with(key.clone(), async {
+                Arc::new(Ledger {
+                    state: Mutex::new(LedgerState::default()),
+                    refresh: tokio::sync::Mutex::new(()),
+                })
+            })
+            .await
+    }
+
+    /// Reserves `amount` for one request, fetching the balance when the ledger's is
+    /// older than the TTL; concurrent requests wait on one fetch.
+    pub(crate) async fn reserve(
+        &self,
+        key: &Arc<BalanceKey>,
+        amount: Credits,
+        backend: &dyn PaymentBackend,
+    ) -> Result<Reservation, BalanceDenied> {
+        let ledger = self.ledger(key).await;
+        let reserved = |balance_seen| Reservation {
+            ledger: ledger.clone(),
+            amount,
+            balance_seen,
+            armed: true,
+        };
+        {
+            let mut s = ledger.lock();
+            if s.is_fresh(Instant::now(), self.ttl) {
+                return s.try_reserve(amount).map(reserved);
+            }
+        }
+        let _refreshing = ledger.refresh.lock().await;
+        let mark = {
+            let mut s = ledger.lock();
+            if s.is_fresh(Instant::now(), self.ttl) {
+                return s.try_reserve(amount).map(reserved);
+            }
+            if s.failed_at.is_some_and(|t| t.elapsed() < FAILURE_BACKOFF) {
+                return self
+                    .decide_without_fetch(&mut s, amount, "it failed moments ago")
+                    .map(reserved);
+            }
+            s.settled_total
+        };
+        let fetched = backend.plan_balance(&key.plan_id, &key.holder).await;
+        let mut s = ledger.lock();
+        match fetched {
+            Ok(balance) => {
+                s.fetched = balance.balance;
+                s.is_subscriber = balance.is_subscriber;
+                s.fetched_at = Some(Instant::now());
+                s.needs_fetch = false;
+                s.failed_at = None;
+                // Charges that completed while the fetch was in flight may or may not
+                // be in `balance`; counting them as not is the safe side.
+                s.settled_at_fetch = mark;
+                s.try_reserve(amount).map(reserved)
+            }
+            Err(err) => {
+                s.failed_at = Some(Instant::now());
+                self.decide_without_fetch(&mut s, amount, &err.to_string())
+                    .map(reserved)
+            }
+        }
+    }
+
+    /// The backend could not tell us the balance: decide from the last one when the
+    /// stale policy allows it, else refuse as unavailable.
+    fn decide_without_fetch(
+        &self,
+        s: &mut LedgerState,
+        amount: Credits,
+        why: &str,
+    ) -> Result<Credits, BalanceDenied> {
+        let usable = match (self.stale_max_age, s.fetched_at) {
+            (Some(max_age), Some(at)) => at.elapsed() <= max_age,
+            _ => false,
+        };
+        if usable {
+            tracing::warn!(
+                reason = why,
+                "balance fetch failed; deciding from the last balance"
+            );
+            s.try_reserve(amount)
+        } else {
+            Err(BalanceDenied::Unavailable(why.to_owned()))
+        }
+    }
+}
+
+/// After a failed balance fetch, how long other requests decide without fetching.
+const FAILURE_BACKOFF: Duration = Duration::from_secs(1);

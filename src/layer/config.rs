@@ -1,0 +1,350 @@
+//! [`PaymentLayerBuilder`]: every option of the layer, checked once by `build()`.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::request::Parts;
+use http::{HeaderName, StatusCode};
+
+use super::token;
+use super::PaymentLayer;
+use crate::backend::PaymentBackend;
+use crate::client::Environment;
+use crate::settle::{OnSettle, RetryPolicy};
+use crate::types::{AgentId, Credits, PlanId};
+use crate::Payments;
+
+/// When the layer charges a successful request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ChargeTiming {
+    /// Charge before the response head is returned; the receipt goes in a
+    /// `payment-response` header (standard base64 of the settle JSON). The default.
+    #[default]
+    BeforeResponse,
+    /// Charge when the response body has delivered its last frame (streams, SSE).
+    /// A body dropped before its end (the client went away) is not charged.
+    OnBodyEnd,
+    /// Charge in a background task as soon as the response head is ready.
+    Background,
+}
+
+/// Which backend call charges a request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ChargeVia {
+    /// x402 tokens are settled (`POST /api/v1/x402/settle`), bearer tokens redeemed
+    /// (`POST /api/v1/protocol/plans/redeem`). The default.
+    #[default]
+    Auto,
+    /// Settle only: bearer tokens are refused with `invalid_token`, because the live
+    /// backend no longer mounts redeem (wire-spec §3.7).
+    Settle,
+    /// Redeem every request from the payer's balance (legacy backends, the devserver).
+    Redeem,
+}
+
+/// What to do when the backend cannot be reached to decide about a request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum BackendUnavailable {
+    /// Refuse with 503 `backend_unavailable` and a `Retry-After` header. The default.
+    #[default]
+    FailClosed,
+    /// Decide from the last balance fetched for the caller when it is at most
+    /// `max_age` old (the local ledger still counts every charge and reservation);
+    /// otherwise refuse with 503.
+    ServeStale {
+        /// How old the last successful balance fetch may be.
+        max_age: Duration,
+    },
+}
+
+/// A `build()` option that cannot work, naming the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid PaymentLayer option `{field}`: {reason}")]
+pub struct ConfigError {
+    /// The builder method / option at fault.
+    pub field: &'static str,
+    /// What is wrong with it.
+    pub reason: &'static str,
+}
+
+fn bad(field: &'static str, reason: &'static str) -> ConfigError {
+    ConfigError { field, reason }
+}
+
+type CreditsFn = dyn Fn(&Parts) -> Credits + Send + Sync;
+type SuccessFn = dyn Fn(StatusCode) -> bool + Send + Sync;
+
+/// How many credits a request asks for before the plan's clamp (wire-spec §3.4).
+#[derive(Clone)]
+pub(crate) enum CreditsPerRequest {
+    Fixed(Credits),
+    Computed(Arc<CreditsFn>),
+}
+
+impl CreditsPerRequest {
+    pub(crate) fn for_request(&self, parts: &Parts) -> Credits {
+        match self {
+            CreditsPerRequest::Fixed(c) => *c,
+            CreditsPerRequest::Computed(f) => f(parts),
+        }
+    }
+}
+
+/// The checked configuration the layer runs with.
+pub(crate) struct LayerConfig {
+    pub(crate) environment: Environment,
+    pub(crate) plan_ids: Vec<PlanId>,
+    pub(crate) agent_id: Option<AgentId>,
+    pub(crate) credits: CreditsPerRequest,
+    pub(crate) timing: ChargeTiming,
+    pub(crate) via: ChargeVia,
+    pub(crate) verification_ttl: Duration,
+    pub(crate) verification_capacity: u64,
+    pub(crate) balance_ttl: Duration,
+    pub(crate) balance_capacity: u64,
+    pub(crate) plan_ttl: Duration,
+    pub(crate) success: Arc<SuccessFn>,
+    pub(crate) unavailable: BackendUnavailable,
+    pub(crate) retry_after: Duration,
+    pub(crate) token_headers: Vec<HeaderName>,
+    pub(crate) on_settle: Option<Arc<dyn OnSettle>>,
+    pub(crate) mismatch_status: StatusCode,
+    pub(crate) retry: RetryPolicy,
+    pub(crate) description: Option<String>,
+    pub(crate) mime_type: Option<String>,
+}
+
+/// Builds a [`PaymentLayer`]; start from [`PaymentLayer::builder`].
+///
+/// Every method consumes and returns the builder; [`build`](Self::build) checks the
+/// whole configuration and names the first bad field.
+#[must_use]
+pub struct PaymentLayerBuilder {
+    backend: Arc<dyn PaymentBackend>,
+    config: LayerConfig,
+}
+
+impl fmt::Debug for PaymentLayerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PaymentLayerBuilder")
+            .field("plan_ids", &self.config.plan_ids)
+            .field("agent_id", &self.config.agent_id)
+            .field("timing", &self.config.timing)
+            .field("via", &self.config.via)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PaymentLayerBuilder {
+    pub(crate) fn new(backend: Arc<dyn PaymentBackend>, environment: Environment) -> Self {
+        PaymentLayerBuilder {
+            backend,
+            config: LayerConfig {
+                environment,
+                plan_ids: Vec::new(),
+                agent_id: None,
+                credits: CreditsPerRequest::Fixed(Credits::from(1u64)),
+                timing: ChargeTiming::default(),
+                via: ChargeVia::default(),
+                verification_ttl: Duration::from_secs(60),
+                verification_capacity: 100_000,
+                balance_ttl: Duration::from_secs(30),
+                balance_capacity: 100_000,
+                plan_ttl: Duration::from_secs(300),
+                success: Arc::new(|s: StatusCode| s.is_success()),
+                unavailable: BackendUnavailable::default(),
+                retry_after: Duration::from_secs(5),
+                token_headers: token::default_token_headers(),
+                on_settle: None,
+                mismatch_status: StatusCode::PAYMENT_REQUIRED,
+                retry: RetryPolicy::default(),
+                description: None,
+                mime_type: None,
+            },
+        }
+    }
+
+    pub(crate) fn from_payments(payments: Payments) -> Self {
+        let environment = payments.environment();
+        Self::new(Arc::new(payments), environment)
+    }
+
+    /// Accepts tokens of this plan (call again to accept several; required).
+    pub fn plan_id(mut self, plan_id: PlanId) -> Self {
+        if !self.config.plan_ids.contains(&plan_id) {
+            self.config.plan_ids.push(plan_id);
+        }
+        self
+    }
+
+    /// Accepts tokens of each of these plans.
+    pub fn plan_ids(self, plan_ids: impl IntoIterator<Item = PlanId>) -> Self {
+        plan_ids.into_iter().fold(self, Self::plan_id)
+    }
+
+    /// The agent this service is; tokens bound to another agent are refused with
+    /// `wrong_agent`, and the `payment-required` header names it.
+    pub fn agent_id(mut self, agent_id: AgentId) -> Self {
+        self.config.agent_id = Some(agent_id);
+        self
+    }
+
+    /// Credits charged per request (default 1). The plan clamps it: what is reserved
+    /// and charged is `plan.registry.credits.redemption_amount(credits)`.
+    pub fn credits(mut self, credits: impl Into<Credits>) -> Self {
+        self.config.credits = CreditsPerRequest::Fixed(credits.into());
+        self
+    }
+
+    /// Credits computed from each request head (before the plan's clamp). A zero
+    /// answer means the plan's maximum, as settle reads it.
+    pub fn credits_fn<F>(mut self, f: F) -> Self
+    where
+        F: Fn(&Parts) -> Credits + Send + Sync + 'static,
+    {
+        self.config.credits = CreditsPerRequest::Computed(Arc::new(f));
+        self
+    }
+
+    /// When to charge (default [`ChargeTiming::BeforeResponse`]).
+    pub fn charge_timing(mut self, timing: ChargeTiming) -> Self {
+        self.config.timing = timing;
+        self
+    }
+
+    /// Which backend call charges (default [`ChargeVia::Auto`]).
+    pub fn charge_via(mut self, via: ChargeVia) -> Self {
+        self.config.via = via;
+        self
+    }
+
+    /// How long a positive token verification is reused (default 60 s, never beyond
+    /// the token's own expiry) and how many are kept (default 100 000).
+    pub fn verification_cache(mut self, ttl: Duration, capacity: u64) -> Self {
+        self.config.verification_ttl = ttl;
+        self.config.verification_capacity = capacity;
+        self
+    }
+
+    /// How long a fetched balance is trusted (default 30 s; the local ledger counts
+    /// every charge and reservation in between) and how many are kept (default 100 000).
+    pub fn balance_cache(mut self, ttl: Duration, capacity: u64) -> Self {
+        self.config.balance_ttl = ttl;
+        self.config.balance_capacity = capacity;
+        self
+    }
+
+    /// How long a plan's credits config is reused (default 5 minutes, as the SDKs).
+    pub fn plan_cache_ttl(mut self, ttl: Duration) -> Self {
+        self.config.plan_ttl = ttl;
+        self
+    }
+
+    /// Which handler responses are charged (default: 2xx).
+    pub fn success_when<F>(mut self, f: F) -> Self
+    where
+        F: Fn(StatusCode) -> bool + Send + Sync + 'static,
+    {
+        self.config.success = Arc::new(f);
+        self
+    }
+
+    /// What to do when the backend is unreachable (default fail closed).
+    pub fn when_backend_unavailable(mut self, policy: BackendUnavailable) -> Self {
+        self.config.unavailable = policy;
+        self
+    }
+
+    /// The `Retry-After` of a 503 (default 5 s; whole seconds are sent).
+    pub fn retry_after(mut self, after: Duration) -> Self {
+        self.config.retry_after = after;
+        self
+    }
+
+    /// Headers searched for the credential, in order (default `payment-signature`,
+    /// then `Authorization: Bearer`).
+    pub fn token_headers(mut self, names: impl IntoIterator<Item = HeaderName>) -> Self {
+        self.config.token_headers = names.into_iter().collect();
+        self
+    }
+
+    /// Receives every charge outcome (settled, failed, unknown).
+    pub fn on_settle(mut self, hook: impl OnSettle) -> Self {
+        self.config.on_settle = Some(Arc::new(hook));
+        self
+    }
+
+    /// Status for `plan_not_accepted` and `wrong_agent`: 402 (default) or 403.
+    pub fn reject_mismatch_with(mut self, status: StatusCode) -> Self {
+        self.config.mismatch_status = status;
+        self
+    }
+
+    /// Retries of a charge whose outcome is unknown or whose error is transient.
+    pub fn charge_retry(mut self, policy: RetryPolicy) -> Self {
+        self.config.retry = policy;
+        self
+    }
+
+    /// `resource.description` of the `payment-required` object.
+    pub fn description(mut self, text: impl Into<String>) -> Self {
+        self.config.description = Some(text.into());
+        self
+    }
+
+    /// `resource.mimeType` of the `payment-required` object.
+    pub fn mime_type(mut self, mime: impl Into<String>) -> Self {
+        self.config.mime_type = Some(mime.into());
+        self
+    }
+
+    /// Checks the configuration and builds the layer.
+    pub fn build(self) -> Result<PaymentLayer, ConfigError> {
+        let c = &self.config;
+        if c.plan_ids.is_empty() {
+            return Err(bad("plan_id", "at least one accepted plan id is required"));
+        }
+        if matches!(c.credits, CreditsPerRequest::Fixed(v) if v.is_zero()) {
+            return Err(bad(
+                "credits",
+                "must be at least 1 (settle reads 0 as the plan maximum)",
+            ));
+        }
+        if c.verification_ttl.is_zero() {
+            return Err(bad("verification_cache", "ttl must be greater than zero"));
+        }
+        if c.verification_capacity == 0 {
+            return Err(bad(
+                "verification_cache",
+                "capacity must be greater than zero",
+            ));
+        }
+        if c.balance_ttl.is_zero() {
+            return Err(bad("balance_cache", "ttl must be greater than zero"));
+        }
+        if c.balance_capacity == 0 {
+            return Err(bad("balance_cache", "capacity must be greater than zero"));
+        }
+        if c.plan_ttl.is_zero() {
+            return Err(bad("plan_cache_ttl", "must be greater than zero"));
+        }
+        if c.token_headers.is_empty() {
+            return Err(bad("token_headers", "at least one header is required"));
+        }
+        if !matches!(c.mismatch_status.as_u16(), 402 | 403) {
+            return Err(bad("reject_mismatch_with", "must be 402 or 403"));
+        }
+        if matches!(c.unavailable, BackendUnavailable::ServeStale { max_age } if max_age.is_zero())
+        {
+            return Err(bad(
+                "when_backend_unavailable",
+                "max_age must be greater than zero",
+            ));
+        }
+        c.retry
+            .check()
+            .map_err(|reason| bad("charge_retry", reason))?;
+        Ok(PaymentLayer::from_parts(self.backend, self.config))
+    }
+}

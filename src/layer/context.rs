@@ -1,0 +1,198 @@
+//! What the handler learns about the paying caller: [`PaymentContext`], and how it
+//! changes the charge: [`ChargeOverride`].
+
+use std::fmt;
+use std::sync::Arc;
+
+use super::token::Credential;
+use crate::types::{Address, AgentId, Credits, PlanId, TokenDigest};
+
+/// An authenticated caller: who pays, with which plan, for which agent.
+pub struct Caller {
+    /// The subscriber (payer) address.
+    pub subscriber: Address,
+    /// The plan the token pays with (one of the accepted plans).
+    pub plan_id: PlanId,
+    /// The agent the token is bound to, or the layer's agent when it is not bound.
+    pub agent_id: Option<AgentId>,
+    /// A digest of the credential: safe to log, useless to replay.
+    pub token_digest: TokenDigest,
+    pub(crate) credential: Credential,
+}
+
+impl fmt::Debug for Caller {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Caller")
+            .field("subscriber", &self.subscriber)
+            .field("plan_id", &self.plan_id)
+            .field("agent_id", &self.agent_id)
+            .field("token_digest", &self.token_digest)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The paid request, in the request extensions of every request the layer admits.
+///
+/// With the `axum` feature it is an extractor; without the layer it answers 500
+/// "PaymentLayer is not installed" (and `Option<PaymentContext>` is `None`).
+/// Cloning is cheap.
+#[derive(Clone)]
+pub struct PaymentContext {
+    inner: Arc<ContextInner>,
+}
+
+struct ContextInner {
+    caller: Arc<Caller>,
+    request_id: String,
+    credits: Credits,
+    balance_seen: Credits,
+}
+
+impl PaymentContext {
+    pub(crate) fn new(
+        caller: Arc<Caller>,
+        request_id: String,
+        credits: Credits,
+        balance_seen: Credits,
+    ) -> Self {
+        PaymentContext {
+            inner: Arc::new(ContextInner {
+                caller,
+                request_id,
+                credits,
+                balance_seen,
+            }),
+        }
+    }
+
+    /// The subscriber paying for this request.
+    pub fn subscriber(&self) -> &Address {
+        &self.inner.caller.subscriber
+    }
+
+    /// The plan paying for it.
+    pub fn plan_id(&self) -> &PlanId {
+        &self.inner.caller.plan_id
+    }
+
+    /// The agent, when the token or the layer names one.
+    pub fn agent_id(&self) -> Option<&AgentId> {
+        self.inner.caller.agent_id.as_ref()
+    }
+
+    /// The request id: the `agentRequestId` the charge will carry (its idempotency key).
+    pub fn request_id(&self) -> &str {
+        &self.inner.request_id
+    }
+
+    /// Credits reserved for this request, the most it can be charged: what the plan
+    /// will burn for the configured credits (wire-spec §3.4).
+    pub fn credits(&self) -> Credits {
+        self.inner.credits
+    }
+
+    /// Credits available to the subscriber when the request was admitted (this
+    /// process's view: the last fetched balance minus charges and reservations since).
+    pub fn balance_seen(&self) -> Credits {
+        self.inner.balance_seen
+    }
+
+    /// The authenticated caller.
+    pub fn caller(&self) -> &Caller {
+        &self.inner.caller
+    }
+}
+
+impl fmt::Debug for PaymentContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PaymentContext")
+            .field("subscriber", self.subscriber())
+            .field("plan_id", self.plan_id())
+            .field("agent_id", &self.agent_id())
+            .field("request_id", &self.request_id())
+            .field("credits", &self.credits())
+            .field("balance_seen", &self.balance_seen())
+            .finish()
+    }
+}
+
+/// Put in the **response** extensions to charge a different amount than reserved
+/// (dynamic pricing). The layer charges what the plan burns for it, never more than
+/// [`PaymentContext::credits`]; `ChargeOverride(Credits::ZERO)` charges nothing.
+///
+/// ```
+/// use http::Response;
+/// use nvm_payments::{ChargeOverride, Credits};
+/// let mut response = Response::new(String::from("short answer"));
+/// response.extensions_mut().insert(ChargeOverride(Credits::from(2u64)));
+/// ```
+///
+/// With axum, return it as part of the response: `(ChargeOverride(c), body)` or
+/// `axum::Extension(ChargeOverride(c))`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChargeOverride(pub Credits);
+
+#[cfg(feature = "axum")]
+mod extract {
+    use std::convert::Infallible;
+
+    use axum::extract::{FromRequestParts, OptionalFromRequestParts};
+    use axum::response::{IntoResponse, IntoResponseParts, Response, ResponseParts};
+    use http::request::Parts;
+    use http::StatusCode;
+
+    use super::{ChargeOverride, PaymentContext};
+
+    /// The rejection of the [`PaymentContext`] extractor when no layer put one in the
+    /// request: 500, "PaymentLayer is not installed".
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct MissingPaymentContext;
+
+    impl IntoResponse for MissingPaymentContext {
+        fn into_response(self) -> Response {
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "PaymentLayer is not installed on this route",
+            )
+                .into_response()
+        }
+    }
+
+    impl<S: Send + Sync> FromRequestParts<S> for PaymentContext {
+        type Rejection = MissingPaymentContext;
+
+        async fn from_request_parts(
+            parts: &mut Parts,
+            _state: &S,
+        ) -> Result<Self, Self::Rejection> {
+            parts
+                .extensions
+                .get::<PaymentContext>()
+                .cloned()
+                .ok_or(MissingPaymentContext)
+        }
+    }
+
+    impl<S: Send + Sync> OptionalFromRequestParts<S> for PaymentContext {
+        type Rejection = Infallible;
+
+        async fn from_request_parts(
+            parts: &mut Parts,
+            _state: &S,
+        ) -> Result<Option<Self>, Self::Rejection> {
+            Ok(parts.extensions.get::<PaymentContext>().cloned())
+        }
+    }
+
+    impl IntoResponseParts for ChargeOverride {
+        type Error = Infallible;
+
+        fn into_response_parts(self, mut res: ResponseParts) -> Result<ResponseParts, Self::Error> {
+            res.extensions_mut().insert(self);
+            Ok(res)
+        }
+    }
+}
+
+#[cfg(feature = "axum")]
+pub use extract::MissingPaymentContext;

@@ -1,0 +1,538 @@
+//! The decisions of the layer, independent of tower: who is calling (authenticate),
+//! may they pay (balance), and the charge once the handler has answered.
+//!
+//! (A file beyond tower-http's layer/service/future/body split: the service stays a
+//! thin adapter and this logic reads top to bottom without tower's generics.)
+
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use http::header::AUTHORIZATION;
+use http::request::Parts;
+use http::{HeaderMap, HeaderValue, Response};
+use tokio::time::Instant;
+
+use super::body::PaymentBody;
+use super::config::{ChargeTiming, ChargeVia, LayerConfig};
+use super::context::{Caller, ChargeOverride, PaymentContext};
+use super::rejection::{Rejection, RejectionKind, PAYMENT_RESPONSE};
+use super::route::{Route, RouteCache};
+use super::token::{self, BearerVerifier, Credential};
+use crate::backend::PaymentBackend;
+use crate::cache::{
+    BalanceCache, BalanceDenied, BalanceKey, PlanCache, Reservation, VerificationCache,
+    VerificationKey, Verified,
+};
+use crate::client::Error;
+use crate::settle::{Charge, ChargeMethod, PendingCharge};
+use crate::types::{AccessToken, AgentId, Credits, PlanCreditsConfig, PlanId, TokenDigest};
+
+/// Routes kept with a prebuilt `PaymentRequired` (paths come from callers: bounded).
+const ROUTE_CAPACITY: u64 = 4_096;
+/// Plans kept with their credits config.
+const PLAN_CAPACITY: u64 = 1_024;
+/// A JWKS is fetched again for an unknown key at most this often.
+const JWKS_REFETCH: Duration = Duration::from_secs(60);
+
+pub(crate) struct Gate {
+    pub(crate) config: LayerConfig,
+    backend: Arc<dyn PaymentBackend>,
+    routes: RouteCache,
+    verifications: VerificationCache,
+    plans: PlanCache,
+    balances: BalanceCache,
+    jwks: JwksCache,
+}
+
+/// An admitted request: its context, its reservation, how it will be charged.
+pub(crate) struct Admission {
+    pub(crate) context: PaymentContext,
+    route: Arc<Route>,
+    caller: Arc<Caller>,
+    plan: Arc<PlanCreditsConfig>,
+    reservation: Reservation,
+    method: ChargeMethod,
+}
+
+impl Gate {
+    pub(crate) fn new(backend: Arc<dyn PaymentBackend>, config: LayerConfig) -> Self {
+        let stale = match config.unavailable {
+            super::BackendUnavailable::ServeStale { max_age } => Some(max_age),
+            super::BackendUnavailable::FailClosed => None,
+        };
+        Gate {
+            routes: RouteCache::new(ROUTE_CAPACITY),
+            verifications: VerificationCache::new(config.verification_capacity),
+            plans: PlanCache::new(config.plan_ttl, PLAN_CAPACITY),
+            balances: BalanceCache::new(config.balance_ttl, config.balance_capacity, stale),
+            jwks: JwksCache::default(),
+            backend,
+            config,
+        }
+    }
+
+    pub(crate) async fn route(&self, parts: &Parts) -> Arc<Route> {
+        self.routes
+            .get(&self.config, &parts.method, parts.uri.path())
+            .await
+    }
+
+    pub(crate) fn reject<B>(
+        &self,
+        rejection: Rejection,
+        route: &Route,
+    ) -> Response<PaymentBody<B>> {
+        rejection.into_response(
+            &route.header,
+            self.config.mismatch_status,
+            self.config.retry_after,
+        )
+    }
+
+    /// Authenticates the caller and reserves the credits of this request.
+    pub(crate) async fn admit(
+        &self,
+        parts: &Parts,
+        route: &Arc<Route>,
+    ) -> Result<Admission, Rejection> {
+        let raw = find_credential(&parts.headers, &self.config.token_headers).ok_or_else(|| {
+            Rejection::new(
+                RejectionKind::PaymentRequired,
+                "payment required: send an x402 access token in the payment-signature header",
+            )
+        })?;
+        if raw.len() > token::MAX_CREDENTIAL_BYTES {
+            return Err(Rejection::new(
+                RejectionKind::MalformedToken,
+                "the credential is too large",
+            ));
+        }
+        // Hash once; the digest is the cache key and the only form of the token logged.
+        let digest = TokenDigest::of(raw.as_bytes());
+        let span = tracing::debug_span!("nvm.verify", token = %digest);
+        let requested = self.config.credits.for_request(parts);
+        let key: VerificationKey = (digest, route.id);
+        let (verified, verify_request_id) = match self.verifications.get(&key).await {
+            Some(verified) => (verified, None),
+            None => {
+                let mut fresh_id = None;
+                let verify = self.verify(&parts.headers, route, digest, requested, &mut fresh_id);
+                let verified = tracing::Instrument::instrument(
+                    self.verifications.get_or_verify(key, verify),
+                    span,
+                )
+                .await
+                .map_err(|e| (*e).clone())?;
+                (verified, fresh_id)
+            }
+        };
+        let caller = verified.caller;
+        let plan = self.credits_config(&caller.plan_id).await?;
+        let amount = chargeable(&caller.plan_id, &plan, requested)?;
+        let reservation = tracing::Instrument::instrument(
+            self.balances
+                .reserve(&verified.balance_key, amount, &*self.backend),
+            tracing::debug_span!("nvm.balance", token = %caller.token_digest),
+        )
+        .await
+        .map_err(balance_rejection)?;
+        let request_id = verify_request_id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+        let method = match (self.config.via, &caller.credential) {
+            (ChargeVia::Redeem, _) | (_, Credential::Bearer { .. }) => ChargeMethod::Redeem,
+            (_, Credential::X402 { .. }) => ChargeMethod::Settle,
+        };
+        Ok(Admission {
+            context: PaymentContext::new(
+                caller.clone(),
+                request_id,
+                amount,
+                reservation.balance_seen(),
+            ),
+            route: route.clone(),
+            caller,
+            plan,
+            reservation,
+            method,
+        })
+    }
+
+    /// The slow path: decode the credential and verify it (facilitator or JWKS).
+    async fn verify(
+        &self,
+        headers: &HeaderMap,
+        route: &Route,
+        digest: TokenDigest,
+        requested: Credits,
+        fresh_request_id: &mut Option<String>,
+    ) -> Result<Verified, Rejection> {
+        let credential = token::extract_credential(headers, &self.config.token_headers)
+            .map_err(|e| {
+                if e.is_malformed() {
+                    Rejection::new(
+                        RejectionKind::MalformedToken,
+                        "the credential does not decode",
+                    )
+                } else {
+                    Rejection::new(RejectionKind::InvalidToken, "the credential is not valid")
+                }
+            })?
+            .ok_or_else(|| {
+                Rejection::new(
+                    RejectionKind::PaymentRequired,
+                    "payment required: no credential",
+                )
+            })?;
+        let (subscriber, plan_id, agent_id, ttl) = match &credential {
+            Credential::X402 { token, payload } => {
+                let plan_id = &payload.accepted.plan_id;
+                self.check_plan_and_agent(plan_id, payload.accepted.agent_id())?;
+                let plan = self.credits_config(plan_id).await?;
+                let amount = chargeable(plan_id, &plan, requested)?;
+                let response = self
+                    .backend
+                    .verify(&route.payment_required, token, Some(amount))
+                    .await
+                    .map_err(verify_error)?;
+                if !response.is_valid {
+                    return Err(invalid_reason(response.invalid_reason.as_deref(), token));
+                }
+                *fresh_request_id = response
+                    .agent_request_id
+                    .or_else(|| response.agent_request.map(|r| r.agent_request_id))
+                    .filter(|id| !id.is_empty());
+                let subscriber = response
+                    .payer
+                    .unwrap_or_else(|| payload.payload.authorization.from.clone());
+                let agent = payload.accepted.agent_id().cloned();
+                (
+                    subscriber,
+                    plan_id.clone(),
+                    agent,
+                    self.config.verification_ttl,
+                )
+            }
+            Credential::Bearer { token } => {
+                if self.config.via == ChargeVia::Settle {
+                    return Err(Rejection::new(
+                        RejectionKind::InvalidToken,
+                        "this route accepts x402 access tokens only (payment-signature header)",
+                    ));
+                }
+                let claims = self.jwks.verify(token, &*self.backend).await?;
+                self.check_plan_and_agent(&claims.plan_id, claims.agent_id.as_ref())?;
+                let now = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_secs();
+                let left = Duration::from_secs(claims.exp.saturating_sub(now));
+                if left.is_zero() {
+                    return Err(Rejection::new(
+                        RejectionKind::InvalidToken,
+                        "the token has expired",
+                    ));
+                }
+                let ttl = self.config.verification_ttl.min(left);
+                (claims.sub, claims.plan_id, claims.agent_id, ttl)
+            }
+        };
+        let agent_id = agent_id.or_else(|| self.config.agent_id.clone());
+        Ok(Verified {
+            balance_key: Arc::new(BalanceKey {
+                plan_id: plan_id.clone(),
+                holder: subscriber.clone(),
+            }),
+            caller: Arc::new(Caller {
+                subscriber,
+                plan_id,
+                agent_id,
+                token_digest: digest,
+                credential,
+            }),
+            ttl,
+        })
+    }
+
+    fn check_plan_and_agent(
+        &self,
+        plan_id: &PlanId,
+        agent: Option<&AgentId>,
+    ) -> Result<(), Rejection> {
+        if !self.config.plan_ids.contains(plan_id) {
+            return Err(Rejection::new(
+                RejectionKind::PlanNotAccepted,
+                format!("this route does not accept plan {plan_id}"),
+            ));
+        }
+        if let (Some(ours), Some(theirs)) = (&self.config.agent_id, agent) {
+            if ours != theirs {
+                return Err(Rejection::new(
+                    RejectionKind::WrongAgent,
+                    format!("the token is for agent {theirs}, this is agent {ours}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    async fn credits_config(&self, plan_id: &PlanId) -> Result<Arc<PlanCreditsConfig>, Rejection> {
+        self.plans
+            .credits_config(plan_id, &*self.backend)
+            .await
+            .map_err(|err| {
+                if err.is_transient() {
+                    unavailable(&err)
+                } else {
+                    tracing::error!(plan = %plan_id, error = %err,
+                        "cannot read the plan's credits config: requests with this plan cannot be charged");
+                    Rejection::new(
+                        RejectionKind::Misconfigured,
+                        "the payment configuration of this route cannot be charged",
+                    )
+                }
+            })
+    }
+
+    /// Charges a served request according to the configured timing, or releases its
+    /// reservation when the response is not a success.
+    pub(crate) async fn finish<B>(
+        &self,
+        admission: Admission,
+        response: Response<B>,
+    ) -> Response<PaymentBody<B>> {
+        let (mut parts, body) = response.into_parts();
+        if !(self.config.success)(parts.status) {
+            tracing::debug!(status = %parts.status, "handler did not succeed: not charged");
+            return Response::from_parts(parts, PaymentBody::inner(body));
+        }
+        let reserved = admission.reservation.amount();
+        let credits = match parts.extensions.remove::<ChargeOverride>() {
+            None => reserved,
+            Some(ChargeOverride(c)) if c.is_zero() => {
+                tracing::debug!("handler waived the charge");
+                return Response::from_parts(parts, PaymentBody::inner(body));
+            }
+            Some(ChargeOverride(c)) => admission.plan.redemption_amount(c).min(reserved),
+        };
+        let pending = PendingCharge {
+            charge: Charge {
+                backend: self.backend.clone(),
+                method: admission.method,
+                route: admission.route,
+                caller: admission.caller,
+                request_id: admission.context.request_id().to_owned(),
+                credits,
+                retry: self.config.retry,
+            },
+            reservation: admission.reservation,
+            hook: self.config.on_settle.clone(),
+        };
+        match self.config.timing {
+            ChargeTiming::BeforeResponse => {
+                // On its own task: a client that hangs up mid-charge cannot cancel it.
+                if let Some(Ok(outcome)) = match pending.spawn() {
+                    Some(task) => Some(task.await),
+                    None => None,
+                } {
+                    if let Some(value) = outcome.receipt.as_ref().and_then(receipt_header) {
+                        parts.headers.insert(PAYMENT_RESPONSE, value);
+                    }
+                }
+                Response::from_parts(parts, PaymentBody::inner(body))
+            }
+            ChargeTiming::Background => {
+                pending.spawn();
+                Response::from_parts(parts, PaymentBody::inner(body))
+            }
+            ChargeTiming::OnBodyEnd => {
+                Response::from_parts(parts, PaymentBody::charging(body, pending))
+            }
+        }
+    }
+}
+
+/// What the plan will burn for `requested`; a plan that burns nothing cannot be charged.
+fn chargeable(
+    plan_id: &PlanId,
+    plan: &PlanCreditsConfig,
+    requested: Credits,
+) -> Result<Credits, Rejection> {
+    let amount = plan.redemption_amount(requested);
+    if amount.is_zero() {
+        tracing::error!(plan = %plan_id,
+            "the plan's credits config burns 0 credits per request (maxAmount 0): it can never be charged");
+        return Err(Rejection::new(
+            RejectionKind::Misconfigured,
+            "the payment configuration of this route cannot be charged",
+        ));
+    }
+    Ok(amount)
+}
+
+/// The first configured header that holds a credential; `Authorization` only with
+/// the `Bearer` scheme. Mirrors `token::extract_credential` without decoding.
+fn find_credential<'h>(
+    headers: &'h HeaderMap,
+    names: &[http::HeaderName],
+) -> Option<&'h HeaderValue> {
+    names.iter().find_map(|name| {
+        let value = headers.get(name)?;
+        let bytes = value.as_bytes();
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return None;
+        }
+        if name == AUTHORIZATION {
+            let trimmed = value.to_str().ok()?.trim_start();
+            let scheme = trimmed.get(..7)?;
+            if !scheme.eq_ignore_ascii_case("bearer ") {
+                return None;
+            }
+        }
+        Some(value)
+    })
+}
+
+fn receipt_header(receipt: &crate::types::SettleResponse) -> Option<HeaderValue> {
+    let json = serde_json::to_vec(receipt).ok()?;
+    HeaderValue::try_from(STANDARD.encode(json)).ok()
+}
+
+fn unavailable(err: &Error) -> Rejection {
+    tracing::warn!(error = %err, "payment backend unavailable");
+    Rejection::new(
+        RejectionKind::BackendUnavailable,
+        "the payment backend is unavailable; retry later",
+    )
+}
+
+fn verify_error(err: Error) -> Rejection {
+    match err.status() {
+        Some(status) if status.is_client_error() && status.as_u16() != 429 => {
+            let code = err.code().unwrap_or("refused").to_owned();
+            Rejection::new(
+                RejectionKind::InvalidToken,
+                format!("the facilitator refused the token ({code})"),
+            )
+        }
+        _ => unavailable(&err),
+    }
+}
+
+fn invalid_reason(reason: Option<&str>, token: &AccessToken) -> Rejection {
+    let reason = reason.unwrap_or("invalid_token");
+    let lower = reason.to_ascii_lowercase();
+    let kind = if lower.contains("insufficient") || lower.contains("balance") {
+        RejectionKind::InsufficientBalance
+    } else if lower.contains("invalid_plan") || lower.contains("plan mismatch") {
+        RejectionKind::PlanNotAccepted
+    } else if lower.contains("invalid_agent") || lower.contains("agent mismatch") {
+        RejectionKind::WrongAgent
+    } else {
+        RejectionKind::InvalidToken
+    };
+    // The backend's words, unless they are long or echo the token.
+    let message = if reason.len() <= 200 && !reason.contains(token.expose()) {
+        format!("the facilitator did not accept the token: {reason}")
+    } else {
+        "the facilitator did not accept the token".to_owned()
+    };
+    Rejection::new(kind, message)
+}
+
+fn balance_rejection(denied: BalanceDenied) -> Rejection {
+    match denied {
+        BalanceDenied::NotSubscriber => Rejection::new(
+            RejectionKind::InsufficientBalance,
+            "the caller is not a subscriber of the plan",
+        ),
+        BalanceDenied::Insufficient { available } => Rejection::new(
+            RejectionKind::InsufficientBalance,
+            format!("insufficient balance: {available} credits available"),
+        ),
+        BalanceDenied::Unavailable(why) => {
+            tracing::warn!(reason = %why, "cannot learn the balance");
+            Rejection::new(
+                RejectionKind::BackendUnavailable,
+                "the payment backend is unavailable; retry later",
+            )
+        }
+    }
+}
+
+/// The bearer verifier built from the backend's JWKS, fetched once and again for an
+/// unknown key at most once a minute.
+#[derive(Default)]
+struct JwksCache {
+    current: RwLock<Option<(Arc<BearerVerifier>, Instant)>>,
+    fetching: tokio::sync::Mutex<()>,
+}
+
+impl JwksCache {
+    fn snapshot(&self) -> Option<(Arc<BearerVerifier>, Instant)> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Fetches the JWKS unless someone else did since `seen` (or within a minute).
+    async fn refresh(
+        &self,
+        seen: Option<Instant>,
+        backend: &dyn PaymentBackend,
+    ) -> Result<(Arc<BearerVerifier>, Instant), Rejection> {
+        let _one_at_a_time = self.fetching.lock().await;
+        if let Some((verifier, at)) = self.snapshot() {
+            if Some(at) != seen || at.elapsed() < JWKS_REFETCH {
+                return Ok((verifier, at));
+            }
+        }
+        let jwks = backend
+            .access_token_jwks()
+            .await
+            .map_err(|e| unavailable(&e))?;
+        let verifier = BearerVerifier::from_jwks(&jwks).map_err(|_| {
+            tracing::error!("the backend's JWKS has no usable key");
+            Rejection::new(
+                RejectionKind::BackendUnavailable,
+                "the token issuer's keys are unusable",
+            )
+        })?;
+        let fresh = (Arc::new(verifier), Instant::now());
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some(fresh.clone());
+        Ok(fresh)
+    }
+
+    async fn verify(
+        &self,
+        token: &AccessToken,
+        backend: &dyn PaymentBackend,
+    ) -> Result<crate::types::AccessTokenClaims, Rejection> {
+        let (verifier, at) = match self.snapshot() {
+            Some(current) => current,
+            None => self.refresh(None, backend).await?,
+        };
+        let err = match verifier.verify(token.expose()) {
+            Ok(claims) => return Ok(claims),
+            Err(err) => err,
+        };
+        if err.is_malformed() {
+            return Err(Rejection::new(
+                RejectionKind::MalformedToken,
+                "the bearer token does not decode",
+            ));
+        }
+        // Perhaps signed with a key published after our fetch.
+        if at.elapsed() >= JWKS_REFETCH {
+            let (verifier, _) = self.refresh(Some(at), backend).await?;
+            if let Ok(claims) = verifier.verify(token.expose()) {
+                return Ok(claims);
+            }
+        }
+        Err(Rejection::new(
+            RejectionKind::InvalidToken,
+            "the bearer token is forged, expired or revoked",
+        ))
+    }
+}

@@ -1,0 +1,102 @@
+//! [`Payment`]: the service that guards an inner service.
+
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use tower_service::Service;
+use tracing::Instrument;
+
+use super::body::PaymentBody;
+use super::future::ResponseFuture;
+use super::gate::Gate;
+
+/// Guards the inner service `S`: only requests that authenticate and can pay reach it,
+/// and successful ones are charged. Built by [`PaymentLayer`](super::PaymentLayer).
+pub struct Payment<S> {
+    inner: S,
+    gate: Arc<Gate>,
+}
+
+impl<S> Payment<S> {
+    pub(crate) fn new(inner: S, gate: Arc<Gate>) -> Self {
+        Payment { inner, gate }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
+impl<S: Clone> Clone for Payment<S> {
+    fn clone(&self) -> Self {
+        Payment {
+            inner: self.inner.clone(),
+            gate: self.gate.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for Payment<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Payment")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, ReqB, ResB> Service<Request<ReqB>> for Payment<S>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqB: Send + 'static,
+    ResB: http_body::Body<Data = Bytes> + Send + 'static,
+{
+    type Response = Response<PaymentBody<ResB>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<ResB, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqB>) -> Self::Future {
+        // Take the service that was driven to readiness; leave a clone in its place.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        ResponseFuture {
+            inner: Box::pin(guard(self.gate.clone(), inner, request)),
+        }
+    }
+}
+
+async fn guard<S, ReqB, ResB>(
+    gate: Arc<Gate>,
+    mut inner: S,
+    request: Request<ReqB>,
+) -> Result<Response<PaymentBody<ResB>>, S::Error>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>>,
+{
+    let (mut parts, body) = request.into_parts();
+    let route = gate.route(&parts).await;
+    let admission = match gate.admit(&parts, &route).await {
+        Ok(admission) => admission,
+        Err(rejection) => {
+            tracing::debug!(code = rejection.kind.code(), "request refused");
+            return Ok(gate.reject(rejection, &route));
+        }
+    };
+    parts.extensions.insert(admission.context.clone());
+    let span = tracing::debug_span!("nvm.handler", request_id = admission.context.request_id());
+    // An error or a panic here drops `admission`: its reservation is released.
+    let response = inner
+        .call(Request::from_parts(parts, body))
+        .instrument(span)
+        .await?;
+    Ok(gate.finish(admission, response).await)
+}

@@ -1,0 +1,272 @@
+//! The charge of one served request: settle or redeem, retried only when safe.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use super::{OnSettle, SettleOutcome, SettleStatus};
+use crate::backend::PaymentBackend;
+use crate::cache::Reservation;
+use crate::client::Error;
+use crate::layer::{Caller, Route};
+use crate::types::{Credits, NvmApiResult, SettleResponse};
+
+/// How a charge whose error is safe to retry is retried: exponential backoff from
+/// `initial_backoff`, doubled up to `max_backoff`, at most `max_attempts` calls, and
+/// no new attempt once `max_elapsed` would be exceeded. Every attempt reuses the same
+/// `agentRequestId`, so the backend charges at most once.
+///
+/// ```
+/// use std::time::Duration;
+/// use nvm_payments::settle::RetryPolicy;
+/// let quick = RetryPolicy { initial_backoff: Duration::from_millis(10), ..RetryPolicy::default() };
+/// assert_eq!(quick.max_attempts, 6);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Wait before the second attempt (default 100 ms).
+    pub initial_backoff: Duration,
+    /// Longest wait between attempts (default 2 s).
+    pub max_backoff: Duration,
+    /// Total time after which no new attempt starts (default 15 s).
+    pub max_elapsed: Duration,
+    /// Most calls, the first included (default 6).
+    pub max_attempts: u32,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(2),
+            max_elapsed: Duration::from_secs(15),
+            max_attempts: 6,
+        }
+    }
+}
+
+impl RetryPolicy {
+    pub(crate) fn check(&self) -> Result<(), &'static str> {
+        if self.max_attempts == 0 {
+            return Err("max_attempts must be at least 1");
+        }
+        if self.initial_backoff > self.max_backoff {
+            return Err("initial_backoff must not exceed max_backoff");
+        }
+        Ok(())
+    }
+}
+
+/// The backend call that charges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ChargeMethod {
+    Settle,
+    Redeem,
+}
+
+/// Everything one charge needs; no reference to the request or the response.
+pub(crate) struct Charge {
+    pub(crate) backend: Arc<dyn PaymentBackend>,
+    pub(crate) method: ChargeMethod,
+    pub(crate) route: Arc<Route>,
+    pub(crate) caller: Arc<Caller>,
+    pub(crate) request_id: String,
+    pub(crate) credits: Credits,
+    pub(crate) retry: RetryPolicy,
+}
+
+struct Sent {
+    status: SettleStatus,
+    receipt: Option<SettleResponse>,
+    reason: Option<String>,
+    attempts: u32,
+}
+
+impl Charge {
+    async fn call_once(&self) -> Result<SettleResponse, Error> {
+        match self.method {
+            ChargeMethod::Settle => {
+                self.backend
+                    .settle(
+                        &self.route.payment_required,
+                        self.caller.credential.token(),
+                        Some(self.credits),
+                        &self.request_id,
+                    )
+                    .await
+            }
+            ChargeMethod::Redeem => {
+                let result = self
+                    .backend
+                    .redeem(
+                        &self.request_id,
+                        &self.caller.plan_id,
+                        &self.caller.subscriber,
+                        self.credits,
+                    )
+                    .await?;
+                Ok(self.redeem_receipt(result))
+            }
+        }
+    }
+
+    fn redeem_receipt(&self, result: NvmApiResult) -> SettleResponse {
+        SettleResponse {
+            success: result.success,
+            error_reason: (!result.success).then(|| {
+                result
+                    .message
+                    .unwrap_or_else(|| "redeem refused".to_owned())
+            }),
+            payer: Some(self.caller.subscriber.clone()),
+            transaction: result.tx_hash.unwrap_or_default(),
+            network: String::new(),
+            credits_redeemed: result.success.then_some(self.credits),
+            remaining_balance: None,
+            order_tx: None,
+        }
+    }
+
+    async fn send(&self) -> Sent {
+        let started = Instant::now();
+        let mut backoff = self.retry.initial_backoff;
+        let mut maybe_applied = false;
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let err = match self.call_once().await {
+                Ok(receipt) if receipt.success => {
+                    return Sent {
+                        status: SettleStatus::Settled,
+                        receipt: Some(receipt),
+                        reason: None,
+                        attempts,
+                    }
+                }
+                Ok(receipt) => {
+                    return Sent {
+                        status: SettleStatus::Failed,
+                        reason: Some(
+                            receipt
+                                .error_reason
+                                .clone()
+                                .unwrap_or_else(|| "the backend refused the charge".to_owned()),
+                        ),
+                        receipt: Some(receipt),
+                        attempts,
+                    }
+                }
+                Err(err) => err,
+            };
+            maybe_applied |= err.is_outcome_unknown();
+            let retryable = err.is_transient() || err.is_outcome_unknown();
+            let in_window = started.elapsed() + backoff <= self.retry.max_elapsed;
+            if retryable && attempts < self.retry.max_attempts && in_window {
+                tracing::debug!(attempt = attempts, error = %err, "charge failed; retrying with the same request id");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(self.retry.max_backoff);
+                continue;
+            }
+            return Sent {
+                status: if maybe_applied {
+                    SettleStatus::Unknown
+                } else {
+                    SettleStatus::Failed
+                },
+                receipt: None,
+                reason: Some(err.to_string()),
+                attempts,
+            };
+        }
+    }
+}
+
+/// A charge together with the credits reserved for it. Dropped without running, it
+/// releases the reservation and charges nothing.
+pub(crate) struct PendingCharge {
+    pub(crate) charge: Charge,
+    pub(crate) reservation: Reservation,
+    pub(crate) hook: Option<Arc<dyn OnSettle>>,
+}
+
+impl PendingCharge {
+    /// Sends the charge, settles the reservation, logs and reports the outcome.
+    pub(crate) async fn execute(self) -> SettleOutcome {
+        let PendingCharge {
+            charge,
+            reservation,
+            hook,
+        } = self;
+        let span = tracing::info_span!(
+            "nvm.settle",
+            token = %charge.caller.token_digest,
+            request_id = %charge.request_id,
+            credits = %charge.credits,
+        );
+        let sent = charge.send().instrument(span.clone()).await;
+        let burned = sent
+            .receipt
+            .as_ref()
+            .and_then(|r| r.credits_redeemed)
+            .unwrap_or(charge.credits);
+        match sent.status {
+            SettleStatus::Settled => reservation.commit(burned, false),
+            // Our view of the balance disagreed with the backend's: learn it again.
+            SettleStatus::Failed => reservation.release(true),
+            // It may have burned: count it, and learn the truth at the next fetch.
+            SettleStatus::Unknown => reservation.commit(charge.credits, true),
+        }
+        let outcome = SettleOutcome {
+            status: sent.status,
+            request_id: charge.request_id,
+            plan_id: charge.caller.plan_id.clone(),
+            subscriber: charge.caller.subscriber.clone(),
+            credits: charge.credits,
+            attempts: sent.attempts,
+            receipt: sent.receipt,
+            reason: sent.reason,
+        };
+        span.in_scope(|| log_outcome(&outcome));
+        if let Some(hook) = hook {
+            hook.on_settle(&outcome);
+        }
+        outcome
+    }
+
+    /// Runs the charge on its own task, so it completes (and is reported) even when
+    /// the request future or the body that started it is dropped.
+    pub(crate) fn spawn(self) -> Option<JoinHandle<SettleOutcome>> {
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => Some(handle.spawn(self.execute())),
+            Err(_) => {
+                tracing::error!(
+                    request_id = %self.charge.request_id,
+                    "no tokio runtime to charge on: the request is not charged"
+                );
+                None
+            }
+        }
+    }
+}
+
+fn log_outcome(outcome: &SettleOutcome) {
+    match outcome.status {
+        SettleStatus::Settled => tracing::info!(
+            plan = %outcome.plan_id, subscriber = %outcome.subscriber,
+            attempts = outcome.attempts, "charge settled"
+        ),
+        SettleStatus::Failed => tracing::warn!(
+            plan = %outcome.plan_id, subscriber = %outcome.subscriber,
+            attempts = outcome.attempts, reason = outcome.reason.as_deref().unwrap_or(""),
+            "charge failed: nothing was charged"
+        ),
+        SettleStatus::Unknown => tracing::error!(
+            plan = %outcome.plan_id, subscriber = %outcome.subscriber,
+            attempts = outcome.attempts, reason = outcome.reason.as_deref().unwrap_or(""),
+            "charge outcome unknown: reconcile by request id"
+        ),
+    }
+}
