@@ -1,0 +1,478 @@
+//! The charge: exactly once, only for success, retried safely, clamped, reported.
+#![cfg(feature = "devserver")]
+
+mod layer_support;
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Response, StatusCode};
+use http_body_util::Full;
+use layer_support::*;
+use nvm_payments::{ChargeOverride, ChargeTiming, ChargeVia, Credits, SettleStatus};
+use tower::{Layer, ServiceExt};
+
+fn c(v: u64) -> Credits {
+    Credits::from(v)
+}
+
+#[tokio::test]
+async fn a_success_is_charged_once_with_a_receipt() {
+    let backend = MockBackend::new(100);
+    let (hook, mut outcomes) = outcomes();
+    let layer = builder(backend.clone()).on_settle(hook).build().unwrap();
+    let response = layer
+        .layer(Inner::ok().service())
+        .oneshot(x402_request(valid_x402()))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let receipt = decode_header_json(&response.headers()["payment-response"]);
+    assert_eq!(receipt["success"], true);
+    assert_eq!(receipt["creditsRedeemed"], "2");
+    assert_eq!(backend.settle_calls.load(Ordering::SeqCst), 1);
+    assert_eq!(backend.charged_ids(), 1);
+    assert_eq!(backend.remaining(), c(98));
+    let outcome = outcomes.recv().await.unwrap();
+    assert_eq!(outcome.status, SettleStatus::Settled);
+    assert_eq!(outcome.credits, c(2));
+    // The x402 request id is the verify's agentRequestId (this request made the call).
+    assert!(
+        outcome.request_id.starts_with("arid-"),
+        "{}",
+        outcome.request_id
+    );
+    let (id, _) = backend.charge_log.lock().unwrap()[0].clone();
+    assert_eq!(id, outcome.request_id);
+}
+
+#[tokio::test]
+async fn cached_requests_get_fresh_uuid_v7_request_ids() {
+    let backend = MockBackend::new(100);
+    let (hook, mut outcomes) = outcomes();
+    let layer = builder(backend.clone()).on_settle(hook).build().unwrap();
+    let svc = layer.layer(Inner::ok().service());
+    for _ in 0..3 {
+        assert_eq!(
+            svc.clone()
+                .oneshot(x402_request(valid_x402()))
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+    }
+    let ids: Vec<String> = (0..3)
+        .map(|_| outcomes.try_recv().unwrap().request_id)
+        .collect();
+    assert!(ids[0].starts_with("arid-"));
+    for id in &ids[1..] {
+        assert_eq!(uuid::Uuid::parse_str(id).unwrap().get_version_num(), 7);
+    }
+    assert_ne!(ids[1], ids[2]);
+    assert_eq!(backend.verifies(), 1);
+    assert_eq!(backend.charged_ids(), 3);
+}
+
+#[tokio::test]
+async fn non_success_statuses_are_not_charged() {
+    for status in [
+        StatusCode::BAD_REQUEST,
+        StatusCode::NOT_FOUND,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        StatusCode::SERVICE_UNAVAILABLE,
+    ] {
+        let backend = MockBackend::new(2);
+        let layer = builder(backend.clone()).build().unwrap();
+        let inner = Inner::status(status);
+        let svc = layer.layer(inner.service());
+        let response = svc
+            .clone()
+            .oneshot(bearer_request(bearer(PLAN, Some(AGENT))))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), status);
+        assert!(!response.headers().contains_key("payment-response"));
+        assert_eq!(inner.calls(), 1);
+        assert_eq!(backend.charge_calls(), 0, "{status}");
+        // The reservation was released: the whole balance is still usable.
+        let again = svc
+            .oneshot(bearer_request(bearer(PLAN, Some(AGENT))))
+            .await
+            .unwrap();
+        assert_eq!(
+            again.status(),
+            status,
+            "admitted again with balance 2 and charge 2"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_success_predicate_is_configurable() {
+    let backend = MockBackend::new(100);
+    let layer = builder(backend.clone())
+        .success_when(|s| s.is_success() || s == StatusCode::NOT_FOUND)
+        .build()
+        .unwrap();
+    let svc = layer.layer(Inner::status(StatusCode::NOT_FOUND).service());
+    assert_eq!(
+        svc.oneshot(bearer_request(bearer(PLAN, Some(AGENT))))
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    assert_eq!(backend.charged_ids(), 1);
+}
+
+#[tokio::test]
+async fn handler_errors_and_panics_are_not_charged_and_release_the_reservation() {
+    let backend = MockBackend::new(2);
+    let layer = builder(backend.clone()).build().unwrap();
+
+    let failing = layer.layer(tower::service_fn(|_req: http::Request<TestBody>| async {
+        Err::<Response<TestBody>, &'static str>("handler failed")
+    }));
+    let err = failing
+        .oneshot(bearer_request(bearer(PLAN, Some(AGENT))))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err, "handler failed",
+        "the service error passes through untouched"
+    );
+
+    let panicking = layer.layer(tower::service_fn(|_req: http::Request<TestBody>| async {
+        if true {
+            panic!("handler panicked");
+        }
+        Ok::<Response<TestBody>, Infallible>(Response::new(Full::new(Bytes::new())))
+    }));
+    let joined = tokio::spawn(panicking.oneshot(bearer_request(bearer(PLAN, Some(AGENT))))).await;
+    assert!(joined.unwrap_err().is_panic());
+    assert_eq!(backend.charge_calls(), 0);
+
+    // Balance 2, charge 2: admitted only if both reservations were released.
+    let inner = Inner::ok();
+    let ok = layer
+        .layer(inner.service())
+        .oneshot(bearer_request(bearer(PLAN, Some(AGENT))))
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    assert_eq!(backend.charged_ids(), 1);
+}
+
+#[tokio::test]
+async fn a_client_that_aborts_during_the_handler_is_not_charged() {
+    let backend = MockBackend::new(2);
+    let layer = builder(backend.clone()).build().unwrap();
+    let (started_tx, mut started_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let slow = layer.layer(tower::service_fn(move |_req: http::Request<TestBody>| {
+        let started = started_tx.clone();
+        async move {
+            let _ = started.send(());
+            std::future::pending::<()>().await;
+            Ok::<Response<TestBody>, Infallible>(Response::new(Full::new(Bytes::new())))
+        }
+    }));
+    let task = tokio::spawn(slow.oneshot(bearer_request(bearer(PLAN, Some(AGENT)))));
+    started_rx.recv().await.unwrap();
+    task.abort();
+    assert!(task.await.unwrap_err().is_cancelled());
+    assert_eq!(backend.charge_calls(), 0);
+    let ok = layer
+        .layer(Inner::ok().service())
+        .oneshot(bearer_request(bearer(PLAN, Some(AGENT))))
+        .await
+        .unwrap();
+    assert_eq!(
+        ok.status(),
+        200,
+        "the aborted request's reservation was released"
+    );
+}
+
+#[tokio::test]
+async fn a_transient_charge_failure_is_retried_with_the_same_request_id() {
+    // Not applied (502 before the burn) then success: two calls, one charge.
+    let backend = MockBackend::new(100);
+    backend
+        .charge_failures
+        .lock()
+        .unwrap()
+        .push_back((transient(), false));
+    let (hook, mut outcomes) = outcomes();
+    let layer = builder(backend.clone()).on_settle(hook).build().unwrap();
+    let r = layer
+        .layer(Inner::ok().service())
+        .oneshot(x402_request(valid_x402()))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().contains_key("payment-response"));
+    let log = backend.charge_log.lock().unwrap().clone();
+    assert_eq!(log.len(), 2);
+    assert_eq!(log[0].0, log[1].0, "the retry reuses the agentRequestId");
+    assert_eq!(backend.charged_ids(), 1);
+    assert_eq!(backend.remaining(), c(98));
+    let outcome = outcomes.recv().await.unwrap();
+    assert_eq!(
+        (outcome.status, outcome.attempts),
+        (SettleStatus::Settled, 2)
+    );
+}
+
+#[tokio::test]
+async fn a_charge_applied_before_the_connection_dropped_is_not_charged_twice() {
+    // The backend burns, then the answer is lost (outcome unknown): the retry with the
+    // same id is answered from the backend's idempotency record.
+    let backend = MockBackend::new(100);
+    backend.charge_failures.lock().unwrap().push_back((
+        nvm_payments::client::Error::Transport {
+            endpoint: "POST /api/v1/x402/settle".into(),
+            message: "connection reset".into(),
+            connect: false,
+        },
+        true,
+    ));
+    let layer = builder(backend.clone()).build().unwrap();
+    let r = layer
+        .layer(Inner::ok().service())
+        .oneshot(bearer_request(bearer(PLAN, Some(AGENT))))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(backend.redeem_calls.load(Ordering::SeqCst), 2);
+    assert_eq!(backend.charged_ids(), 1);
+    assert_eq!(backend.remaining(), c(98), "one spend for one request id");
+}
+
+#[tokio::test]
+async fn a_charge_that_stays_unknown_is_reported_unknown() {
+    let backend = MockBackend::new(100);
+    for _ in 0..10 {
+        backend
+            .charge_failures
+            .lock()
+            .unwrap()
+            .push_back((transient(), false));
+    }
+    let (hook, mut outcomes) = outcomes();
+    let layer = builder(backend.clone()).on_settle(hook).build().unwrap();
+    let r = layer
+        .layer(Inner::ok().service())
+        .oneshot(x402_request(valid_x402()))
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        200,
+        "the work is done: the response is returned"
+    );
+    assert!(!r.headers().contains_key("payment-response"));
+    let outcome = outcomes.recv().await.unwrap();
+    assert_eq!(outcome.status, SettleStatus::Unknown);
+    assert_eq!(outcome.attempts, 6, "the default policy's max_attempts");
+    assert!(outcome.reason.unwrap().contains("502"));
+}
+
+#[tokio::test]
+async fn a_refused_charge_still_returns_the_response_and_reports_failed() {
+    // The backend's balance was spent elsewhere after our fetch: settle refuses.
+    let backend = MockBackend::new(100);
+    let (hook, mut outcomes) = outcomes();
+    let layer = builder(backend.clone()).on_settle(hook).build().unwrap();
+    let svc = layer.layer(Inner::ok().service());
+    assert_eq!(
+        svc.clone()
+            .oneshot(bearer_request(bearer(PLAN, Some(AGENT))))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(outcomes.recv().await.unwrap().status, SettleStatus::Settled);
+    *backend.balance.lock().unwrap() = c(0);
+    let r = svc
+        .clone()
+        .oneshot(bearer_request(bearer(PLAN, Some(AGENT))))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let receipt = decode_header_json(&r.headers()["payment-response"]);
+    assert_eq!(receipt["success"], false);
+    assert_eq!(outcomes.recv().await.unwrap().status, SettleStatus::Failed);
+    // A failed charge makes the ledger fetch again: now it knows the balance is 0.
+    let r = svc
+        .oneshot(bearer_request(bearer(PLAN, Some(AGENT))))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 402);
+    assert_eq!(backend.balances(), 2);
+}
+
+fn overriding(
+    amount: Option<Credits>,
+) -> impl tower::Service<
+    http::Request<TestBody>,
+    Response = Response<TestBody>,
+    Error = Infallible,
+    Future = impl Send,
+> + Clone
+       + Send
+       + 'static {
+    tower::service_fn(move |req: http::Request<TestBody>| async move {
+        let ctx = req
+            .extensions()
+            .get::<nvm_payments::PaymentContext>()
+            .cloned()
+            .unwrap();
+        assert_eq!(
+            ctx.credits(),
+            Credits::from(10u64),
+            "reserved: the configured credits, clamped by the plan"
+        );
+        let mut res = Response::new(Full::new(Bytes::from_static(b"ok")));
+        if let Some(a) = amount {
+            res.extensions_mut().insert(ChargeOverride(a));
+        }
+        Ok(res)
+    })
+}
+
+#[tokio::test]
+async fn the_handler_sets_the_final_charge_clamped_to_what_was_reserved() {
+    // Dynamic plan 1..10; the layer reserves 10.
+    for (set, charged) in [
+        (Some(3u64), Some(3u64)),
+        (Some(50), Some(10)),
+        (None, Some(10)),
+        (Some(0), None),
+    ] {
+        let backend = MockBackend::new(100);
+        let layer = builder(backend.clone()).credits(10u64).build().unwrap();
+        let r = layer
+            .layer(overriding(set.map(Credits::from)))
+            .oneshot(x402_request(valid_x402()))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        match charged {
+            Some(v) => {
+                assert_eq!(
+                    backend.charge_log.lock().unwrap()[0].1,
+                    c(v),
+                    "max_amount sent for {set:?}"
+                );
+                assert_eq!(backend.total_charged(), c(v));
+            }
+            None => assert_eq!(
+                backend.charge_calls(),
+                0,
+                "ChargeOverride(0) waives the charge"
+            ),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_fixed_plan_reserves_and_charges_its_fixed_amount() {
+    let backend = MockBackend::with(100, |m| {
+        *m.credits_config.get_mut().unwrap() = nvm_payments::get_fixed_credits_config(c(100), c(5));
+    });
+    let (hook, mut outcomes) = outcomes();
+    let layer = builder(backend.clone())
+        .credits(1u64)
+        .on_settle(hook)
+        .build()
+        .unwrap();
+    let r = layer
+        .layer(Inner::ok().service())
+        .oneshot(x402_request(valid_x402()))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(outcomes.recv().await.unwrap().credits, c(5));
+    assert_eq!(backend.remaining(), c(95));
+}
+
+#[tokio::test]
+async fn background_charges_after_the_head_and_reports() {
+    let backend = MockBackend::new(100);
+    let (hook, mut outcomes) = outcomes();
+    let layer = builder(backend.clone())
+        .charge_timing(ChargeTiming::Background)
+        .on_settle(hook)
+        .build()
+        .unwrap();
+    let r = layer
+        .layer(Inner::ok().service())
+        .oneshot(x402_request(valid_x402()))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(!r.headers().contains_key("payment-response"));
+    assert_eq!(outcomes.recv().await.unwrap().status, SettleStatus::Settled);
+    assert_eq!(backend.charged_ids(), 1);
+}
+
+#[tokio::test]
+async fn charge_via_picks_the_backend_call() {
+    let backend = MockBackend::new(100);
+    let layer = builder(backend.clone())
+        .charge_via(ChargeVia::Redeem)
+        .build()
+        .unwrap();
+    layer
+        .layer(Inner::ok().service())
+        .oneshot(x402_request(valid_x402()))
+        .await
+        .unwrap();
+    assert_eq!(backend.redeem_calls.load(Ordering::SeqCst), 1);
+    assert_eq!(backend.settle_calls.load(Ordering::SeqCst), 0);
+
+    let backend = MockBackend::new(100);
+    let layer = builder(backend.clone())
+        .charge_via(ChargeVia::Settle)
+        .build()
+        .unwrap();
+    let inner = Inner::ok();
+    let r = layer
+        .layer(inner.service())
+        .oneshot(bearer_request(bearer(PLAN, Some(AGENT))))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 402, "settle-only routes refuse bearer tokens");
+    assert_eq!(inner.calls(), 0);
+}
+
+#[tokio::test]
+async fn the_handler_sees_the_payment_context() {
+    let backend = MockBackend::new(100);
+    let layer = builder(backend.clone()).credits(4u64).build().unwrap();
+    let seen = Arc::new(AtomicUsize::new(0));
+    let seen2 = seen.clone();
+    let svc = layer.layer(tower::service_fn(move |req: http::Request<TestBody>| {
+        let seen = seen2.clone();
+        async move {
+            let ctx = req
+                .extensions()
+                .get::<nvm_payments::PaymentContext>()
+                .unwrap();
+            assert_eq!(ctx.subscriber(), &subscriber());
+            assert_eq!(ctx.plan_id(), &plan());
+            assert_eq!(ctx.agent_id(), Some(&agent()));
+            assert_eq!(ctx.credits(), Credits::from(4u64));
+            assert_eq!(ctx.balance_seen(), Credits::from(100u64));
+            assert!(!format!("{ctx:?}").contains("0xvalid"));
+            seen.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))
+        }
+    }));
+    svc.oneshot(x402_request(valid_x402())).await.unwrap();
+    assert_eq!(seen.load(Ordering::SeqCst), 1);
+}
