@@ -69,7 +69,9 @@ struct TrustedKey {
 /// algorithm of the key that verifies it: `alg: none`, HMAC, RSA and any algorithm
 /// confusion are refused. The key is chosen by the token's `kid`; a token without a
 /// `kid` is accepted only when the set holds exactly one key. Required claims: `sub` (an
-/// address), `planId`, `exp`; `nbf` is honoured when present. Cloning is cheap.
+/// address), `planId`, `exp`; `nbf` is honoured when present. A JWT the issuer signed
+/// for another purpose (an API key: no `planId`) is refused with
+/// [`TokenError::Claims`]. Cloning is cheap (the keys are shared).
 ///
 /// ```
 /// use jsonwebtoken::jwk::JwkSet;
@@ -130,7 +132,8 @@ impl BearerVerifier {
         self
     }
 
-    /// Clock leeway for `exp` and `nbf`, in seconds (default 5).
+    /// Clock leeway for `exp` and `nbf`, in seconds (default 5): a token is expired from
+    /// `exp + leeway` on, and valid from `nbf - leeway` on.
     #[must_use]
     pub fn with_leeway(mut self, secs: u64) -> Self {
         self.leeway = secs;
