@@ -71,7 +71,7 @@ pub use state::DevServerState;
 pub use stats::StatsSnapshot;
 
 use crate::client::{PaymentOptions, Payments};
-use crate::types::{AccessToken, Address, AgentId, DevAccount, PlanId};
+use crate::types::{AccessToken, Address, AgentId, Credits, DevAccount, PlanId};
 
 /// A running devserver. Dropping it stops the server; [`shutdown`](Self::shutdown)
 /// stops it gracefully and waits.
@@ -176,6 +176,11 @@ impl DevServer {
     ) -> AccessToken {
         self.state
             .issue_access_token(subscriber, plan_id, agent_id, exp)
+    }
+
+    /// What a dev wallet holds of `token` (the zero address is the native token).
+    pub fn token_balance(&self, holder: &Address, token: &Address) -> Credits {
+        self.state.token_balance(holder, token)
     }
 
     /// Stops accepting connections, lets in-flight requests finish, and waits.

@@ -65,6 +65,7 @@ pub(crate) fn build(state: DevServerState) -> Router {
         .route("/api/v1/x402/settle", post(x402::settle))
         .route("/dev/accounts", post(dev::create_account))
         .route("/dev/checkout/{sessionId}", get(dev::checkout))
+        .route("/dev/wallets/{address}/{token}", get(dev::wallet))
         .route(
             "/dev/faults",
             post(dev::set_fault)

@@ -12,7 +12,7 @@ use super::keys::ServerKeys;
 use super::ledger::Ledger;
 use super::stats::{Stats, StatsSnapshot};
 use super::x402_token::X402Signer;
-use crate::types::{AccessToken, Address, AgentId, DevAccount, PlanId};
+use crate::types::{AccessToken, Address, AgentId, Credits, DevAccount, PlanId};
 
 /// The state of one devserver: ledger, keys, clock, faults and counters. Cheap to
 /// clone (an `Arc` inside); every clone sees the same ledger.
@@ -127,6 +127,13 @@ impl DevServerState {
         self.inner
             .keys
             .issue_access_token(subscriber, plan_id, agent_id, now.min(exp), exp)
+    }
+
+    /// What a dev wallet holds of `token` (the zero address is the native token).
+    /// Every wallet starts with [`DEFAULT_TOKEN_BALANCE`](super::DEFAULT_TOKEN_BALANCE)
+    /// of every token.
+    pub fn token_balance(&self, holder: &Address, token: &Address) -> Credits {
+        self.ledger().token_balance(holder, token)
     }
 
     /// The ledger; the lock is never held across an `await`.

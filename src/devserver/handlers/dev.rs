@@ -7,7 +7,7 @@ use http::HeaderMap;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{created, Params};
+use super::{address, created, Params};
 use crate::devserver::error::{ApiError, JsonBody};
 use crate::devserver::faults::Fault;
 use crate::devserver::stats::StatsSnapshot;
@@ -86,6 +86,18 @@ pub(crate) async fn list_faults(State(state): State<DevServerState>) -> Json<Val
 pub(crate) async fn clear_faults(State(state): State<DevServerState>) -> Json<Value> {
     state.faults().clear();
     Json(json!({ "faults": [] }))
+}
+
+/// `GET /dev/wallets/{address}/{token}`: a dev wallet's token balance.
+pub(crate) async fn wallet(
+    State(state): State<DevServerState>,
+    Params((holder, token)): Params<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let (holder, token) = (address(&holder)?, address(&token)?);
+    let balance = state.token_balance(&holder, &token);
+    Ok(Json(
+        json!({ "address": holder, "token": token, "balance": balance }),
+    ))
 }
 
 fn clock_json(state: &DevServerState) -> Value {

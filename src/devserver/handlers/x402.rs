@@ -115,13 +115,14 @@ pub(crate) async fn verify(
         network: Some(network),
         agent_request_id: Some(agent_request_id.clone()),
         url_matching: url.clone(),
+        // The Python SDK's `StartAgentRequest` model wants every string present.
         agent_request: Some(StartAgentRequest {
             agent_request_id,
-            agent_name: checked.agent_name,
+            agent_name: Some(checked.agent_name.unwrap_or_default()),
             agent_id: checked.agent,
             balance,
-            url_matching: url,
-            verb_matching: verb,
+            url_matching: Some(url.unwrap_or_default()),
+            verb_matching: Some(verb.unwrap_or_default()),
             batch: Some(false),
         }),
     }))
