@@ -1,0 +1,281 @@
+//! Finding the caller's credential in request headers (architecture step 1).
+
+use std::fmt;
+
+use http::header::AUTHORIZATION;
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+use super::jwt::{decode_jose_header, looks_like_jwt};
+use super::{decode_x402_token, TokenError, MAX_CREDENTIAL_BYTES};
+use crate::types::{AccessToken, TokenDigest, X402TokenPayload};
+
+/// The x402 v2 HTTP transport header carrying the access token (wire-spec §9.3).
+const PAYMENT_SIGNATURE: &str = "payment-signature";
+
+/// A credential found in a request, decoded but not yet authenticated.
+///
+/// `Debug` shows a digest of the token, never the token (nor the envelope's signature).
+// One credential per request, moved once into the request's future: the size of the
+// x402 variant costs nothing that a `Box` would save, and the layer matches on the
+// payload directly.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, PartialEq, Eq)]
+pub enum Credential {
+    /// An x402 v2 access token (wire-spec §6.3), to be verified by the facilitator.
+    X402 {
+        /// The token as received (trimmed).
+        token: AccessToken,
+        /// Its decoded envelope.
+        payload: X402TokenPayload,
+    },
+    /// A legacy bearer JWT (wire-spec §7.4), to be verified with a
+    /// [`BearerVerifier`](super::BearerVerifier).
+    Bearer {
+        /// The JWT as received.
+        token: AccessToken,
+    },
+}
+
+impl Credential {
+    /// The raw token.
+    pub fn token(&self) -> &AccessToken {
+        match self {
+            Credential::X402 { token, .. } | Credential::Bearer { token } => token,
+        }
+    }
+
+    /// A digest of the token: the cache key and the thing to log.
+    pub fn digest(&self) -> TokenDigest {
+        self.token().digest()
+    }
+}
+
+impl fmt::Debug for Credential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Credential::X402 { token, payload } => f
+                .debug_struct("X402")
+                .field("token", token)
+                .field("scheme", &payload.accepted.scheme)
+                .field("plan_id", &payload.accepted.plan_id)
+                .field("agent_id", &payload.accepted.agent_id())
+                .field("payer", &payload.payload.authorization.from)
+                .finish_non_exhaustive(),
+            Credential::Bearer { token } => f.debug_struct("Bearer").field("token", token).finish(),
+        }
+    }
+}
+
+/// The headers [`extract_credential`] looks at by default, in order:
+/// `payment-signature` (x402 v2), then `authorization` (legacy bearer).
+pub fn default_token_headers() -> Vec<HeaderName> {
+    vec![HeaderName::from_static(PAYMENT_SIGNATURE), AUTHORIZATION]
+}
+
+/// Look at `header_names` in order; the first present and non-empty header wins.
+///
+/// `authorization` values must be `Bearer <v>` (scheme case-insensitive; other schemes
+/// are skipped as absent). The value is classified by shape: three `.`-separated
+/// base64url segments → Bearer JWT (not verified here, only that it has a decodable
+/// header); anything else → x402 envelope, decoded with
+/// [`decode_x402_token`]. `Ok(None)` when no header carries a credential.
+///
+/// # Errors
+/// A present credential that cannot be decoded: [`TokenError::TooLarge`] (checked before
+/// anything else), [`TokenError::NotUtf8`], and the errors of [`decode_x402_token`] or of
+/// decoding the JWT header.
+pub fn extract_credential(
+    headers: &HeaderMap,
+    header_names: &[HeaderName],
+) -> Result<Option<Credential>, TokenError> {
+    for name in header_names {
+        let Some(value) = headers.get(name) else {
+            continue;
+        };
+        let Some(raw) = header_text(name, value)? else {
+            continue;
+        };
+        return classify(raw).map(Some);
+    }
+    Ok(None)
+}
+
+/// The credential text of one header, or `None` when it carries none.
+fn header_text<'h>(
+    name: &HeaderName,
+    value: &'h HeaderValue,
+) -> Result<Option<&'h str>, TokenError> {
+    let len = value.as_bytes().len();
+    if len > MAX_CREDENTIAL_BYTES {
+        return Err(TokenError::TooLarge {
+            len,
+            max: MAX_CREDENTIAL_BYTES,
+        });
+    }
+    let text = value.to_str().map_err(|_| TokenError::NotUtf8)?.trim();
+    let text = if name == AUTHORIZATION {
+        match bearer_value(text) {
+            Some(v) => v,
+            None => return Ok(None),
+        }
+    } else {
+        text
+    };
+    Ok((!text.is_empty()).then_some(text))
+}
+
+/// `Bearer <v>` → `<v>`, for any case of `Bearer`.
+fn bearer_value(auth: &str) -> Option<&str> {
+    let (scheme, rest) = auth.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+}
+
+fn classify(raw: &str) -> Result<Credential, TokenError> {
+    if looks_like_jwt(raw) {
+        decode_jose_header(raw)?;
+        Ok(Credential::Bearer {
+            token: AccessToken::new(raw),
+        })
+    } else {
+        let payload = decode_x402_token(raw)?;
+        Ok(Credential::X402 {
+            token: AccessToken::new(raw),
+            payload,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use base64::engine::general_purpose::STANDARD;
+    use base64::Engine;
+
+    use super::*;
+    use crate::token::test_support::FIXTURE_JSON;
+
+    const JWT: &str = "eyJhbGciOiJFZERTQSIsImtpZCI6ImsxIn0.eyJzdWIiOiIweDEifQ.c2ln";
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    fn extract(pairs: &[(&str, &str)]) -> Result<Option<Credential>, TokenError> {
+        extract_credential(&headers(pairs), &default_token_headers())
+    }
+
+    #[test]
+    fn payment_signature_carries_an_x402_token() {
+        let token = STANDARD.encode(FIXTURE_JSON);
+        let c = extract(&[("PAYMENT-SIGNATURE", &token)]).unwrap().unwrap();
+        let Credential::X402 { token: t, payload } = &c else {
+            panic!("{c:?}")
+        };
+        assert_eq!(t.expose(), token);
+        assert_eq!(payload.accepted.scheme, "nvm:erc4337");
+        assert_eq!(c.digest(), AccessToken::new(token).digest());
+    }
+
+    #[test]
+    fn bearer_jwt_in_authorization_any_scheme_case() {
+        for scheme in ["Bearer", "bearer", "BEARER"] {
+            let c = extract(&[("authorization", &format!("{scheme} {JWT}"))])
+                .unwrap()
+                .unwrap();
+            assert_eq!(c, Credential::Bearer { token: JWT.into() });
+        }
+    }
+
+    #[test]
+    fn x402_token_in_authorization_bearer() {
+        let token = STANDARD.encode(FIXTURE_JSON);
+        let c = extract(&[("authorization", &format!("Bearer {token}"))])
+            .unwrap()
+            .unwrap();
+        assert!(matches!(c, Credential::X402 { .. }));
+    }
+
+    #[test]
+    fn first_present_header_wins() {
+        let token = STANDARD.encode(FIXTURE_JSON);
+        let both = [
+            ("payment-signature", token.as_str()),
+            ("authorization", &format!("Bearer {JWT}")),
+        ];
+        assert!(matches!(extract(&both), Ok(Some(Credential::X402 { .. }))));
+        // An empty payment-signature counts as absent.
+        let empty = [
+            ("payment-signature", " "),
+            ("authorization", &format!("Bearer {JWT}")),
+        ];
+        assert!(matches!(
+            extract(&empty),
+            Ok(Some(Credential::Bearer { .. }))
+        ));
+        // So does another authorization scheme.
+        let basic = [("authorization", "Basic dXNlcjpwYXNz")];
+        assert_eq!(extract(&basic), Ok(None));
+        assert_eq!(extract(&[("authorization", "Bearer ")]), Ok(None));
+        assert_eq!(extract(&[("x-other", "v")]), Ok(None));
+    }
+
+    #[test]
+    fn custom_header_names() {
+        let token = STANDARD.encode(FIXTURE_JSON);
+        let names = [HeaderName::from_static("x-payment")];
+        let found = extract_credential(&headers(&[("x-payment", &token)]), &names).unwrap();
+        assert!(matches!(found, Some(Credential::X402 { .. })));
+        let ignored = extract_credential(&headers(&[("payment-signature", &token)]), &names);
+        assert_eq!(ignored, Ok(None));
+    }
+
+    #[test]
+    fn alg_none_token_is_still_a_bearer_credential() {
+        let none = "eyJhbGciOiJub25lIn0.eyJzdWIiOiIweDEifQ.";
+        let c = extract(&[("authorization", &format!("Bearer {none}"))]);
+        assert!(matches!(c, Ok(Some(Credential::Bearer { .. }))));
+    }
+
+    #[test]
+    fn malformed_credentials_are_errors() {
+        assert_eq!(
+            extract(&[("payment-signature", "%%%")]),
+            Err(TokenError::Base64)
+        );
+        // JWT-shaped, but the header is not JSON.
+        let e = extract(&[("authorization", "Bearer aGVsbG8.eyJ9.c2ln")]).unwrap_err();
+        assert!(e.is_malformed(), "{e:?}");
+        let mut h = HeaderMap::new();
+        h.insert(
+            "payment-signature",
+            HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap(),
+        );
+        assert_eq!(
+            extract_credential(&h, &default_token_headers()),
+            Err(TokenError::NotUtf8)
+        );
+        let big = "A".repeat(MAX_CREDENTIAL_BYTES + 1);
+        assert!(matches!(
+            extract(&[("payment-signature", &big)]),
+            Err(TokenError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn debug_never_shows_the_token() {
+        let token = STANDARD.encode(FIXTURE_JSON);
+        let c = extract(&[("payment-signature", &token)]).unwrap().unwrap();
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains(&token), "{dbg}");
+        assert!(!dbg.contains("0x1b2c3d"), "signature leaked: {dbg}");
+        let b = Credential::Bearer { token: JWT.into() };
+        let dbg = format!("{b:?}");
+        assert!(!dbg.contains(JWT) && !dbg.contains("c2ln"), "{dbg}");
+    }
+}
