@@ -17,7 +17,8 @@ pub struct Caller {
     pub agent_id: Option<AgentId>,
     /// A digest of the credential: safe to log, useless to replay.
     pub token_digest: TokenDigest,
-    pub(crate) credential: Credential,
+    /// The credential itself (its `Debug` shows a digest only). Needed to charge.
+    pub credential: Credential,
 }
 
 impl fmt::Debug for Caller {

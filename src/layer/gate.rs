@@ -19,7 +19,7 @@ use super::config::{ChargeTiming, ChargeVia, LayerConfig};
 use super::context::{Caller, ChargeOverride, PaymentContext};
 use super::rejection::{Rejection, RejectionKind, PAYMENT_RESPONSE};
 use super::route::{Route, RouteCache};
-use super::token::{self, BearerVerifier, Credential};
+use super::token::{self, BearerVerifier, Credential, TokenError};
 use crate::backend::PaymentBackend;
 use crate::cache::{
     BalanceCache, BalanceDenied, BalanceKey, PlanCache, Reservation, VerificationCache,
@@ -370,26 +370,29 @@ fn chargeable(
     Ok(amount)
 }
 
-/// The first configured header that holds a credential; `Authorization` only with
-/// the `Bearer` scheme. Mirrors `token::extract_credential` without decoding.
+/// The header [`token::extract_credential`] would read, found without decoding it:
+/// the first configured header that is not blank; `Authorization` only as
+/// `Bearer <token>`. A value that is not text is returned (it is malformed).
 fn find_credential<'h>(
     headers: &'h HeaderMap,
     names: &[http::HeaderName],
 ) -> Option<&'h HeaderValue> {
     names.iter().find_map(|name| {
         let value = headers.get(name)?;
-        let bytes = value.as_bytes();
-        if bytes.iter().all(u8::is_ascii_whitespace) {
-            return None;
-        }
-        if name == AUTHORIZATION {
-            let trimmed = value.to_str().ok()?.trim_start();
-            let scheme = trimmed.get(..7)?;
-            if !scheme.eq_ignore_ascii_case("bearer ") {
+        let Ok(text) = value.to_str() else {
+            return Some(value);
+        };
+        let text = text.trim();
+        let credential = if name == AUTHORIZATION {
+            let (scheme, rest) = text.split_once(' ')?;
+            if !scheme.eq_ignore_ascii_case("bearer") {
                 return None;
             }
-        }
-        Some(value)
+            rest.trim()
+        } else {
+            text
+        };
+        (!credential.is_empty()).then_some(value)
     })
 }
 
@@ -513,26 +516,25 @@ impl JwksCache {
             Some(current) => current,
             None => self.refresh(None, backend).await?,
         };
-        let err = match verifier.verify(token.expose()) {
-            Ok(claims) => return Ok(claims),
-            Err(err) => err,
-        };
-        if err.is_malformed() {
-            return Err(Rejection::new(
-                RejectionKind::MalformedToken,
-                "the bearer token does not decode",
-            ));
-        }
+        let mut result = verifier.verify(token.expose());
         // Perhaps signed with a key published after our fetch.
-        if at.elapsed() >= JWKS_REFETCH {
+        if matches!(result, Err(TokenError::UnknownKey)) && at.elapsed() >= JWKS_REFETCH {
             let (verifier, _) = self.refresh(Some(at), backend).await?;
-            if let Ok(claims) = verifier.verify(token.expose()) {
-                return Ok(claims);
-            }
+            result = verifier.verify(token.expose());
         }
-        Err(Rejection::new(
-            RejectionKind::InvalidToken,
-            "the bearer token is forged, expired or revoked",
-        ))
+        result.map_err(|err| {
+            if err.is_malformed() {
+                Rejection::new(
+                    RejectionKind::MalformedToken,
+                    "the bearer token does not decode",
+                )
+            } else {
+                // TokenError messages never contain the credential.
+                Rejection::new(
+                    RejectionKind::InvalidToken,
+                    format!("the bearer token is not acceptable: {err}"),
+                )
+            }
+        })
     }
 }

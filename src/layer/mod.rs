@@ -88,9 +88,8 @@ mod layer;
 mod rejection;
 mod route;
 mod service;
-mod token_shim;
 
-use token_shim as token;
+use crate::token;
 
 pub use body::PaymentBody;
 pub use config::{BackendUnavailable, ChargeTiming, ChargeVia, ConfigError, PaymentLayerBuilder};
