@@ -22,8 +22,8 @@ use super::route::{Route, RouteCache};
 use super::token::{self, BearerVerifier, Credential, TokenError};
 use crate::backend::PaymentBackend;
 use crate::cache::{
-    BalanceCache, BalanceDenied, BalanceKey, PlanCache, Reservation, VerificationCache,
-    VerificationKey, Verified,
+    BalanceCache, BalanceDenied, BalanceKey, PlanCache, Reservation, SingleUseClaim,
+    SingleUseTokens, VerificationCache, VerificationKey, Verified,
 };
 use crate::client::Error;
 use crate::settle::{Charge, ChargeMethod, PendingCharge};
@@ -44,6 +44,7 @@ pub(crate) struct Gate {
     plans: PlanCache,
     balances: BalanceCache,
     jwks: JwksCache,
+    single_use: Arc<SingleUseTokens>,
 }
 
 /// An admitted request: its context, its reservation, how it will be charged.
@@ -53,6 +54,7 @@ pub(crate) struct Admission {
     caller: Arc<Caller>,
     plan: Arc<PlanCreditsConfig>,
     reservation: Reservation,
+    single_use: Option<SingleUseClaim>,
     method: ChargeMethod,
 }
 
@@ -68,6 +70,7 @@ impl Gate {
             plans: PlanCache::new(config.plan_ttl, PLAN_CAPACITY),
             balances: BalanceCache::new(config.balance_ttl, config.balance_capacity, stale),
             jwks: JwksCache::default(),
+            single_use: Arc::new(SingleUseTokens::new(config.verification_capacity)),
             backend,
             config,
         }
@@ -138,6 +141,17 @@ impl Gate {
         )
         .await
         .map_err(balance_rejection)?;
+        let single_use = if is_single_use(&caller.credential) {
+            let claim = self.single_use.claim(caller.token_digest).ok_or_else(|| {
+                Rejection::new(
+                    RejectionKind::InvalidToken,
+                    "this single-use (x402 v3) token was already used",
+                )
+            })?;
+            Some(claim)
+        } else {
+            None
+        };
         let request_id = verify_request_id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
         let method = match (self.config.via, &caller.credential) {
             (ChargeVia::Redeem, _) | (_, Credential::Bearer { .. }) => ChargeMethod::Redeem,
@@ -154,6 +168,7 @@ impl Gate {
             caller,
             plan,
             reservation,
+            single_use,
             method,
         })
     }
@@ -326,6 +341,7 @@ impl Gate {
                 retry: self.config.retry,
             },
             reservation: admission.reservation,
+            single_use: admission.single_use,
             hook: self.config.on_settle.clone(),
         };
         match self.config.timing {
@@ -350,6 +366,12 @@ impl Gate {
             }
         }
     }
+}
+
+/// x402 v3 tokens carry a nonce and are consumed by their first settle.
+fn is_single_use(credential: &Credential) -> bool {
+    matches!(credential, Credential::X402 { payload, .. }
+        if payload.payload.authorization.nonce.as_deref().is_some_and(|n| !n.is_empty()))
 }
 
 /// What the plan will burn for `requested`; a plan that burns nothing cannot be charged.

@@ -340,6 +340,20 @@ impl PaymentBackend for MockBackend {
 /// An x402 token (base64 JSON envelope) for `plan`, optionally bound to `agent`;
 /// `signature` steers the mock's verify (`0xvalid`, `0xexpired`, other = forged).
 pub fn x402_token(plan: &str, agent: Option<&str>, signature: &str) -> String {
+    x402_token_with_nonce(plan, agent, signature, None)
+}
+
+/// An x402 v3 token: it carries a nonce and is single-use at settle.
+pub fn x402_v3(nonce: &str) -> String {
+    x402_token_with_nonce(PLAN, Some(AGENT), "0xvalid", Some(nonce))
+}
+
+fn x402_token_with_nonce(
+    plan: &str,
+    agent: Option<&str>,
+    signature: &str,
+    nonce: Option<&str>,
+) -> String {
     let mut extra = serde_json::json!({ "version": "1" });
     if let Some(a) = agent {
         extra["agentId"] = a.into();
@@ -350,6 +364,10 @@ pub fn x402_token(plan: &str, agent: Option<&str>, signature: &str) -> String {
         "payload": { "signature": signature, "authorization": { "from": SUBSCRIBER, "sessionKeysProvider": "zerodev", "sessionKeys": [] } },
         "extensions": {}
     });
+    let mut envelope = envelope;
+    if let Some(n) = nonce {
+        envelope["payload"]["authorization"]["nonce"] = n.into();
+    }
     URL_SAFE_NO_PAD.encode(envelope.to_string())
 }
 
