@@ -391,3 +391,36 @@ fn build_names_the_bad_field() {
     );
     assert!(base().plan_id(plan()).build().is_ok());
 }
+
+#[tokio::test]
+async fn a_refused_token_replayed_at_once_costs_no_second_verify() {
+    let backend = MockBackend::new(100);
+    let layer = builder(backend.clone()).build().unwrap();
+    let svc = layer.layer(Inner::ok().service());
+    let forged = x402_token(PLAN, Some(AGENT), "0xforged");
+    for _ in 0..3 {
+        let r = svc
+            .clone()
+            .oneshot(x402_request(forged.clone()))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 402);
+        assert_eq!(body_json(r.into_body()).await["error"], "invalid_token");
+    }
+    assert_eq!(backend.verifies(), 1);
+    // An insufficient balance is not remembered: it may change any moment.
+    let short = MockBackend::new(1);
+    let svc = builder(short.clone())
+        .build()
+        .unwrap()
+        .layer(Inner::ok().service());
+    for _ in 0..2 {
+        let r = svc
+            .clone()
+            .oneshot(x402_request(valid_x402()))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 402);
+    }
+    assert_eq!(short.verifies(), 2);
+}

@@ -33,6 +33,8 @@ use crate::types::{AccessToken, AgentId, Credits, PlanCreditsConfig, PlanId, Tok
 const ROUTE_CAPACITY: u64 = 4_096;
 /// Plans kept with their credits config.
 const PLAN_CAPACITY: u64 = 1_024;
+/// How long a refused token is refused without asking again.
+const REFUSAL_TTL: Duration = Duration::from_secs(5);
 /// A JWKS is fetched again for an unknown key at most this often.
 const JWKS_REFETCH: Duration = Duration::from_secs(60);
 
@@ -45,6 +47,8 @@ pub(crate) struct Gate {
     balances: BalanceCache,
     jwks: JwksCache,
     single_use: Arc<SingleUseTokens>,
+    /// Tokens the facilitator or the JWKS just refused, so a replay costs no call.
+    refused: moka::future::Cache<VerificationKey, Rejection>,
 }
 
 /// An admitted request: its context, its reservation, how it will be charged.
@@ -71,6 +75,10 @@ impl Gate {
             balances: BalanceCache::new(config.balance_ttl, config.balance_capacity, stale),
             jwks: JwksCache::default(),
             single_use: Arc::new(SingleUseTokens::new(config.verification_capacity)),
+            refused: moka::future::Cache::builder()
+                .max_capacity(config.verification_capacity)
+                .time_to_live(REFUSAL_TTL)
+                .build(),
             backend,
             config,
         }
@@ -100,35 +108,34 @@ impl Gate {
         parts: &Parts,
         route: &Arc<Route>,
     ) -> Result<Admission, Rejection> {
-        let raw = find_credential(&parts.headers, &self.config.token_headers).ok_or_else(|| {
-            Rejection::new(
-                RejectionKind::PaymentRequired,
-                "payment required: send an x402 access token in the payment-signature header",
-            )
-        })?;
-        if raw.len() > token::MAX_CREDENTIAL_BYTES {
-            return Err(Rejection::new(
-                RejectionKind::MalformedToken,
-                "the credential is too large",
-            ));
-        }
-        // Hash once; the digest is the cache key and the only form of the token logged.
-        let digest = TokenDigest::of(raw.as_bytes());
+        let digest = tracing::debug_span!("nvm.extract")
+            .in_scope(|| credential_digest(&parts.headers, &self.config.token_headers))?;
         let span = tracing::debug_span!("nvm.verify", token = %digest);
         let requested = self.config.credits.for_request(parts);
         let key: VerificationKey = (digest, route.id);
         let (verified, verify_request_id) = match self.verifications.get(&key).await {
             Some(verified) => (verified, None),
             None => {
+                if let Some(refused) = self.refused.get(&key).await {
+                    return Err(refused);
+                }
                 let mut fresh_id = None;
                 let verify = self.verify(&parts.headers, route, digest, requested, &mut fresh_id);
                 let verified = tracing::Instrument::instrument(
                     self.verifications.get_or_verify(key, verify),
                     span,
                 )
-                .await
-                .map_err(|e| (*e).clone())?;
-                (verified, fresh_id)
+                .await;
+                match verified {
+                    Ok(verified) => (verified, fresh_id),
+                    Err(rejection) => {
+                        // Only a verdict on the token itself: balances and outages change.
+                        if rejection.kind == RejectionKind::InvalidToken {
+                            self.refused.insert(key, (*rejection).clone()).await;
+                        }
+                        return Err((*rejection).clone());
+                    }
+                }
             }
         };
         let caller = verified.caller;
@@ -390,6 +397,27 @@ fn chargeable(
         ));
     }
     Ok(amount)
+}
+
+/// The digest of the request's credential: the first step, without decoding it.
+fn credential_digest(
+    headers: &HeaderMap,
+    names: &[http::HeaderName],
+) -> Result<TokenDigest, Rejection> {
+    let raw = find_credential(headers, names).ok_or_else(|| {
+        Rejection::new(
+            RejectionKind::PaymentRequired,
+            "payment required: send an x402 access token in the payment-signature header",
+        )
+    })?;
+    if raw.len() > token::MAX_CREDENTIAL_BYTES {
+        return Err(Rejection::new(
+            RejectionKind::MalformedToken,
+            "the credential is too large",
+        ));
+    }
+    // Hash once: the digest is the cache key and the only form of the token logged.
+    Ok(TokenDigest::of(raw.as_bytes()))
 }
 
 /// The header [`token::extract_credential`] would read, found without decoding it:
