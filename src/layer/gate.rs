@@ -110,7 +110,6 @@ impl Gate {
     ) -> Result<Admission, Rejection> {
         let digest = tracing::debug_span!("nvm.extract")
             .in_scope(|| credential_digest(&parts.headers, &self.config.token_headers))?;
-        let span = tracing::debug_span!("nvm.verify", token = %digest);
         let requested = self.config.credits.for_request(parts);
         let key: VerificationKey = (digest, route.id);
         let (verified, verify_request_id) = match self.verifications.get(&key).await {
@@ -123,7 +122,7 @@ impl Gate {
                 let verify = self.verify(&parts.headers, route, digest, requested, &mut fresh_id);
                 let verified = tracing::Instrument::instrument(
                     self.verifications.get_or_verify(key, verify),
-                    span,
+                    tracing::debug_span!("nvm.verify", token = %digest),
                 )
                 .await;
                 match verified {
