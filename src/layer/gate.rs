@@ -398,51 +398,42 @@ fn chargeable(
     Ok(amount)
 }
 
-/// The digest of the request's credential: the first step, without decoding it.
+/// The digest of the credential [`token::extract_credential`] would read (the same
+/// header, the same text, so it equals `Credential::digest`), found without decoding
+/// it: the first configured header that is not blank; `Authorization` only as
+/// `Bearer <token>`. Hashed once: the cache key and the only form of the token logged.
 fn credential_digest(
     headers: &HeaderMap,
     names: &[http::HeaderName],
 ) -> Result<TokenDigest, Rejection> {
-    let raw = find_credential(headers, names).ok_or_else(|| {
-        Rejection::new(
-            RejectionKind::PaymentRequired,
-            "payment required: send an x402 access token in the payment-signature header",
-        )
-    })?;
-    if raw.len() > token::MAX_CREDENTIAL_BYTES {
-        return Err(Rejection::new(
-            RejectionKind::MalformedToken,
-            "the credential is too large",
-        ));
-    }
-    // Hash once: the digest is the cache key and the only form of the token logged.
-    Ok(TokenDigest::of(raw.as_bytes()))
-}
-
-/// The header [`token::extract_credential`] would read, found without decoding it:
-/// the first configured header that is not blank; `Authorization` only as
-/// `Bearer <token>`. A value that is not text is returned (it is malformed).
-fn find_credential<'h>(
-    headers: &'h HeaderMap,
-    names: &[http::HeaderName],
-) -> Option<&'h HeaderValue> {
-    names.iter().find_map(|name| {
-        let value = headers.get(name)?;
-        let Ok(text) = value.to_str() else {
-            return Some(value);
+    let malformed = |message| Rejection::new(RejectionKind::MalformedToken, message);
+    for name in names {
+        let Some(value) = headers.get(name) else {
+            continue;
         };
-        let text = text.trim();
+        if value.len() > token::MAX_CREDENTIAL_BYTES {
+            return Err(malformed("the credential is too large"));
+        }
+        let text = value
+            .to_str()
+            .map_err(|_| malformed("the credential is not visible ASCII"))?
+            .trim();
         let credential = if name == AUTHORIZATION {
-            let (scheme, rest) = text.split_once(' ')?;
-            if !scheme.eq_ignore_ascii_case("bearer") {
-                return None;
+            match text.split_once(' ') {
+                Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => rest.trim(),
+                _ => continue,
             }
-            rest.trim()
         } else {
             text
         };
-        (!credential.is_empty()).then_some(value)
-    })
+        if !credential.is_empty() {
+            return Ok(TokenDigest::of(credential.as_bytes()));
+        }
+    }
+    Err(Rejection::new(
+        RejectionKind::PaymentRequired,
+        "payment required: send an x402 access token in the payment-signature header",
+    ))
 }
 
 fn receipt_header(receipt: &crate::types::SettleResponse) -> Option<HeaderValue> {
@@ -585,5 +576,55 @@ impl JwksCache {
                 )
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http::HeaderValue;
+
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (name, value) in pairs {
+            h.append(*name, HeaderValue::from_str(value).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn the_digest_is_the_digest_of_the_credential_extract_reads() {
+        let names = token::default_token_headers();
+        let jwt = "eyJhbGciOiJFZERTQSJ9.eyJzdWIiOiJ4In0.c2ln";
+        for h in [
+            headers(&[("authorization", &format!("  bearer   {jwt} "))]),
+            headers(&[
+                ("payment-signature", "  "),
+                ("authorization", &format!("Bearer {jwt}")),
+            ]),
+            headers(&[
+                ("payment-signature", &format!(" {jwt}")),
+                ("authorization", "Basic x"),
+            ]),
+        ] {
+            let extracted = token::extract_credential(&h, &names).unwrap().unwrap();
+            assert_eq!(credential_digest(&h, &names).unwrap(), extracted.digest());
+        }
+        for h in [
+            headers(&[]),
+            headers(&[("authorization", "Basic dXNlcg==")]),
+            headers(&[("payment-signature", " ")]),
+        ] {
+            assert!(token::extract_credential(&h, &names).unwrap().is_none());
+            let kind = credential_digest(&h, &names).unwrap_err().kind;
+            assert_eq!(kind, RejectionKind::PaymentRequired);
+        }
+        let huge = headers(&[("authorization", &format!("Basic {}", "a".repeat(9000)))]);
+        assert!(token::extract_credential(&huge, &names).is_err());
+        assert_eq!(
+            credential_digest(&huge, &names).unwrap_err().kind,
+            RejectionKind::MalformedToken
+        );
     }
 }
