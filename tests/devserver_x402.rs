@@ -663,3 +663,60 @@ async fn legacy_access_tokens_verify_with_the_jwks() {
         .unwrap_err();
     assert_eq!(api_code(&err), Some((404, "BCK.PROTOCOL.0003".into())));
 }
+
+#[tokio::test]
+async fn delegations_are_recorded_and_listed() {
+    let (w, plan, _agent) = setup(10).await;
+    let key = w.subscriber.api_key.expose();
+    let resp = http()
+        .post(w.url("/api/v1/delegation/create"))
+        .bearer_auth(key)
+        .json(&json!({"provider": "erc4337", "spendingLimitCents": 10000, "durationSecs": 3600, "currency": "usdc"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let created: Value = resp.json().await.unwrap();
+    let id = created["delegationId"].as_str().unwrap().to_owned();
+    let listed: Value = http()
+        .get(w.url("/api/v1/delegation"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed[0]["id"], id.as_str());
+    assert_eq!(listed[0]["spendingLimitCents"], 10000);
+    let others: Value = http()
+        .get(w.url("/api/v1/delegation"))
+        .bearer_auth(w.builder.api_key.expose())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(others, json!([]));
+    let resp = http()
+        .post(w.url("/api/v1/delegation/create"))
+        .bearer_auth(key)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    expect_envelope(resp, 400, "BCK.COMMON.0002").await;
+
+    let resp = http()
+        .post(w.url("/api/v1/x402/permissions"))
+        .bearer_auth(key)
+        .json(&json!({"accepted": {"scheme": "nvm:erc4337", "network": "eip155:84532", "planId": plan, "extra": {}},
+            "delegationConfig": {"delegationId": id}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let body: Value = resp.json().await.unwrap();
+    assert!(body["accessToken"].as_str().is_some_and(|t| !t.is_empty()));
+}
