@@ -170,6 +170,24 @@ pub(crate) struct Checkout {
     pub(crate) completed: bool,
 }
 
+/// A spending delegation (`POST /api/v1/delegation/create`). The devserver records it
+/// and lists it; it does not enforce its limits.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Delegation {
+    pub(crate) id: String,
+    #[serde(skip)]
+    pub(crate) owner: Address,
+    pub(crate) provider: String,
+    pub(crate) spending_limit_cents: Option<u64>,
+    pub(crate) spent_cents: u64,
+    pub(crate) duration_secs: Option<u64>,
+    pub(crate) currency: Option<String>,
+    pub(crate) status: &'static str,
+    pub(crate) created_at: String,
+    pub(crate) expires_at: Option<String>,
+}
+
 /// Why a payment check failed (the `invalidReason` of verify, `errorReason` of settle).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum InvalidReason {
@@ -223,6 +241,7 @@ pub(crate) struct Ledger {
     settlements: HashMap<String, SettleResponse>,
     redemptions: HashMap<String, NvmApiResult>,
     checkouts: HashMap<String, Checkout>,
+    delegations: Vec<Delegation>,
 }
 
 fn forbidden(code: &'static str, message: impl Into<String>) -> ApiError {
@@ -232,6 +251,18 @@ fn forbidden(code: &'static str, message: impl Into<String>) -> ApiError {
 impl Ledger {
     pub(crate) fn add_account(&mut self, address: Address, name: Option<String>) {
         self.accounts.insert(address, name);
+    }
+
+    pub(crate) fn add_delegation(&mut self, delegation: Delegation) {
+        self.delegations.push(delegation);
+    }
+
+    pub(crate) fn delegations_of(&self, owner: &Address) -> Vec<Delegation> {
+        self.delegations
+            .iter()
+            .filter(|d| &d.owner == owner)
+            .cloned()
+            .collect()
     }
 
     pub(crate) fn plan(&self, id: &PlanId) -> Result<&PlanRecord, ApiError> {
