@@ -20,6 +20,7 @@ mod plans;
 mod session;
 mod token;
 
+use std::io::Write;
 use std::net::IpAddr;
 use std::process::ExitCode;
 
@@ -224,11 +225,20 @@ async fn run_dev_server(args: DevServerArgs) -> Result<(), Box<dyn std::error::E
     let server = nvm_payments::devserver::DevServer::bind((args.host, args.port))
         .await
         .map_err(|e| format!("cannot listen on {}:{}: {e}", args.host, args.port))?;
-    println!("nvm-payments devserver listening on {}", server.base_url());
-    println!(
+    // A closed stdout (`dev-server | head -1`) must not stop the server, so these
+    // writes ignore errors where println! would panic.
+    let mut out = std::io::stdout();
+    let _ = writeln!(
+        out,
+        "nvm-payments devserver listening on {}",
+        server.base_url()
+    );
+    let _ = writeln!(
+        out,
         "create an account: curl -s -X POST {}/dev/accounts",
         server.base_url()
     );
+    let _ = out.flush();
     shutdown_signal().await;
     tracing::info!("shutting down");
     server.shutdown().await?;

@@ -57,7 +57,7 @@ Examples:
     #[command(after_help = "\
 Example:\n  nvm-payments plans mint-expirable 4242… --amount 50 --to 0x71e6…3fd --duration-secs 86400")]
     MintExpirable(MintExpirableArgs),
-    /// Burn credits from your own balance of a plan.
+    /// Burn credits of a plan you own from your own balance of it.
     #[command(after_help = "Example:\n  nvm-payments plans burn 4242… --amount 5")]
     Burn(BurnArgs),
 }
@@ -85,13 +85,18 @@ pub(crate) struct RegisterCreditsArgs {
     #[command(flatten)]
     common: PlanCommon,
     /// Credits one order grants.
-    #[arg(long, value_name = "CREDITS")]
+    #[arg(long, value_name = "CREDITS", allow_negative_numbers = true)]
     credits: Credits,
     /// Credits one request burns (the least, with --max-per-request).
-    #[arg(long, value_name = "CREDITS", default_value = "1")]
+    #[arg(
+        long,
+        value_name = "CREDITS",
+        default_value = "1",
+        allow_negative_numbers = true
+    )]
     per_request: Credits,
     /// Makes the charge dynamic: a request burns between --per-request and this.
-    #[arg(long, value_name = "CREDITS")]
+    #[arg(long, value_name = "CREDITS", allow_negative_numbers = true)]
     max_per_request: Option<Credits>,
     /// A trial plan: each subscriber can order it once.
     #[arg(long)]
@@ -124,16 +129,21 @@ pub(crate) struct RegisterTimeArgs {
 ))]
 pub(crate) struct PriceArgs {
     /// Price in an ERC20 token, in its smallest unit (needs --token).
-    #[arg(long, value_name = "AMOUNT", requires = "token")]
+    #[arg(
+        long,
+        value_name = "AMOUNT",
+        requires = "token",
+        allow_negative_numbers = true
+    )]
     price: Option<Credits>,
     /// The ERC20 token contract for --price.
     #[arg(long, value_name = "ADDR", requires = "price")]
     token: Option<Address>,
     /// Price in the chain's native token, in its smallest unit (wei).
-    #[arg(long, value_name = "AMOUNT")]
+    #[arg(long, value_name = "AMOUNT", allow_negative_numbers = true)]
     native_price: Option<Credits>,
     /// Price in fiat, in 6-decimal units: 2000000 is 2.00 (at least 1000000).
-    #[arg(long, value_name = "AMOUNT")]
+    #[arg(long, value_name = "AMOUNT", allow_negative_numbers = true)]
     fiat_price: Option<Credits>,
     /// Currency of --fiat-price [default: USD].
     #[arg(long, value_name = "CODE", requires = "fiat_price")]
@@ -178,7 +188,7 @@ pub(crate) struct MintArgs {
     #[arg(value_name = "PLAN")]
     plan: PlanId,
     /// Credits to add.
-    #[arg(long, value_name = "CREDITS")]
+    #[arg(long, value_name = "CREDITS", allow_negative_numbers = true)]
     amount: Credits,
     /// Who receives them.
     #[arg(long, value_name = "ADDR")]
@@ -200,7 +210,7 @@ pub(crate) struct BurnArgs {
     #[arg(value_name = "PLAN")]
     plan: PlanId,
     /// Credits to burn.
-    #[arg(long, value_name = "CREDITS")]
+    #[arg(long, value_name = "CREDITS", allow_negative_numbers = true)]
     amount: Credits,
 }
 
