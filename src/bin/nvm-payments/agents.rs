@@ -1,7 +1,7 @@
 //! `agents …`: register an agent sold through plans, and read one back.
 
 use clap::{Args, Subcommand};
-use nvm_payments::types::{Agent, AgentApiAttributes, AgentMetadata};
+use nvm_payments::types::{Agent, AgentApiAttributes, AgentMetadata, SecretString};
 use nvm_payments::{AgentId, Endpoint, PlanId};
 use serde_json::json;
 
@@ -97,14 +97,27 @@ async fn register(args: RegisterArgs, session: &Session) -> Result<(), Failure> 
 
 async fn get(args: GetArgs, session: &Session) -> Result<(), Failure> {
     let api = session.public()?;
-    let agent = api
+    let mut agent = api
         .payments
         .agents()
         .get_agent(&args.agent)
         .await
         .map_err(api.fail())?;
+    redact_credentials(&mut agent);
     session.output.emit(&agent, agent_fields)
 }
+
+/// The credentials the platform uses to reach the agent are the owner's secrets; a
+/// backend that echoes them in this public read must not get them onto a terminal.
+fn redact_credentials(agent: &mut Agent) {
+    if let Some(api) = agent.metadata.agent.as_mut() {
+        for secret in [&mut api.password, &mut api.token].into_iter().flatten() {
+            *secret = SecretString::new(REDACTED);
+        }
+    }
+}
+
+const REDACTED: &str = "[redacted]";
 
 fn agent_fields(agent: &Agent) -> Fields {
     let plans = agent
@@ -152,5 +165,22 @@ mod tests {
         assert!(parse_endpoint("https://a.example").is_err());
         assert!(parse_endpoint("FETCH https://a.example").is_err());
         assert!(parse_endpoint("GET a b").is_err());
+    }
+
+    #[test]
+    fn agent_credentials_are_redacted() {
+        let mut agent: Agent = serde_json::from_value(serde_json::json!({
+            "id": "7",
+            "metadata": {
+                "main": { "name": "a" },
+                "agent": { "endpoints": [], "authType": "bearer", "token": "tok-secret", "password": "pw-secret" }
+            },
+            "registry": { "owner": "0x71e6F7f8C68e7e2E96B3c90655c2D2cA376Bc3fd", "plans": [] }
+        }))
+        .unwrap();
+        redact_credentials(&mut agent);
+        let shown = serde_json::to_string(&agent).unwrap();
+        assert!(!shown.contains("-secret"), "{shown}");
+        assert!(shown.contains(REDACTED), "{shown}");
     }
 }

@@ -1,6 +1,7 @@
 //! Results on stdout: aligned `key: value` lines for people, JSON with `--json`.
 
 use std::fmt::Display;
+use std::io::Write;
 
 use serde::Serialize;
 
@@ -19,14 +20,27 @@ impl Output {
         value: &T,
         human: impl FnOnce(&T) -> Fields,
     ) -> Result<(), Failure> {
-        if self.json {
-            let text = serde_json::to_string_pretty(value)
+        let text = if self.json {
+            let mut text = serde_json::to_string_pretty(value)
                 .map_err(|e| Failure::new(format!("cannot print the result as JSON: {e}")))?;
-            println!("{text}");
+            text.push('\n');
+            text
         } else {
-            print!("{}", human(value).render());
+            human(value).render()
+        };
+        write_stdout(&text)
+    }
+}
+
+/// Writes to stdout; a reader that went away (`| head -1`) is not a failure, where
+/// `print!` would panic.
+fn write_stdout(text: &str) -> Result<(), Failure> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(Failure::new(format!("cannot write to stdout: {e}")))
         }
-        Ok(())
+        _ => Ok(()),
     }
 }
 

@@ -21,7 +21,7 @@ pub(crate) struct Session {
     pub(crate) output: Output,
 }
 
-/// A client plus the URL to name in error messages.
+/// A client; its backend URL is what error messages name.
 #[derive(Debug)]
 pub(crate) struct Api {
     pub(crate) payments: Payments,
