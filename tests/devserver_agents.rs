@@ -1,5 +1,6 @@
 //! Devserver agents over loopback HTTP: register, agent+plan, get, update, list,
 //! plans of an agent, agents of a plan, link and unlink.
+#![cfg(feature = "devserver")]
 
 mod common;
 

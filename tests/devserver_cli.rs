@@ -1,6 +1,6 @@
 //! `nvm-payments dev-server`: prints its base URL, serves, logs one line per request,
 //! and exits cleanly on SIGTERM.
-#![cfg(unix)]
+#![cfg(all(unix, feature = "cli"))]
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};

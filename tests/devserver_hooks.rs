@@ -1,5 +1,6 @@
 //! Devserver test hooks over loopback HTTP: faults, clock, stats; plus the Nest-style
 //! 404, deployment info, and starting/stopping the server.
+#![cfg(feature = "devserver")]
 
 mod common;
 

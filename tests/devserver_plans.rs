@@ -1,5 +1,6 @@
 //! Devserver plans over loopback HTTP: accounts and keys, register/get/list, balance,
 //! order (crypto, free, fiat, trial, time), mint, mint-expirable, burn, redeem.
+#![cfg(feature = "devserver")]
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! Devserver x402 over loopback HTTP: permissions (token minting), verify (every
 //! invalidReason), settle (clamping, insufficient balance, idempotency, concurrency),
 //! forged tokens, and legacy EdDSA access tokens verified with the JWKS.
+#![cfg(feature = "devserver")]
 
 mod common;
 

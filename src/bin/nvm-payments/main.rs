@@ -20,7 +20,6 @@ mod plans;
 mod session;
 mod token;
 
-use std::io::Write;
 use std::net::IpAddr;
 use std::process::ExitCode;
 
@@ -222,47 +221,66 @@ fn init_tracing(default: &str) {
 }
 
 async fn run_dev_server(args: DevServerArgs) -> Result<(), Box<dyn std::error::Error>> {
+    // Listen for signals before announcing the URL, so a supervisor that signals as
+    // soon as it reads it still gets a clean shutdown.
+    let stop = ShutdownSignal::install()?;
     let server = nvm_payments::devserver::DevServer::bind((args.host, args.port))
         .await
         .map_err(|e| format!("cannot listen on {}:{}: {e}", args.host, args.port))?;
-    // A closed stdout (`dev-server | head -1`) must not stop the server, so these
-    // writes ignore errors where println! would panic.
-    let mut out = std::io::stdout();
-    let _ = writeln!(
-        out,
-        "nvm-payments devserver listening on {}",
-        server.base_url()
-    );
-    let _ = writeln!(
-        out,
-        "create an account: curl -s -X POST {}/dev/accounts",
-        server.base_url()
-    );
-    let _ = out.flush();
-    shutdown_signal().await;
+    announce(&server.base_url());
+    stop.recv().await;
     tracing::info!("shutting down");
     server.shutdown().await?;
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Prints the base URL. Write errors are ignored: a supervisor that read the first
+/// line and closed the pipe must not bring the server down.
+fn announce(base_url: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "nvm-payments devserver listening on {base_url}");
+    let _ = writeln!(
+        out,
+        "create an account: curl -s -X POST {base_url}/dev/accounts"
+    );
+    let _ = out.flush();
+}
+
+/// Ctrl-C or SIGTERM, registered up front.
+struct ShutdownSignal {
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignal {
+    #[cfg(unix)]
+    fn install() -> std::io::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(ShutdownSignal {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+        })
+    }
+
     #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = terminate => {},
+    fn install() -> std::io::Result<Self> {
+        Ok(ShutdownSignal {})
+    }
+
+    #[cfg(unix)]
+    async fn recv(mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {},
+            _ = self.terminate.recv() => {},
+        }
+    }
+
+    #[cfg(not(unix))]
+    async fn recv(self) {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }
 
