@@ -317,7 +317,7 @@ impl Gate {
 
     /// Charges a served request according to the configured timing, or releases its
     /// reservation when the response is not a success.
-    pub(crate) async fn finish<B>(
+    pub(crate) async fn finish<B: http_body::Body>(
         &self,
         admission: Admission,
         response: Response<B>,
@@ -364,6 +364,11 @@ impl Gate {
                 Response::from_parts(parts, PaymentBody::inner(body))
             }
             ChargeTiming::Background => {
+                pending.spawn();
+                Response::from_parts(parts, PaymentBody::inner(body))
+            }
+            // A body already at its end (204, empty) is never polled: charge now.
+            ChargeTiming::OnBodyEnd if body.is_end_stream() => {
                 pending.spawn();
                 Response::from_parts(parts, PaymentBody::inner(body))
             }
