@@ -134,10 +134,19 @@ pub(crate) struct BalanceCache {
     ledgers: Cache<Arc<BalanceKey>, Arc<Ledger>>,
     ttl: Duration,
     stale_max_age: Option<Duration>,
+    /// A fresh ledger that refuses a request is fetched again when its balance is at
+    /// least this old: a top-up made since the fetch is seen at once, and a caller with
+    /// no credits costs at most one balance call per this interval.
+    recheck_after: Duration,
 }
 
 impl BalanceCache {
-    pub(crate) fn new(ttl: Duration, capacity: u64, stale_max_age: Option<Duration>) -> Self {
+    pub(crate) fn new(
+        ttl: Duration,
+        capacity: u64,
+        stale_max_age: Option<Duration>,
+        recheck_after: Duration,
+    ) -> Self {
         // A ledger outlives its fetched balance (it carries the reservations); it is
         // dropped once nobody has used it for a while.
         let idle = ttl
@@ -150,6 +159,7 @@ impl BalanceCache {
                 .build(),
             ttl,
             stale_max_age,
+            recheck_after,
         }
     }
 
@@ -182,16 +192,30 @@ impl BalanceCache {
             balance_seen,
             armed: true,
         };
-        {
+        // When a fresh ledger refuses, the fetch it was refused on: only a newer one
+        // may change the answer.
+        let refused_on = {
             let mut s = ledger.lock();
             if s.is_fresh(Instant::now(), self.ttl) {
-                return s.try_reserve(amount).map(reserved);
+                match s.try_reserve(amount) {
+                    Ok(seen) => return Ok(reserved(seen)),
+                    Err(denied) => match s.fetched_at {
+                        Some(at) if at.elapsed() >= self.recheck_after => Some(at),
+                        _ => return Err(denied),
+                    },
+                }
+            } else {
+                None
             }
-        }
+        };
         let _refreshing = ledger.refresh.lock().await;
         let mark = {
             let mut s = ledger.lock();
-            if s.is_fresh(Instant::now(), self.ttl) {
+            let refreshed_meanwhile = match refused_on {
+                Some(at) => s.fetched_at.is_some_and(|t| t > at),
+                None => true,
+            };
+            if refreshed_meanwhile && s.is_fresh(Instant::now(), self.ttl) {
                 return s.try_reserve(amount).map(reserved);
             }
             if s.failed_at.is_some_and(|t| t.elapsed() < FAILURE_BACKOFF) {
