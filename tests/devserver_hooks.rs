@@ -428,3 +428,62 @@ async fn the_router_embeds_in_another_app() {
     );
     server.abort();
 }
+
+#[tokio::test]
+async fn spends_are_recorded_once_per_request_id_and_survive_a_restart() {
+    let w = World::new().await;
+    let plan = w.free_plan(get_fixed_credits_config(c(10), c(2))).await;
+    let subscriber = w.server.payments(&w.subscriber);
+    subscriber.plans().order_plan(&plan).await.unwrap();
+    let tok = subscriber
+        .x402()
+        .get_x402_access_token(&plan, None)
+        .await
+        .unwrap()
+        .access_token;
+    let owner = w.server.payments(&w.builder);
+    let pr = build_payment_required(
+        std::slice::from_ref(&plan),
+        Environment::Custom,
+        &PaymentRequiredOptions::default(),
+    );
+    let mut spent = w.server.state().watch_spends();
+    for _ in 0..3 {
+        owner
+            .x402()
+            .settle_permissions(&pr, &tok, Some(c(2)), Some("req-1"))
+            .await
+            .unwrap();
+    }
+    spent.wait_for(|n| *n == 1).await.unwrap();
+    let spends = w.server.state().spends();
+    assert_eq!(spends.len(), 1, "a replayed request id spends nothing");
+    assert_eq!(spends[0].request_id.as_deref(), Some("req-1"));
+    assert_eq!(spends[0].credits, c(2));
+    assert_eq!(spends[0].via, "settle");
+    assert_eq!(spends[0].holder, w.subscriber.address);
+
+    let over_http: Value = http()
+        .get(w.url("/dev/ledger/spends"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(over_http["spends"][0]["requestId"], "req-1");
+    assert_eq!(over_http["spends"][0]["credits"], "2");
+
+    // Stopped and served again on the same address: the same ledger and keys.
+    let addr = w.server.addr();
+    let server = w.server.restart().await.unwrap();
+    assert_eq!(server.addr(), addr);
+    let again = owner
+        .x402()
+        .settle_permissions(&pr, &tok, Some(c(2)), Some("req-1"))
+        .await
+        .unwrap();
+    assert!(again.success);
+    assert_eq!(again.remaining_balance, Some(c(8)));
+    assert_eq!(server.state().spends().len(), 1);
+}

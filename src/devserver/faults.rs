@@ -46,6 +46,15 @@ pub struct Fault {
     /// Run the handler first (the ledger changes), then apply `status` or `drop`.
     #[serde(default)]
     pub after: bool,
+    /// Run the handler (the ledger changes), then wait this long before answering
+    /// (or applying `status`, `drop`, `body`): a reply that is late or, if the server
+    /// stops meanwhile, lost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold_reply_ms: Option<u64>,
+    /// Answer this raw body (as `application/json`, with `status` or 200) instead of the
+    /// handler's: garbage for client decoders.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
     /// Apply to the next N matching requests only (forever when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub times: Option<u32>,
@@ -62,6 +71,8 @@ impl Fault {
             status: None,
             drop: false,
             after: false,
+            hold_reply_ms: None,
+            body: None,
             times: None,
         }
     }
@@ -93,6 +104,18 @@ impl Fault {
     /// Run the handler before applying the status or the drop.
     pub fn after_handler(mut self) -> Self {
         self.after = true;
+        self
+    }
+
+    /// Run the handler, then hold its reply for `ms` milliseconds.
+    pub fn hold_reply_ms(mut self, ms: u64) -> Self {
+        self.hold_reply_ms = Some(ms);
+        self
+    }
+
+    /// Answer this raw body (`application/json`) instead of the handler's.
+    pub fn body(mut self, body: impl Into<String>) -> Self {
+        self.body = Some(body.into());
         self
     }
 
@@ -169,20 +192,37 @@ pub(crate) async fn inject(
     if let Some(ms) = fault.latency_ms {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
-    if fault.after {
-        // The handler's response is discarded: only its effect on the ledger remains.
-        let _ = next.run(req).await;
-    } else if fault.status.is_none() && !fault.drop {
+    let replaces_answer = fault.status.is_some() || fault.drop || fault.body.is_some();
+    let handled = if fault.after || fault.hold_reply_ms.is_some() {
+        // With `after`, the handler's response is discarded: only its effect remains.
+        Some(next.run(req).await)
+    } else if !replaces_answer {
         return next.run(req).await;
+    } else {
+        None
+    };
+    if let Some(ms) = fault.hold_reply_ms {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
     }
     if fault.drop {
         return dropped_connection();
     }
-    match fault.status.and_then(|s| StatusCode::from_u16(s).ok()) {
-        Some(status) => {
+    let status = fault.status.and_then(|s| StatusCode::from_u16(s).ok());
+    if let Some(body) = fault.body {
+        let status = status.unwrap_or(StatusCode::OK);
+        return (
+            status,
+            [(http::header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response();
+    }
+    match (status, handled) {
+        (Some(status), _) => {
             ApiError::new(status, "BCK.DEV.0001", "Fault injected by the devserver").into_response()
         }
-        None => ApiError::new(
+        (None, Some(response)) if !fault.after => response,
+        _ => ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "BCK.DEV.0001",
             "Fault injected by the devserver",
@@ -193,7 +233,7 @@ pub(crate) async fn inject(
 
 /// A response whose body fails at once: hyper then aborts the connection, so the
 /// client sees a transport error, not a status.
-fn dropped_connection() -> Response {
+pub(crate) fn dropped_connection() -> Response {
     let stream = futures_util::stream::once(async {
         Err::<Bytes, _>(std::io::Error::new(
             std::io::ErrorKind::ConnectionAborted,

@@ -242,6 +242,35 @@ pub(crate) struct Ledger {
     redemptions: HashMap<String, NvmApiResult>,
     checkouts: HashMap<String, Checkout>,
     delegations: Vec<Delegation>,
+    /// Every charge that burned credits (settle, redeem), in order.
+    spends: Vec<Spend>,
+}
+
+/// One charge that burned credits (a settle or a redeem that spent), as the ledger
+/// recorded it. A replayed `agentRequestId` answers the first result and records
+/// nothing, so the spends of one request id are its real charges.
+///
+/// ```
+/// use nvm_payments::devserver::Spend;
+/// let spend: Spend = serde_json::from_str(
+///     r#"{"requestId":"r-1","planId":"7","holder":"0x1111111111111111111111111111111111111111","credits":"2","via":"settle"}"#,
+/// ).unwrap();
+/// assert_eq!(spend.request_id.as_deref(), Some("r-1"));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Spend {
+    /// The `agentRequestId` sent with the charge (absent when none was).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// The plan charged.
+    pub plan_id: PlanId,
+    /// Whose credits were burned.
+    pub holder: Address,
+    /// Credits burned.
+    pub credits: Credits,
+    /// `settle` or `redeem`.
+    pub via: String,
 }
 
 fn forbidden(code: &'static str, message: impl Into<String>) -> ApiError {
@@ -249,6 +278,11 @@ fn forbidden(code: &'static str, message: impl Into<String>) -> ApiError {
 }
 
 impl Ledger {
+    /// Every charge that burned credits so far, in order.
+    pub(crate) fn spends(&self) -> &[Spend] {
+        &self.spends
+    }
+
     pub(crate) fn add_account(&mut self, address: Address, name: Option<String>) {
         self.accounts.insert(address, name);
     }
@@ -684,6 +718,13 @@ impl Ledger {
         }
         let burned = self.charge_amount(plan_id, redeem_from, requested, now)?;
         self.spend(plan_id, redeem_from, burned, now)?;
+        self.spends.push(Spend {
+            request_id: Some(agent_request_id.to_owned()).filter(|id| !id.is_empty()),
+            plan_id: plan_id.clone(),
+            holder: redeem_from.clone(),
+            credits: burned,
+            via: "redeem".to_owned(),
+        });
         let result = NvmApiResult {
             data: Some(json!({ "creditsBurned": burned.to_string() })),
             ..NvmApiResult::ok(new_tx_hash())
@@ -799,6 +840,15 @@ impl Ledger {
         {
             return failed(InvalidReason::InsufficientBalance);
         }
+        self.spends.push(Spend {
+            request_id: agent_request_id
+                .filter(|id| !id.is_empty())
+                .map(str::to_owned),
+            plan_id: charge.plan_id.clone(),
+            holder: charge.payer.clone(),
+            credits: checked.amount,
+            via: "settle".to_owned(),
+        });
         let remaining = self
             .balance(charge.plan_id, charge.payer, now)
             .map(|b| b.balance)

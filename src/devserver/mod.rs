@@ -12,7 +12,10 @@
 //! Test hooks: dev accounts ([`DevServer::create_account`], `POST /dev/accounts`),
 //! fault injection ([`DevServer::faults`], `POST /dev/faults`), a movable clock
 //! ([`DevServer::advance_clock`], `POST /dev/clock/advance`) and per-route request
-//! counters ([`DevServer::stats`], `GET /dev/stats`).
+//! counters ([`DevServer::stats`], `GET /dev/stats`), the ledger's record of every
+//! charge ([`DevServerState::spends`], `GET /dev/ledger/spends`), and a crash-like stop
+//! that keeps the state so the same ledger can be served again on the same address
+//! ([`DevServer::stop`], [`DevServer::restart`]).
 //!
 //! ```
 //! use nvm_payments::devserver::DevServer;
@@ -61,12 +64,12 @@ mod x402_token;
 use std::net::SocketAddr;
 
 use tokio::net::{TcpListener, ToSocketAddrs};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 pub use clock::Clock;
 pub use faults::{Fault, Faults};
-pub use ledger::DEFAULT_TOKEN_BALANCE;
+pub use ledger::{Spend, DEFAULT_TOKEN_BALANCE};
 pub use state::DevServerState;
 pub use stats::StatsSnapshot;
 
@@ -80,6 +83,8 @@ pub struct DevServer {
     state: DevServerState,
     addr: SocketAddr,
     shutdown: Option<oneshot::Sender<()>>,
+    /// Set by [`stop`](DevServer::stop): in-flight requests lose their connection.
+    kill: watch::Sender<bool>,
     task: Option<JoinHandle<std::io::Result<()>>>,
 }
 
@@ -98,7 +103,12 @@ impl DevServer {
     pub fn serve(state: DevServerState, listener: TcpListener) -> std::io::Result<Self> {
         let addr = listener.local_addr()?;
         let (tx, rx) = oneshot::channel::<()>();
-        let app = state.router();
+        let (kill, killed) = watch::channel(false);
+        let app = state
+            .router()
+            .layer(axum::middleware::from_fn(move |req, next| {
+                drop_when_killed(killed.clone(), req, next)
+            }));
         let task = tokio::spawn(async move {
             axum::serve(listener, app)
                 .with_graceful_shutdown(async {
@@ -110,8 +120,34 @@ impl DevServer {
             state,
             addr,
             shutdown: Some(tx),
+            kill,
             task: Some(task),
         })
+    }
+
+    /// Stops like a crash: requests in flight lose their connection (a handler that
+    /// already changed the ledger keeps its effect, its reply is lost), the port is
+    /// released. The state (ledger, keys, clock, faults) is kept, to be served again
+    /// with [`StoppedDevServer::start`].
+    pub async fn stop(mut self) -> std::io::Result<StoppedDevServer> {
+        self.kill.send_replace(true);
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e)))?;
+        }
+        Ok(StoppedDevServer {
+            state: self.state.clone(),
+            addr: self.addr,
+        })
+    }
+
+    /// [`stop`](Self::stop), then serve the same state on the same address again: a
+    /// backend restart in the middle of a run, with its ledger intact.
+    pub async fn restart(self) -> std::io::Result<DevServer> {
+        self.stop().await?.start().await
     }
 
     /// The devserver's routes over `state`, for embedding in another axum app (the
@@ -198,6 +234,42 @@ impl DevServer {
             Some(task) => task.await.unwrap_or_else(|e| Err(std::io::Error::other(e))),
             None => Ok(()),
         }
+    }
+}
+
+/// A devserver stopped by [`DevServer::stop`]: its state and its address.
+#[derive(Debug)]
+pub struct StoppedDevServer {
+    state: DevServerState,
+    addr: SocketAddr,
+}
+
+impl StoppedDevServer {
+    /// The state it served (still readable: ledger, spends, counters).
+    pub fn state(&self) -> &DevServerState {
+        &self.state
+    }
+
+    /// The address it listened on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serves the same state on the same address again.
+    pub async fn start(self) -> std::io::Result<DevServer> {
+        DevServer::serve(self.state, TcpListener::bind(self.addr).await?)
+    }
+}
+
+/// Runs the request unless the server is stopped first; then its connection is dropped.
+async fn drop_when_killed(
+    mut killed: watch::Receiver<bool>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    tokio::select! {
+        response = next.run(req) => response,
+        _ = async move { let _ = killed.wait_for(|k| *k).await; } => faults::dropped_connection(),
     }
 }
 

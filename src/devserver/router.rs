@@ -78,6 +78,7 @@ pub(crate) fn build(state: DevServerState) -> Router {
         .route("/dev/clock", get(dev::clock))
         .route("/dev/clock/advance", post(dev::advance_clock))
         .route("/dev/stats", get(dev::stats).delete(dev::reset_stats))
+        .route("/dev/ledger/spends", get(dev::spends))
         .fallback(not_found)
         .method_not_allowed_fallback(not_found)
         .layer(from_fn_with_state(state.clone(), faults::inject))

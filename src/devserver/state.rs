@@ -9,7 +9,7 @@ use super::clock::Clock;
 use super::faults::Faults;
 use super::ids::new_address;
 use super::keys::ServerKeys;
-use super::ledger::Ledger;
+use super::ledger::{Ledger, Spend};
 use super::stats::{Stats, StatsSnapshot};
 use super::x402_token::X402Signer;
 use crate::types::{AccessToken, Address, AgentId, Credits, DevAccount, PlanId};
@@ -39,6 +39,8 @@ struct Shared {
     clock: Clock,
     faults: Faults,
     stats: Stats,
+    /// How many spends the ledger holds, for tests that wait for a charge to land.
+    spend_count: tokio::sync::watch::Sender<usize>,
 }
 
 impl fmt::Debug for DevServerState {
@@ -67,6 +69,7 @@ impl DevServerState {
                 clock: Clock::default(),
                 faults: Faults::default(),
                 stats: Stats::default(),
+                spend_count: tokio::sync::watch::Sender::new(0),
             }),
         }
     }
@@ -107,6 +110,25 @@ impl DevServerState {
     /// Resets the request counters.
     pub fn reset_stats(&self) {
         self.inner.stats.reset();
+    }
+
+    /// Every charge that burned credits (settle and redeem), in order: what
+    /// `GET /dev/ledger/spends` answers. Count a request id's entries to check it was
+    /// charged exactly once.
+    pub fn spends(&self) -> Vec<Spend> {
+        self.ledger().spends().to_vec()
+    }
+
+    /// The number of spends so far, as a watch: `changed()` / `wait_for(|n| ..)` lets a
+    /// test wait for a charge to land without polling.
+    pub fn watch_spends(&self) -> tokio::sync::watch::Receiver<usize> {
+        self.inner.spend_count.subscribe()
+    }
+
+    /// Publishes the ledger's spend count to [`watch_spends`](Self::watch_spends).
+    pub(crate) fn spends_changed(&self) {
+        let count = self.ledger().spends().len();
+        self.inner.spend_count.send_replace(count);
     }
 
     /// The address the server signs as (`iss` of keys and access tokens).

@@ -123,6 +123,11 @@ pub(crate) async fn advance_clock(
     created(clock_json(&state))
 }
 
+/// `GET /dev/ledger/spends`: every charge that burned credits, in order.
+pub(crate) async fn spends(State(state): State<DevServerState>) -> Json<Value> {
+    Json(json!({ "spends": state.spends() }))
+}
+
 pub(crate) async fn stats(State(state): State<DevServerState>) -> Json<StatsSnapshot> {
     Json(state.stats())
 }

@@ -172,8 +172,9 @@ pub(crate) async fn redeem(
         &req.redeem_from,
         req.amount.unwrap_or(Credits::ZERO),
         now,
-    )?;
-    Ok(created(result))
+    );
+    state.spends_changed();
+    Ok(created(result?))
 }
 
 pub(crate) async fn agents(

@@ -158,6 +158,7 @@ pub(crate) async fn settle(
     let response = state
         .ledger()
         .settle(&charge, &token.accepted.network, request_id, now);
+    state.spends_changed();
     Ok(Json(response))
 }
 
