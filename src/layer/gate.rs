@@ -366,11 +366,8 @@ impl Gate {
         };
         match self.config.timing {
             ChargeTiming::BeforeResponse => {
-                // On its own task: a client that hangs up mid-charge cannot cancel it.
-                if let Some(Ok(outcome)) = match pending.spawn() {
-                    Some(task) => Some(task.await),
-                    None => None,
-                } {
+                // A client that hangs up mid-charge cannot cancel it: see run_to_completion.
+                if let Some(outcome) = pending.run_to_completion().await {
                     if let Some(value) = outcome.receipt.as_ref().and_then(receipt_header) {
                         parts.headers.insert(PAYMENT_RESPONSE, value);
                     }
