@@ -143,10 +143,19 @@ pub(crate) struct BalanceCache {
     ledgers: Cache<Arc<BalanceKey>, Arc<Ledger>>,
     ttl: Duration,
     stale_max_age: Option<Duration>,
+    /// A fresh ledger that refuses a request is fetched again when its balance is at
+    /// least this old: a top-up made since the fetch is seen at once, and a caller with
+    /// no credits costs at most one balance call per this interval.
+    recheck_after: Duration,
 }
 
 impl BalanceCache {
-    pub(crate) fn new(ttl: Duration, capacity: u64, stale_max_age: Option<Duration>) -> Self {
+    pub(crate) fn new(
+        ttl: Duration,
+        capacity: u64,
+        stale_max_age: Option<Duration>,
+        recheck_after: Duration,
+    ) -> Self {
         // A ledger outlives its fetched balance (it carries the reservations); it is
         // dropped once nobody has used it for a while.
         let idle = ttl
@@ -159,6 +168,7 @@ impl BalanceCache {
                 .build(),
             ttl,
             stale_max_age,
+            recheck_after,
         }
     }
 
@@ -184,16 +194,27 @@ impl BalanceCache {
         backend: &dyn PaymentBackend,
     ) -> Result<Reservation, BalanceDenied> {
         let ledger = self.ledger(key).await;
-        {
+        // When a fresh ledger refuses, the fetch it was refused on: only a newer one
+        // may change the answer.
+        let refused_on = {
             let mut s = ledger.lock();
             if s.is_fresh(Instant::now(), self.ttl) {
-                let seen = s.try_reserve(amount)?;
-                drop(s);
-                return Ok(Reservation::new(ledger, amount, seen));
+                match s.try_reserve(amount) {
+                    Ok(seen) => {
+                        drop(s);
+                        return Ok(Reservation::new(ledger, amount, seen));
+                    }
+                    Err(denied) => match s.fetched_at {
+                        Some(at) if at.elapsed() >= self.recheck_after => Some(at),
+                        _ => return Err(denied),
+                    },
+                }
+            } else {
+                None
             }
-        }
+        };
         // Boxed: the rare refresh must not weigh on every request's future.
-        Box::pin(self.refresh_and_reserve(ledger, key, amount, backend)).await
+        Box::pin(self.refresh_and_reserve(ledger, key, amount, refused_on, backend)).await
     }
 
     async fn refresh_and_reserve(
@@ -201,12 +222,17 @@ impl BalanceCache {
         ledger: Arc<Ledger>,
         key: &BalanceKey,
         amount: Credits,
+        refused_on: Option<Instant>,
         backend: &dyn PaymentBackend,
     ) -> Result<Reservation, BalanceDenied> {
         let _refreshing = ledger.refresh.lock().await;
         let mark = {
             let mut s = ledger.lock();
-            if s.is_fresh(Instant::now(), self.ttl) {
+            let refreshed_meanwhile = match refused_on {
+                Some(at) => s.fetched_at.is_some_and(|t| t > at),
+                None => true,
+            };
+            if refreshed_meanwhile && s.is_fresh(Instant::now(), self.ttl) {
                 let seen = s.try_reserve(amount)?;
                 drop(s);
                 return Ok(Reservation::new(ledger.clone(), amount, seen));
@@ -249,6 +275,10 @@ impl BalanceCache {
         amount: Credits,
         why: &str,
     ) -> Result<Credits, BalanceDenied> {
+        // A re-check before refusing failed: the balance we have is still fresh.
+        if s.is_fresh(Instant::now(), self.ttl) {
+            return s.try_reserve(amount);
+        }
         let usable = match (self.stale_max_age, s.fetched_at) {
             (Some(max_age), Some(at)) => at.elapsed() <= max_age,
             _ => false,

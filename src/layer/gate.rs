@@ -72,7 +72,12 @@ impl Gate {
             routes: RouteCache::new(ROUTE_CAPACITY),
             verifications: VerificationCache::new(config.verification_capacity),
             plans: PlanCache::new(config.plan_ttl, PLAN_CAPACITY),
-            balances: BalanceCache::new(config.balance_ttl, config.balance_capacity, stale),
+            balances: BalanceCache::new(
+                config.balance_ttl,
+                config.balance_capacity,
+                stale,
+                config.balance_recheck,
+            ),
             jwks: JwksCache::default(),
             single_use: Arc::new(SingleUseTokens::new(config.verification_capacity)),
             refused: moka::future::Cache::builder()
