@@ -117,3 +117,41 @@ async fn the_layer_answers_503_when_verify_answers_garbage() {
     assert_eq!(app.oneshot(ask(&token)).await.unwrap().status(), 200);
     assert_eq!(w.spends_by_request().len(), 1);
 }
+
+/// A settle answered 2xx with a body that does not decode may have charged: it must be
+/// retried (same request id) and, if it stays unreadable, reported `Unknown`, never
+/// `Failed` ("nothing was charged").
+#[tokio::test]
+#[ignore = "known gap until src/settle treats a decode error of a charge as outcome-unknown"]
+async fn a_settle_answer_that_does_not_decode_is_not_reported_failed() {
+    let w = world(1, 100).await;
+    let (hook, mut outcomes) = outcomes();
+    let app = app(
+        w.layer(Duration::from_secs(5))
+            .on_settle(hook)
+            .build()
+            .unwrap(),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let token = w.x402(0).await;
+    w.server.faults().set(
+        Fault::new(SETTLE)
+            .after_handler()
+            .body(r#"{"success":"yes"}"#)
+            .times(1),
+    );
+    let response = app.oneshot(ask(&token)).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let request_id = text(response).await;
+    let outcome = outcomes.recv().await.unwrap();
+    assert_eq!(
+        w.spends_by_request()[&request_id].len(),
+        1,
+        "the backend charged"
+    );
+    assert_ne!(
+        outcome.status,
+        nvm_payments::SettleStatus::Failed,
+        "{outcome:?}"
+    );
+}
