@@ -11,7 +11,7 @@ use super::token;
 use super::PaymentLayer;
 use crate::backend::PaymentBackend;
 use crate::client::Environment;
-use crate::settle::{OnSettle, RetryPolicy};
+use crate::settle::{OnSettle, PendingFull, RetryPolicy};
 use crate::types::{AgentId, Credits, PlanId};
 use crate::Payments;
 
@@ -72,6 +72,9 @@ fn bad(field: &'static str, reason: &'static str) -> ConfigError {
     ConfigError { field, reason }
 }
 
+/// Default bound of the charges in flight.
+const DEFAULT_PENDING_CHARGES: usize = 4_096;
+
 type CreditsFn = dyn Fn(&Parts) -> Credits + Send + Sync;
 type SuccessFn = dyn Fn(StatusCode) -> bool + Send + Sync;
 
@@ -112,6 +115,8 @@ pub(crate) struct LayerConfig {
     pub(crate) on_settle: Option<Arc<dyn OnSettle>>,
     pub(crate) mismatch_status: StatusCode,
     pub(crate) retry: RetryPolicy,
+    pub(crate) pending_capacity: usize,
+    pub(crate) pending_full: PendingFull,
     pub(crate) description: Option<String>,
     pub(crate) mime_type: Option<String>,
 }
@@ -161,6 +166,8 @@ impl PaymentLayerBuilder {
                 on_settle: None,
                 mismatch_status: StatusCode::PAYMENT_REQUIRED,
                 retry: RetryPolicy::default(),
+                pending_capacity: DEFAULT_PENDING_CHARGES,
+                pending_full: PendingFull::default(),
                 description: None,
                 mime_type: None,
             },
@@ -299,6 +306,19 @@ impl PaymentLayerBuilder {
         self
     }
 
+    /// At most `capacity` charges in flight (default 4 096): charges outlive their
+    /// request with [`ChargeTiming::Background`] and [`ChargeTiming::OnBodyEnd`], and
+    /// pile up while the backend is slow. A request admitted while `capacity` are in
+    /// flight is handled by `when_full` ([`PendingFull::ChargeBeforeResponse`] by
+    /// default: it is charged before its response, so callers wait for the backend;
+    /// [`PendingFull::Reject`]: 503 before the handler). The bound is checked at
+    /// admission, so it can be passed by the requests admitted at the same moment.
+    pub fn pending_charges(mut self, capacity: usize, when_full: PendingFull) -> Self {
+        self.config.pending_capacity = capacity;
+        self.config.pending_full = when_full;
+        self
+    }
+
     /// `resource.description` of the `payment-required` object.
     pub fn description(mut self, text: impl Into<String>) -> Self {
         self.config.description = Some(text.into());
@@ -353,6 +373,9 @@ impl PaymentLayerBuilder {
                 "when_backend_unavailable",
                 "max_age must be greater than zero",
             ));
+        }
+        if c.pending_capacity == 0 {
+            return Err(bad("pending_charges", "capacity must be greater than zero"));
         }
         c.retry
             .check()

@@ -26,7 +26,7 @@ use crate::cache::{
     SingleUseTokens, VerificationCache, VerificationKey, Verified,
 };
 use crate::client::Error;
-use crate::settle::{Charge, ChargeMethod, PendingCharge};
+use crate::settle::{Charge, ChargeMethod, PendingCharge, PendingCharges, PendingFull};
 use crate::types::{AccessToken, AgentId, Credits, PlanCreditsConfig, PlanId, TokenDigest};
 
 /// Routes kept with a prebuilt `PaymentRequired` (paths come from callers: bounded).
@@ -49,6 +49,8 @@ pub(crate) struct Gate {
     single_use: Arc<SingleUseTokens>,
     /// Tokens the facilitator or the JWKS just refused, so a replay costs no call.
     refused: moka::future::Cache<VerificationKey, Rejection>,
+    /// Charges in flight, for the bound and for `drain`.
+    pub(crate) pending: Arc<PendingCharges>,
 }
 
 /// An admitted request: its context, its reservation, how it will be charged.
@@ -60,6 +62,8 @@ pub(crate) struct Admission {
     reservation: Reservation,
     single_use: Option<SingleUseClaim>,
     method: ChargeMethod,
+    /// Admitted while the pending-charge bound was reached: charge before responding.
+    charge_now: bool,
 }
 
 impl Gate {
@@ -84,6 +88,7 @@ impl Gate {
                 .max_capacity(config.verification_capacity)
                 .time_to_live(REFUSAL_TTL)
                 .build(),
+            pending: Arc::new(PendingCharges::default()),
             backend,
             config,
         }
@@ -124,6 +129,17 @@ impl Gate {
         let caller = verified.caller;
         let plan = self.credits_config(&caller.plan_id).await?;
         let amount = chargeable(&caller.plan_id, &plan, requested)?;
+        let charge_now = self.pending.len() >= self.config.pending_capacity;
+        if charge_now && self.config.pending_full == PendingFull::Reject {
+            tracing::warn!(
+                capacity = self.config.pending_capacity,
+                "too many charges in flight: request refused before the handler"
+            );
+            return Err(Rejection::new(
+                RejectionKind::BackendUnavailable,
+                "too many charges are waiting for the payment backend; retry later",
+            ));
+        }
         let reservation = tracing::Instrument::instrument(
             self.balances
                 .reserve(&verified.balance_key, amount, &*self.backend),
@@ -160,6 +176,7 @@ impl Gate {
             reservation,
             single_use,
             method,
+            charge_now,
         })
     }
 
@@ -368,8 +385,14 @@ impl Gate {
             reservation: admission.reservation,
             single_use: admission.single_use,
             hook: self.config.on_settle.clone(),
+            in_flight: self.pending.enter(admission.context.request_id()),
         };
-        match self.config.timing {
+        let timing = if admission.charge_now {
+            ChargeTiming::BeforeResponse
+        } else {
+            self.config.timing
+        };
+        match timing {
             ChargeTiming::BeforeResponse => {
                 // A client that hangs up mid-charge cannot cancel it: see run_to_completion.
                 if let Some(outcome) = pending.run_to_completion().await {

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tower_layer::Layer;
 
@@ -10,6 +11,7 @@ use super::gate::Gate;
 use super::service::Payment;
 use crate::backend::PaymentBackend;
 use crate::client::Environment;
+use crate::settle::DrainReport;
 use crate::Payments;
 
 /// A `tower::Layer` that puts a Nevermined payment gate in front of a service.
@@ -34,6 +36,37 @@ impl PaymentLayer {
         environment: Environment,
     ) -> PaymentLayerBuilder {
         PaymentLayerBuilder::new(backend, environment)
+    }
+
+    /// Waits until every charge in flight has ended, or `timeout` has passed, and says
+    /// how they ended; charges still in flight are listed by request id in
+    /// [`DrainReport::unfinished`] (and logged at `error`) for reconciliation.
+    ///
+    /// Call it at shutdown, after the server has stopped accepting requests and its
+    /// responses have been written (e.g. once `axum::serve(..).with_graceful_shutdown(..)`
+    /// has returned): `Background` and `OnBodyEnd` charges run on their own tasks, and
+    /// a process that exits without draining drops those still retrying.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// use nvm_payments::{PaymentLayer, PaymentOptions, Payments};
+    /// # let key = "local:eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIweDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDEifQ.c2ln";
+    /// let payments = Payments::new(PaymentOptions::new(key).backend_url("http://127.0.0.1:3001"))?;
+    /// let layer = PaymentLayer::builder(payments).plan_id("42".parse()?).build()?;
+    /// // … serve with `layer` until a shutdown signal, then:
+    /// let report = layer.drain(Duration::from_secs(10)).await;
+    /// assert!(report.is_complete());
+    /// # Ok(()) }
+    /// ```
+    pub async fn drain(&self, timeout: Duration) -> DrainReport {
+        self.gate.pending.drain(timeout).await
+    }
+
+    /// Charges in flight now (being sent or retried).
+    pub fn pending_charges(&self) -> usize {
+        self.gate.pending.len()
     }
 
     pub(crate) fn from_parts(backend: Arc<dyn PaymentBackend>, config: LayerConfig) -> Self {

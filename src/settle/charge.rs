@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::{OnSettle, SettleOutcome, SettleStatus};
+use super::{InFlight, OnSettle, SettleOutcome, SettleStatus};
 use crate::backend::PaymentBackend;
 use crate::cache::{Reservation, SingleUseClaim};
 use crate::client::Error;
@@ -166,8 +166,11 @@ impl Charge {
                 }
                 Err(err) => err,
             };
-            maybe_applied |= err.is_outcome_unknown();
-            let retryable = err.is_transient() || err.is_outcome_unknown();
+            // A 2xx whose body does not decode: the backend answered, so it may well
+            // have charged; only a retry with the same id can tell.
+            let unreadable = matches!(err, Error::Decode { .. });
+            maybe_applied |= err.is_outcome_unknown() || unreadable;
+            let retryable = err.is_transient() || err.is_outcome_unknown() || unreadable;
             let in_window = started.elapsed() + backoff <= self.retry.max_elapsed;
             if retryable && attempts < self.retry.max_attempts && in_window {
                 tracing::debug!(attempt = attempts, error = %err, "charge failed; retrying with the same request id");
@@ -197,6 +200,9 @@ pub(crate) struct PendingCharge {
     /// For a single-use token: spent unless the charge definitely failed.
     pub(crate) single_use: Option<SingleUseClaim>,
     pub(crate) hook: Option<Arc<dyn OnSettle>>,
+    /// Its entry in the layer's charges in flight, from the moment the response is
+    /// ready until the charge has ended (or was dropped without running).
+    pub(crate) in_flight: InFlight,
 }
 
 impl PendingCharge {
@@ -207,6 +213,7 @@ impl PendingCharge {
             reservation,
             single_use,
             hook,
+            in_flight,
         } = self;
         let span = tracing::info_span!(
             "nvm.settle",
@@ -243,6 +250,7 @@ impl PendingCharge {
             reason: sent.reason,
         };
         span.in_scope(|| log_outcome(&outcome));
+        in_flight.finish(outcome.status);
         if let Some(hook) = hook {
             hook.on_settle(&outcome);
         }

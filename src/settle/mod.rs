@@ -8,6 +8,11 @@
 //! exactly one [`SettleOutcome`], logged with `tracing` and handed to the
 //! [`OnSettle`] hook when one is configured.
 //!
+//! The charges a layer has in flight are listed by request id: their number is
+//! bounded (`PaymentLayerBuilder::pending_charges`, [`PendingFull`] says what happens
+//! at the bound), and [`PaymentLayer::drain`](crate::PaymentLayer::drain) waits for
+//! them at shutdown and names those it could not finish ([`DrainReport`]).
+//!
 //! ```
 //! use nvm_payments::settle::{SettleOutcome, SettleStatus};
 //! let hook = |outcome: &SettleOutcome| {
@@ -20,7 +25,10 @@
 
 mod charge;
 mod outcome;
+mod pending;
 
 pub use charge::RetryPolicy;
 pub(crate) use charge::{Charge, ChargeMethod, PendingCharge};
 pub use outcome::{OnSettle, SettleOutcome, SettleStatus};
+pub use pending::{DrainReport, PendingFull};
+pub(crate) use pending::{InFlight, PendingCharges};

@@ -74,6 +74,9 @@ pub struct MockBackend {
     pub charge_entered: tokio::sync::Notify,
     /// When set, charge calls wait for a notification before answering.
     pub charge_hold: Option<tokio::sync::Notify>,
+    /// When set, every charge call waits for a permit: tests hold many charges in
+    /// flight and release them with `add_permits`.
+    pub charge_permits: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 pub fn transient() -> Error {
@@ -124,6 +127,7 @@ impl MockBackend {
             jwks: Mutex::new(bearer_jwks()),
             charge_entered: tokio::sync::Notify::new(),
             charge_hold: None,
+            charge_permits: None,
         };
         tweak(&mut m);
         Arc::new(m)
@@ -151,6 +155,12 @@ impl MockBackend {
     }
     pub fn remaining(&self) -> Credits {
         *self.balance.lock().unwrap()
+    }
+
+    async fn wait_for_permit(&self) {
+        if let Some(permits) = &self.charge_permits {
+            permits.acquire().await.unwrap().forget();
+        }
     }
 
     /// Burns `max_amount` (clamped by the plan) once per request id.
@@ -257,6 +267,7 @@ impl PaymentBackend for MockBackend {
     ) -> BoxFuture<'a, Result<SettleResponse, Error>> {
         Box::pin(async move {
             self.settle_calls.fetch_add(1, Ordering::SeqCst);
+            self.wait_for_permit().await;
             self.charge_entered.notify_one();
             if let Some(hold) = &self.charge_hold {
                 hold.notified().await;
@@ -288,6 +299,7 @@ impl PaymentBackend for MockBackend {
     ) -> BoxFuture<'a, Result<NvmApiResult, Error>> {
         Box::pin(async move {
             self.redeem_calls.fetch_add(1, Ordering::SeqCst);
+            self.wait_for_permit().await;
             let burned = self.charge(agent_request_id, amount)?;
             let mut r = NvmApiResult::ok("0xredeem");
             r.success = burned.is_some();

@@ -1,0 +1,195 @@
+//! The charges in flight of one layer: counted (so the queue of detached charges is
+//! bounded) and listed by request id (so a shutdown can wait for them and name those
+//! it could not finish).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+use super::SettleStatus;
+
+/// What to do with a request when the layer already has its maximum of charges in
+/// flight (`PaymentLayerBuilder::pending_charges`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PendingFull {
+    /// Charge this request before its response is returned, whatever the configured
+    /// timing: the caller waits for the backend, which slows the arrivals down. The
+    /// default: no request is refused for it.
+    #[default]
+    ChargeBeforeResponse,
+    /// Refuse the request before the handler runs with 503 `backend_unavailable` and
+    /// `Retry-After`: no work is done that might not be charged.
+    Reject,
+}
+
+/// What [`PaymentLayer::drain`](crate::PaymentLayer::drain) saw: the charges that
+/// ended while it waited, and the request ids of those still in flight when its time
+/// ran out (each also logged at `error`: reconcile them by request id).
+///
+/// ```
+/// use nvm_payments::settle::DrainReport;
+/// let report = DrainReport::default();
+/// assert!(report.is_complete());
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DrainReport {
+    /// Charges that ended `Settled` while draining.
+    pub settled: u64,
+    /// Charges that ended `Failed` (nothing charged) while draining.
+    pub failed: u64,
+    /// Charges that ended `Unknown` (reconcile by request id) while draining.
+    pub unknown: u64,
+    /// Request ids of the charges still in flight when the drain timed out.
+    pub unfinished: Vec<String>,
+}
+
+impl DrainReport {
+    /// Whether every charge in flight ended before the timeout.
+    pub fn is_complete(&self) -> bool {
+        self.unfinished.is_empty()
+    }
+}
+
+#[derive(Default)]
+struct Registry {
+    next_key: u64,
+    in_flight: HashMap<u64, String>,
+}
+
+/// The registry of charges in flight, shared by every clone of one layer.
+#[derive(Default)]
+pub(crate) struct PendingCharges {
+    registry: Mutex<Registry>,
+    /// Woken whenever a charge leaves the registry.
+    left: Notify,
+    settled: AtomicU64,
+    failed: AtomicU64,
+    unknown: AtomicU64,
+}
+
+impl PendingCharges {
+    fn lock(&self) -> MutexGuard<'_, Registry> {
+        // A map of strings, consistent after every statement.
+        self.registry.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Charges in flight now.
+    pub(crate) fn len(&self) -> usize {
+        self.lock().in_flight.len()
+    }
+
+    /// Registers a charge that starts now; it leaves the registry when the guard
+    /// is finished or dropped.
+    pub(crate) fn enter(self: &std::sync::Arc<Self>, request_id: &str) -> InFlight {
+        let mut registry = self.lock();
+        let key = registry.next_key;
+        registry.next_key += 1;
+        registry.in_flight.insert(key, request_id.to_owned());
+        InFlight {
+            charges: self.clone(),
+            key,
+        }
+    }
+
+    fn leave(&self, key: u64) {
+        self.lock().in_flight.remove(&key);
+        self.left.notify_waiters();
+    }
+
+    fn counts(&self) -> (u64, u64, u64) {
+        (
+            self.settled.load(Ordering::SeqCst),
+            self.failed.load(Ordering::SeqCst),
+            self.unknown.load(Ordering::SeqCst),
+        )
+    }
+
+    /// Waits until no charge is in flight or `timeout` has passed.
+    pub(crate) async fn drain(&self, timeout: Duration) -> DrainReport {
+        let before = self.counts();
+        let empty = async {
+            loop {
+                // Register for the wake-up before looking, so none is missed.
+                let left = self.left.notified();
+                if self.lock().in_flight.is_empty() {
+                    return;
+                }
+                left.await;
+            }
+        };
+        let _ = tokio::time::timeout(timeout, empty).await;
+        let after = self.counts();
+        let mut unfinished: Vec<String> = self.lock().in_flight.values().cloned().collect();
+        unfinished.sort();
+        for request_id in &unfinished {
+            tracing::error!(%request_id, "charge still in flight when the drain timed out: reconcile by request id");
+        }
+        DrainReport {
+            settled: after.0 - before.0,
+            failed: after.1 - before.1,
+            unknown: after.2 - before.2,
+            unfinished,
+        }
+    }
+}
+
+/// One charge in the registry.
+pub(crate) struct InFlight {
+    charges: std::sync::Arc<PendingCharges>,
+    key: u64,
+}
+
+impl InFlight {
+    /// The charge ended with `status`.
+    pub(crate) fn finish(self, status: SettleStatus) {
+        let counter = match status {
+            SettleStatus::Settled => &self.charges.settled,
+            SettleStatus::Failed => &self.charges.failed,
+            SettleStatus::Unknown => &self.charges.unknown,
+        };
+        counter.fetch_add(1, Ordering::SeqCst);
+        // Drop removes it and wakes the drain.
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.charges.leave(self.key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn drain_waits_for_every_charge_and_names_the_unfinished() {
+        let charges = Arc::new(PendingCharges::default());
+        let a = charges.enter("a");
+        let b = charges.enter("b");
+        let c = charges.enter("c");
+        assert_eq!(charges.len(), 3);
+        a.finish(SettleStatus::Settled);
+        let drained = tokio::spawn({
+            let charges = charges.clone();
+            async move { charges.drain(Duration::from_secs(5)).await }
+        });
+        tokio::task::yield_now().await;
+        b.finish(SettleStatus::Unknown);
+        drop(c); // a charge future dropped (runtime shutting down): not counted
+        let report = drained.await.unwrap();
+        assert_eq!(report.unknown, 1);
+        assert_eq!(report.settled, 0, "a ended before the drain started");
+        assert!(report.is_complete());
+
+        let _stuck = charges.enter("stuck");
+        let report = charges.drain(Duration::from_secs(1)).await;
+        assert_eq!(report.unfinished, vec!["stuck".to_owned()]);
+    }
+}
