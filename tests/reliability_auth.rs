@@ -189,3 +189,35 @@ async fn serve_stale_decides_from_the_last_balance_when_its_ttl_has_passed() {
     assert_eq!(runs.load(Ordering::SeqCst), 3);
     assert_eq!(w.spends_by_request().len(), 3);
 }
+
+#[tokio::test]
+async fn serve_stale_never_serves_an_expired_verification() {
+    let w = world(1, 100).await;
+    let runs = Arc::new(AtomicUsize::new(0));
+    let layer = w
+        .layer(TIMEOUT)
+        .verification_cache(Duration::from_millis(150), 100)
+        .when_backend_unavailable(BackendUnavailable::ServeStale {
+            max_age: Duration::from_secs(60),
+        })
+        .build()
+        .unwrap();
+    let app = app(layer, runs.clone());
+    let token = w.x402(0).await;
+    assert_eq!(
+        app.clone().oneshot(ask(&token)).await.unwrap().status(),
+        200
+    );
+    w.server.faults().set(Fault::new(VERIFY).status(503));
+    assert_eq!(
+        app.clone().oneshot(ask(&token)).await.unwrap().status(),
+        200,
+        "the verification is still cached"
+    );
+    // Let the verification expire (moka's own clock: a real wait).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let response = app.clone().oneshot(ask(&token)).await.unwrap();
+    assert_eq!(response.status(), 503, "verification fails closed");
+    assert!(response.headers().contains_key("retry-after"));
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+}

@@ -93,14 +93,18 @@ async fn soak(requests: usize) {
     };
     let handler = |payment: PaymentContext| async move { payment.request_id().to_owned() };
     let failing = || async { (StatusCode::INTERNAL_SERVER_ERROR, "boom") };
+    let (before, background) = (
+        layer(ChargeTiming::BeforeResponse),
+        layer(ChargeTiming::Background),
+    );
     let app = Router::new()
         .route("/ask", post(handler))
         .route("/fail", post(failing))
-        .layer(layer(ChargeTiming::BeforeResponse))
+        .layer(before.clone())
         .merge(
             Router::new()
                 .route("/bg", post(handler))
-                .layer(layer(ChargeTiming::Background)),
+                .layer(background.clone()),
         );
 
     let mut valid = Vec::new();
@@ -185,6 +189,13 @@ async fn soak(requests: usize) {
     }
     let rss_warm = rss_warm.get().copied().flatten();
     w.server.faults().clear();
+    // Shutdown: every charge still in flight ends within the drain.
+    for layer in [&before, &background] {
+        let report = layer.drain(Duration::from_secs(30)).await;
+        assert!(report.is_complete(), "{report:?}");
+        assert_eq!(report.failed + report.unknown, 0, "{report:?}");
+        assert_eq!(layer.pending_charges(), 0);
+    }
     let tally = Arc::try_unwrap(tally).ok().unwrap().into_inner().unwrap();
     // Background charges report when done: wait for one outcome per served request.
     let mut settled = HashSet::new();
