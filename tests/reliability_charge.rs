@@ -224,3 +224,41 @@ async fn an_outcome_that_stays_unknown_is_reported_with_its_request_id() {
     // Reconciling by request id: the ledger shows the charge happened, once.
     assert_eq!(w.spends_by_request()[&request_id].len(), 1);
 }
+
+#[tokio::test]
+async fn drain_names_the_charges_a_down_backend_never_answered_then_settles_them() {
+    let w = world(1, 100).await;
+    let (hook, mut outcomes) = outcomes();
+    let layer = w
+        .layer(TIMEOUT)
+        .charge_timing(nvm_payments::ChargeTiming::Background)
+        .on_settle(hook)
+        .build()
+        .unwrap();
+    let app = app(layer.clone(), Arc::new(AtomicUsize::new(0)));
+    let token = w.x402(0).await;
+    w.server.faults().set(Fault::new(SETTLE).status(503));
+    let mut served = Vec::new();
+    for _ in 0..2 {
+        let response = app.clone().oneshot(ask(&token)).await.unwrap();
+        assert_eq!(response.status(), 200);
+        served.push(text(response).await);
+    }
+    served.sort();
+    // The backend keeps failing: a short drain names both charges, still retrying.
+    let report = layer.drain(Duration::from_millis(300)).await;
+    assert_eq!(report.unfinished, served, "{report:?}");
+    assert_eq!(report.settled + report.failed + report.unknown, 0);
+    // It returns: a longer drain sees them settle, once each.
+    w.server.faults().clear();
+    let report = layer.drain(Duration::from_secs(30)).await;
+    assert!(report.is_complete(), "{report:?}");
+    assert_eq!(report.settled, 2, "{report:?}");
+    for _ in 0..2 {
+        assert!(outcomes.recv().await.unwrap().is_settled());
+    }
+    let spends = w.spends_by_request();
+    for id in &served {
+        assert_eq!(spends[id].len(), 1);
+    }
+}
