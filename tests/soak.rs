@@ -195,6 +195,13 @@ async fn soak(requests: usize) {
         assert!(report.is_complete(), "{report:?}");
         assert_eq!(report.failed + report.unknown, 0, "{report:?}");
         assert_eq!(layer.pending_charges(), 0);
+        // Memory bounded by the caches' caps, whatever the number of callers.
+        let sizes = layer.cache_sizes().await;
+        assert!(sizes.verifications <= 16, "{sizes:?}");
+        assert!(sizes.refused_tokens <= 16, "{sizes:?}");
+        assert!(sizes.balances <= 16, "{sizes:?}");
+        assert!(sizes.plans <= 1 && sizes.routes <= 3, "{sizes:?}");
+        println!("soak: cache sizes {sizes:?}");
     }
     let tally = Arc::try_unwrap(tally).ok().unwrap().into_inner().unwrap();
     // Background charges report when done: wait for one outcome per served request.

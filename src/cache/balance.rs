@@ -172,6 +172,12 @@ impl BalanceCache {
         }
     }
 
+    /// Ledgers kept, once moka's pending evictions have run.
+    pub(crate) async fn entry_count(&self) -> u64 {
+        self.ledgers.run_pending_tasks().await;
+        self.ledgers.entry_count()
+    }
+
     async fn ledger(&self, key: &Arc<BalanceKey>) -> Arc<Ledger> {
         if let Some(ledger) = self.ledgers.get(key).await {
             return ledger;

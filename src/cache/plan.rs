@@ -33,6 +33,11 @@ impl PlanCache {
         }
     }
 
+    /// Plans kept (fresh or not).
+    pub(crate) fn len(&self) -> usize {
+        self.fresh.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
     /// The plan's credits config if it was loaded less than the TTL ago.
     pub(crate) fn get(&self, plan_id: &PlanId) -> Option<Arc<PlanCreditsConfig>> {
         let fresh = self.fresh.read().unwrap_or_else(|p| p.into_inner());

@@ -26,6 +26,12 @@ impl SingleUseTokens {
         }
     }
 
+    /// Spent tokens remembered, once moka's pending evictions have run.
+    pub(crate) async fn spent_count(&self) -> u64 {
+        self.spent.run_pending_tasks().await;
+        self.spent.entry_count()
+    }
+
     /// The right to spend the token with one request, unless another request holds it
     /// or it was already spent.
     pub(crate) fn claim(self: &Arc<Self>, digest: TokenDigest) -> Option<SingleUseClaim> {

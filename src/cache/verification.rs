@@ -51,6 +51,12 @@ impl VerificationCache {
         }
     }
 
+    /// Verifications kept, once moka's pending evictions have run.
+    pub(crate) async fn entry_count(&self) -> u64 {
+        self.cache.run_pending_tasks().await;
+        self.cache.entry_count()
+    }
+
     pub(crate) async fn get(&self, key: &VerificationKey) -> Option<Verified> {
         self.cache.get(key).await
     }

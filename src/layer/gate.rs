@@ -17,6 +17,7 @@ use tokio::time::Instant;
 use super::body::PaymentBody;
 use super::config::{ChargeTiming, ChargeVia, LayerConfig};
 use super::context::{Caller, ChargeOverride, PaymentContext};
+use super::layer::CacheSizes;
 use super::rejection::{Rejection, RejectionKind, PAYMENT_RESPONSE};
 use super::route::{Route, RouteCache};
 use super::token::{self, BearerVerifier, Credential, TokenError};
@@ -97,6 +98,18 @@ impl Gate {
     pub(crate) fn route(&self, parts: &Parts) -> Arc<Route> {
         self.routes
             .get(&self.config, &parts.method, parts.uri.path())
+    }
+
+    pub(crate) async fn cache_sizes(&self) -> CacheSizes {
+        self.refused.run_pending_tasks().await;
+        CacheSizes {
+            verifications: self.verifications.entry_count().await,
+            refused_tokens: self.refused.entry_count(),
+            balances: self.balances.entry_count().await,
+            plans: self.plans.len() as u64,
+            routes: self.routes.len() as u64,
+            spent_single_use_tokens: self.single_use.spent_count().await,
+        }
     }
 
     pub(crate) fn reject<B>(

@@ -69,11 +69,36 @@ impl PaymentLayer {
         self.gate.pending.len()
     }
 
+    /// How many entries each of the layer's caches holds now: every one is capped
+    /// (`verification_cache`, `balance_cache`, and fixed caps for routes and plans),
+    /// so memory stays bounded however many callers come.
+    pub async fn cache_sizes(&self) -> CacheSizes {
+        self.gate.cache_sizes().await
+    }
+
     pub(crate) fn from_parts(backend: Arc<dyn PaymentBackend>, config: LayerConfig) -> Self {
         PaymentLayer {
             gate: Arc::new(Gate::new(backend, config)),
         }
     }
+}
+
+/// The entry counts of a layer's caches ([`PaymentLayer::cache_sizes`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CacheSizes {
+    /// Positive token verifications (capped by `verification_cache`).
+    pub verifications: u64,
+    /// Tokens just refused, remembered for a few seconds (same cap).
+    pub refused_tokens: u64,
+    /// Balance ledgers, one per `(plan, holder)` (capped by `balance_cache`).
+    pub balances: u64,
+    /// Plans' credits configs (accepted plans only).
+    pub plans: u64,
+    /// Routes with a prebuilt `payment-required` (capped at 4 096).
+    pub routes: u64,
+    /// Single-use (x402 v3) tokens already spent (same cap as verifications).
+    pub spent_single_use_tokens: u64,
 }
 
 impl fmt::Debug for PaymentLayer {

@@ -98,7 +98,7 @@ pub use config::{BackendUnavailable, ChargeTiming, ChargeVia, ConfigError, Payme
 pub use context::MissingPaymentContext;
 pub use context::{Caller, ChargeOverride, PaymentContext};
 pub use future::ResponseFuture;
-pub use layer::PaymentLayer;
+pub use layer::{CacheSizes, PaymentLayer};
 pub use rejection::{RejectionKind, PAYMENT_REQUIRED, PAYMENT_RESPONSE};
 pub(crate) use route::Route;
 pub use service::Payment;

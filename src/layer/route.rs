@@ -44,6 +44,11 @@ impl RouteCache {
         }
     }
 
+    /// Routes kept.
+    pub(crate) fn len(&self) -> usize {
+        self.routes.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
     pub(crate) fn get(&self, config: &LayerConfig, method: &Method, path: &str) -> Arc<Route> {
         let mut h = self.hasher.build_hasher();
         method.hash(&mut h);
