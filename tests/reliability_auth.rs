@@ -209,15 +209,11 @@ async fn serve_stale_never_serves_an_expired_verification() {
         200
     );
     w.server.faults().set(Fault::new(VERIFY).status(503));
-    assert_eq!(
-        app.clone().oneshot(ask(&token)).await.unwrap().status(),
-        200,
-        "the verification is still cached"
-    );
-    // Let the verification expire (moka's own clock: a real wait).
+    // Let the verification expire (moka's own clock: a real wait); the balance is
+    // fresh, the backend down.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let response = app.clone().oneshot(ask(&token)).await.unwrap();
     assert_eq!(response.status(), 503, "verification fails closed");
     assert!(response.headers().contains_key("retry-after"));
-    assert_eq!(runs.load(Ordering::SeqCst), 2);
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
 }

@@ -80,7 +80,10 @@ async fn a_settle_reply_later_than_the_client_timeout_is_retried_and_spends_once
     // The backend charges, then answers after the client gave up.
     let late = Fault::new(SETTLE).hold_reply_ms(3_000).times(1);
     let (attempts, _) = charged_once_despite(late, Duration::from_millis(300)).await;
-    assert_eq!(attempts, 2);
+    assert!(
+        attempts >= 2,
+        "the late reply timed out and was retried: {attempts}"
+    );
 }
 
 #[tokio::test]

@@ -3,7 +3,7 @@
 //! it could not finish).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -64,6 +64,8 @@ struct Registry {
 #[derive(Default)]
 pub(crate) struct PendingCharges {
     registry: Mutex<Registry>,
+    /// `registry.in_flight.len()`, read without the lock on every admission.
+    count: AtomicUsize,
     /// Woken whenever a charge leaves the registry.
     left: Notify,
     settled: AtomicU64,
@@ -79,7 +81,7 @@ impl PendingCharges {
 
     /// Charges in flight now.
     pub(crate) fn len(&self) -> usize {
-        self.lock().in_flight.len()
+        self.count.load(Ordering::Relaxed)
     }
 
     /// Registers a charge that starts now; it leaves the registry when the guard
@@ -89,6 +91,7 @@ impl PendingCharges {
         let key = registry.next_key;
         registry.next_key += 1;
         registry.in_flight.insert(key, request_id.to_owned());
+        self.count.fetch_add(1, Ordering::Relaxed);
         InFlight {
             charges: self.clone(),
             key,
@@ -96,7 +99,9 @@ impl PendingCharges {
     }
 
     fn leave(&self, key: u64) {
-        self.lock().in_flight.remove(&key);
+        if self.lock().in_flight.remove(&key).is_some() {
+            self.count.fetch_sub(1, Ordering::Relaxed);
+        }
         self.left.notify_waiters();
     }
 
