@@ -26,7 +26,7 @@
 //! | forged, expired or revoked credential | 402 | `invalid_token` |
 //! | plan not accepted / token for another agent | 402 (403 if configured) | `plan_not_accepted` / `wrong_agent` |
 //! | not a subscriber / balance below the charge | 402 | `insufficient_balance` |
-//! | backend unreachable, nothing cached to decide with | 503 + `Retry-After` | `backend_unavailable` |
+//! | backend unreachable, nothing cached to decide with; too many charges in flight with `PendingFull::Reject` | 503 + `Retry-After` | `backend_unavailable` |
 //! | the plan can never be charged (e.g. it burns 0 credits) | 500 | `payment_misconfigured` |
 //!
 //! # Charging
@@ -48,6 +48,12 @@
 //!
 //! Every charge ends in one [`SettleOutcome`](crate::settle::SettleOutcome)
 //! (settled, failed, unknown), logged and given to the `on_settle` hook.
+//!
+//! Charges in flight are bounded (`PaymentLayerBuilder::pending_charges`, see
+//! [`PendingFull`](crate::settle::PendingFull)); at shutdown,
+//! [`PaymentLayer::drain`] waits for them and names by request id those it could not
+//! finish. The guarantees and the tests that prove them are listed in
+//! `docs/guarantees.md`.
 //!
 //! # Example
 //!
