@@ -311,8 +311,10 @@ impl PaymentLayerBuilder {
     /// pile up while the backend is slow. A request admitted while `capacity` are in
     /// flight is handled by `when_full` ([`PendingFull::ChargeBeforeResponse`] by
     /// default: it is charged before its response, so callers wait for the backend;
-    /// [`PendingFull::Reject`]: 503 before the handler). The bound is checked at
-    /// admission, so it can be passed by the requests admitted at the same moment.
+    /// [`PendingFull::Reject`]: 503 before the handler). A charge counts from the
+    /// moment its response is ready until it ends, so an `OnBodyEnd` stream counts
+    /// while it streams. The bound is checked at admission, so it can be passed by the
+    /// requests admitted at the same moment.
     pub fn pending_charges(mut self, capacity: usize, when_full: PendingFull) -> Self {
         self.config.pending_capacity = capacity;
         self.config.pending_full = when_full;
