@@ -16,8 +16,8 @@ pub mod types;
 pub use backend::PaymentBackend;
 pub use client::{Environment, PaymentOptions, Payments};
 pub use layer::{
-    BackendUnavailable, ChargeOverride, ChargeTiming, ChargeVia, ConfigError, PaymentContext,
-    PaymentLayer, RejectionKind,
+    BackendUnavailable, Caller, ChargeOverride, ChargeTiming, ChargeVia, ConfigError,
+    PaymentContext, PaymentLayer, PaymentLayerBuilder, RejectionKind,
 };
 pub use settle::{OnSettle, RetryPolicy, SettleOutcome, SettleStatus};
 pub use types::{

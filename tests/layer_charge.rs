@@ -476,3 +476,54 @@ async fn the_handler_sees_the_payment_context() {
     svc.oneshot(x402_request(valid_x402())).await.unwrap();
     assert_eq!(seen.load(Ordering::SeqCst), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_single_use_v3_token_pays_for_one_request_only() {
+    let backend = MockBackend::new(100);
+    let layer = builder(backend.clone()).build().unwrap();
+    let inner = Inner::ok();
+    let svc = layer.layer(inner.service());
+    let token = x402_v3("aa11");
+    let statuses = futures_util::future::join_all((0..10).map(|_| {
+        let svc = svc.clone();
+        let token = token.clone();
+        tokio::spawn(async move {
+            svc.oneshot(x402_request(token))
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        })
+    }))
+    .await;
+    let admitted = statuses
+        .iter()
+        .filter(|s| *s.as_ref().unwrap() == 200)
+        .count();
+    assert_eq!(admitted, 1, "{statuses:?}");
+    assert_eq!(inner.calls(), 1);
+    let again = svc.clone().oneshot(x402_request(token)).await.unwrap();
+    assert_eq!(again.status(), 402);
+    assert_eq!(body_json(again.into_body()).await["error"], "invalid_token");
+    assert_eq!(backend.charged_ids(), 1);
+}
+
+#[tokio::test]
+async fn a_single_use_token_not_charged_can_be_used_again() {
+    let backend = MockBackend::new(100);
+    let layer = builder(backend.clone()).build().unwrap();
+    let token = x402_v3("bb22");
+    let failed = layer
+        .layer(Inner::status(StatusCode::INTERNAL_SERVER_ERROR).service())
+        .oneshot(x402_request(token.clone()))
+        .await
+        .unwrap();
+    assert_eq!(failed.status(), 500);
+    let ok = layer
+        .layer(Inner::ok().service())
+        .oneshot(x402_request(token))
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    assert_eq!(backend.charged_ids(), 1);
+}

@@ -262,7 +262,7 @@ async fn unreachable_backend_is_503_with_retry_after() {
     assert_eq!(headers["retry-after"], "5");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn stale_balance_serves_within_its_window_only() {
     let backend = MockBackend::new(100);
     let layer = builder(backend.clone())
@@ -281,8 +281,8 @@ async fn stale_balance_serves_within_its_window_only() {
         .unwrap();
     assert_eq!(ok.status(), 200);
     *backend.balance_down.lock().unwrap() = true;
-    // moka-independent: the ledger's own clock decides staleness (real time).
-    tokio::time::sleep(Duration::from_millis(60)).await;
+    // The ledger's clock (tokio's) decides staleness, not moka's.
+    tokio::time::advance(Duration::from_millis(60)).await;
     let stale = svc
         .clone()
         .oneshot(bearer_request(bearer(PLAN, Some(AGENT))))
@@ -290,6 +290,14 @@ async fn stale_balance_serves_within_its_window_only() {
         .unwrap();
     assert_eq!(stale.status(), 200, "served from the last balance");
     assert_eq!(inner.calls(), 2);
+    // Past max_age the stale balance is not used any more.
+    tokio::time::advance(Duration::from_secs(61)).await;
+    let too_old = svc
+        .clone()
+        .oneshot(bearer_request(bearer(PLAN, Some(AGENT))))
+        .await
+        .unwrap();
+    assert_eq!(too_old.status(), 503);
 
     // Fail closed: the same situation is a 503.
     let backend = MockBackend::new(100);
@@ -307,7 +315,7 @@ async fn stale_balance_serves_within_its_window_only() {
         200
     );
     *backend.balance_down.lock().unwrap() = true;
-    tokio::time::sleep(Duration::from_millis(60)).await;
+    tokio::time::advance(Duration::from_millis(60)).await;
     let closed = svc
         .oneshot(bearer_request(bearer(PLAN, Some(AGENT))))
         .await
@@ -390,4 +398,77 @@ fn build_names_the_bad_field() {
         "reject_mismatch_with"
     );
     assert!(base().plan_id(plan()).build().is_ok());
+}
+
+#[tokio::test]
+async fn a_refused_token_replayed_at_once_costs_no_second_verify() {
+    let backend = MockBackend::new(100);
+    let layer = builder(backend.clone()).build().unwrap();
+    let svc = layer.layer(Inner::ok().service());
+    let forged = x402_token(PLAN, Some(AGENT), "0xforged");
+    for _ in 0..3 {
+        let r = svc
+            .clone()
+            .oneshot(x402_request(forged.clone()))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 402);
+        assert_eq!(body_json(r.into_body()).await["error"], "invalid_token");
+    }
+    assert_eq!(backend.verifies(), 1);
+    // An insufficient balance is not remembered: it may change any moment.
+    let short = MockBackend::new(1);
+    let svc = builder(short.clone())
+        .build()
+        .unwrap()
+        .layer(Inner::ok().service());
+    for _ in 0..2 {
+        let r = svc
+            .clone()
+            .oneshot(x402_request(valid_x402()))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 402);
+    }
+    assert_eq!(short.verifies(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_jwks_is_fetched_again_for_an_unknown_key_at_most_once_a_minute() {
+    let backend = MockBackend::with(100, |m| *m.jwks.get_mut().unwrap() = unrelated_jwks());
+    let layer = builder(backend.clone()).build().unwrap();
+    let svc = layer.layer(Inner::ok().service());
+    let call = |token: String| {
+        let svc = svc.clone();
+        async move {
+            svc.oneshot(bearer_request(token))
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(
+        call(bearer_valid_for(1000)).await,
+        402,
+        "signed with a key we do not know"
+    );
+    // The issuer publishes its key; within the minute we do not ask again.
+    *backend.jwks.lock().unwrap() = bearer_jwks();
+    assert_eq!(call(bearer_valid_for(2000)).await, 402);
+    assert_eq!(
+        backend.jwks_calls.load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+    tokio::time::advance(Duration::from_secs(61)).await;
+    assert_eq!(
+        call(bearer_valid_for(3000)).await,
+        200,
+        "refetched after a minute"
+    );
+    assert_eq!(call(bearer_valid_for(4000)).await, 200);
+    assert_eq!(
+        backend.jwks_calls.load(std::sync::atomic::Ordering::SeqCst),
+        2
+    );
 }

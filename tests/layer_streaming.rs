@@ -146,3 +146,29 @@ async fn a_body_whose_last_frame_says_end_of_stream_is_charged_without_another_p
     assert_eq!(outcomes.recv().await.unwrap().status, SettleStatus::Settled);
     assert_eq!(backend.charged_ids(), 1);
 }
+
+#[tokio::test]
+async fn an_empty_body_is_charged_although_nobody_polls_it() {
+    let backend = MockBackend::new(100);
+    let (hook, mut outcomes) = outcomes();
+    let layer = builder(backend.clone())
+        .charge_timing(ChargeTiming::OnBodyEnd)
+        .on_settle(hook)
+        .build()
+        .unwrap();
+    let empty = tower::service_fn(|_req: http::Request<TestBody>| async {
+        let mut res = Response::new(http_body_util::Full::new(Bytes::new()));
+        *res.status_mut() = http::StatusCode::NO_CONTENT;
+        Ok::<_, Infallible>(res)
+    });
+    let response = layer
+        .layer(empty)
+        .oneshot(x402_request(valid_x402()))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 204);
+    // The body is never polled, as a server does with an end-of-stream body.
+    assert_eq!(outcomes.recv().await.unwrap().status, SettleStatus::Settled);
+    drop(response);
+    assert_eq!(backend.charged_ids(), 1);
+}

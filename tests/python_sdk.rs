@@ -2,6 +2,7 @@
 //! devserver unchanged: this test installs it in a venv under `target/py-sdk-venv`
 //! (reused when present) and runs `tests/py/sdk_compat.py` against an in-process
 //! devserver. Without `python3` it prints `SKIPPED` and passes.
+#![cfg(feature = "devserver")]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -14,8 +14,10 @@
 
 mod balance;
 mod plan;
+mod single_use;
 mod verification;
 
 pub(crate) use balance::{BalanceCache, BalanceDenied, BalanceKey, Reservation};
 pub(crate) use plan::PlanCache;
+pub(crate) use single_use::{SingleUseClaim, SingleUseTokens};
 pub(crate) use verification::{VerificationCache, VerificationKey, Verified};

@@ -170,6 +170,24 @@ pub(crate) struct Checkout {
     pub(crate) completed: bool,
 }
 
+/// A spending delegation (`POST /api/v1/delegation/create`). The devserver records it
+/// and lists it; it does not enforce its limits.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Delegation {
+    pub(crate) id: String,
+    #[serde(skip)]
+    pub(crate) owner: Address,
+    pub(crate) provider: String,
+    pub(crate) spending_limit_cents: Option<u64>,
+    pub(crate) spent_cents: u64,
+    pub(crate) duration_secs: Option<u64>,
+    pub(crate) currency: Option<String>,
+    pub(crate) status: &'static str,
+    pub(crate) created_at: String,
+    pub(crate) expires_at: Option<String>,
+}
+
 /// Why a payment check failed (the `invalidReason` of verify, `errorReason` of settle).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum InvalidReason {
@@ -223,6 +241,7 @@ pub(crate) struct Ledger {
     settlements: HashMap<String, SettleResponse>,
     redemptions: HashMap<String, NvmApiResult>,
     checkouts: HashMap<String, Checkout>,
+    delegations: Vec<Delegation>,
 }
 
 fn forbidden(code: &'static str, message: impl Into<String>) -> ApiError {
@@ -232,6 +251,18 @@ fn forbidden(code: &'static str, message: impl Into<String>) -> ApiError {
 impl Ledger {
     pub(crate) fn add_account(&mut self, address: Address, name: Option<String>) {
         self.accounts.insert(address, name);
+    }
+
+    pub(crate) fn add_delegation(&mut self, delegation: Delegation) {
+        self.delegations.push(delegation);
+    }
+
+    pub(crate) fn delegations_of(&self, owner: &Address) -> Vec<Delegation> {
+        self.delegations
+            .iter()
+            .filter(|d| &d.owner == owner)
+            .cloned()
+            .collect()
     }
 
     pub(crate) fn plan(&self, id: &PlanId) -> Result<&PlanRecord, ApiError> {
@@ -965,5 +996,68 @@ mod tests {
         let broke = l.settle(&charge, "n", Some("r3"), 0);
         assert!(!broke.success, "2 left, 3 needed");
         assert_eq!(broke.error_reason.as_deref(), Some("insufficient_balance"));
+    }
+
+    mod model {
+        use super::*;
+        use proptest::prelude::*;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            Mint(u64),
+            MintExpirable(u64, u64),
+            Spend(u64),
+            Advance(u64),
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                (1..50u64).prop_map(Op::Mint),
+                (1..50u64, 1..100u64).prop_map(|(a, d)| Op::MintExpirable(a, d)),
+                (0..80u64).prop_map(Op::Spend),
+                (0..60u64).prop_map(Op::Advance),
+            ]
+        }
+
+        proptest! {
+            /// Against a naive model (a list of lots, spent soonest-expiring first),
+            /// the holding agrees on every balance and on which spends succeed.
+            #[test]
+            fn holding_matches_a_naive_model(ops in proptest::collection::vec(op(), 1..40)) {
+                let mut holding = Holding::default();
+                let mut lots: Vec<(u64, u64)> = vec![]; // (expires_at, amount); u64::MAX = never
+                let mut now = 0u64;
+                for op in ops {
+                    match op {
+                        Op::Mint(a) => {
+                            holding.credits = holding.credits.saturating_add(Credits::from(a));
+                            lots.push((u64::MAX, a));
+                        }
+                        Op::MintExpirable(a, d) => {
+                            holding.lots.push(ExpirableLot { amount: Credits::from(a), expires_at: now + d });
+                            lots.push((now + d, a));
+                        }
+                        Op::Spend(a) => {
+                            lots.retain(|&(e, _)| e > now);
+                            let total: u64 = lots.iter().map(|&(_, a)| a).sum();
+                            let ok = holding.spend(Credits::from(a), now).is_ok();
+                            prop_assert_eq!(ok, total >= a);
+                            if ok {
+                                lots.sort_by_key(|&(e, _)| e);
+                                let mut left = a;
+                                for lot in &mut lots {
+                                    let take = lot.1.min(left);
+                                    lot.1 -= take;
+                                    left -= take;
+                                }
+                            }
+                        }
+                        Op::Advance(t) => now += t,
+                    }
+                    let model: u64 = lots.iter().filter(|&&(e, _)| e > now).map(|&(_, a)| a).sum();
+                    prop_assert_eq!(holding.credits_at(now), Credits::from(model));
+                }
+            }
+        }
     }
 }

@@ -114,6 +114,12 @@ impl DevServer {
         })
     }
 
+    /// The devserver's routes over `state`, for embedding in another axum app (the
+    /// same as [`DevServerState::router`]).
+    pub fn router(state: DevServerState) -> axum::Router {
+        state.router()
+    }
+
     /// The bound address.
     pub fn addr(&self) -> SocketAddr {
         self.addr

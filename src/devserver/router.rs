@@ -11,7 +11,7 @@ use axum::{Extension, Json, Router};
 use http::{Method, StatusCode, Uri};
 use serde_json::json;
 
-use super::handlers::{agents, dev, info, plans, x402};
+use super::handlers::{agents, delegation, dev, info, plans, x402};
 use super::{faults, stats, DevServerState};
 use crate::client::JWKS_PATH;
 
@@ -60,6 +60,9 @@ pub(crate) fn build(state: DevServerState) -> Router {
             &format!("{p}/token/{{planId}}/{{agentId}}"),
             get(x402::legacy_token),
         )
+        .route("/api/v1/delegation/create", post(delegation::create))
+        .route("/api/v1/delegation", get(delegation::list))
+        .route("/api/v1/payment-methods", get(delegation::payment_methods))
         .route("/api/v1/x402/permissions", post(x402::permissions))
         .route("/api/v1/x402/verify", post(x402::verify))
         .route("/api/v1/x402/settle", post(x402::settle))

@@ -22,8 +22,8 @@ use super::route::{Route, RouteCache};
 use super::token::{self, BearerVerifier, Credential, TokenError};
 use crate::backend::PaymentBackend;
 use crate::cache::{
-    BalanceCache, BalanceDenied, BalanceKey, PlanCache, Reservation, VerificationCache,
-    VerificationKey, Verified,
+    BalanceCache, BalanceDenied, BalanceKey, PlanCache, Reservation, SingleUseClaim,
+    SingleUseTokens, VerificationCache, VerificationKey, Verified,
 };
 use crate::client::Error;
 use crate::settle::{Charge, ChargeMethod, PendingCharge};
@@ -33,6 +33,8 @@ use crate::types::{AccessToken, AgentId, Credits, PlanCreditsConfig, PlanId, Tok
 const ROUTE_CAPACITY: u64 = 4_096;
 /// Plans kept with their credits config.
 const PLAN_CAPACITY: u64 = 1_024;
+/// How long a refused token is refused without asking again.
+const REFUSAL_TTL: Duration = Duration::from_secs(5);
 /// A JWKS is fetched again for an unknown key at most this often.
 const JWKS_REFETCH: Duration = Duration::from_secs(60);
 
@@ -44,6 +46,9 @@ pub(crate) struct Gate {
     plans: PlanCache,
     balances: BalanceCache,
     jwks: JwksCache,
+    single_use: Arc<SingleUseTokens>,
+    /// Tokens the facilitator or the JWKS just refused, so a replay costs no call.
+    refused: moka::future::Cache<VerificationKey, Rejection>,
 }
 
 /// An admitted request: its context, its reservation, how it will be charged.
@@ -53,6 +58,7 @@ pub(crate) struct Admission {
     caller: Arc<Caller>,
     plan: Arc<PlanCreditsConfig>,
     reservation: Reservation,
+    single_use: Option<SingleUseClaim>,
     method: ChargeMethod,
 }
 
@@ -68,6 +74,11 @@ impl Gate {
             plans: PlanCache::new(config.plan_ttl, PLAN_CAPACITY),
             balances: BalanceCache::new(config.balance_ttl, config.balance_capacity, stale),
             jwks: JwksCache::default(),
+            single_use: Arc::new(SingleUseTokens::new(config.verification_capacity)),
+            refused: moka::future::Cache::builder()
+                .max_capacity(config.verification_capacity)
+                .time_to_live(REFUSAL_TTL)
+                .build(),
             backend,
             config,
         }
@@ -97,35 +108,33 @@ impl Gate {
         parts: &Parts,
         route: &Arc<Route>,
     ) -> Result<Admission, Rejection> {
-        let raw = find_credential(&parts.headers, &self.config.token_headers).ok_or_else(|| {
-            Rejection::new(
-                RejectionKind::PaymentRequired,
-                "payment required: send an x402 access token in the payment-signature header",
-            )
-        })?;
-        if raw.len() > token::MAX_CREDENTIAL_BYTES {
-            return Err(Rejection::new(
-                RejectionKind::MalformedToken,
-                "the credential is too large",
-            ));
-        }
-        // Hash once; the digest is the cache key and the only form of the token logged.
-        let digest = TokenDigest::of(raw.as_bytes());
-        let span = tracing::debug_span!("nvm.verify", token = %digest);
+        let digest = tracing::debug_span!("nvm.extract")
+            .in_scope(|| credential_digest(&parts.headers, &self.config.token_headers))?;
         let requested = self.config.credits.for_request(parts);
         let key: VerificationKey = (digest, route.id);
         let (verified, verify_request_id) = match self.verifications.get(&key).await {
             Some(verified) => (verified, None),
             None => {
+                if let Some(refused) = self.refused.get(&key).await {
+                    return Err(refused);
+                }
                 let mut fresh_id = None;
                 let verify = self.verify(&parts.headers, route, digest, requested, &mut fresh_id);
                 let verified = tracing::Instrument::instrument(
                     self.verifications.get_or_verify(key, verify),
-                    span,
+                    tracing::debug_span!("nvm.verify", token = %digest),
                 )
-                .await
-                .map_err(|e| (*e).clone())?;
-                (verified, fresh_id)
+                .await;
+                match verified {
+                    Ok(verified) => (verified, fresh_id),
+                    Err(rejection) => {
+                        // Only a verdict on the token itself: balances and outages change.
+                        if rejection.kind == RejectionKind::InvalidToken {
+                            self.refused.insert(key, (*rejection).clone()).await;
+                        }
+                        return Err((*rejection).clone());
+                    }
+                }
             }
         };
         let caller = verified.caller;
@@ -138,6 +147,17 @@ impl Gate {
         )
         .await
         .map_err(balance_rejection)?;
+        let single_use = if is_single_use(&caller.credential) {
+            let claim = self.single_use.claim(caller.token_digest).ok_or_else(|| {
+                Rejection::new(
+                    RejectionKind::InvalidToken,
+                    "this single-use (x402 v3) token was already used",
+                )
+            })?;
+            Some(claim)
+        } else {
+            None
+        };
         let request_id = verify_request_id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
         let method = match (self.config.via, &caller.credential) {
             (ChargeVia::Redeem, _) | (_, Credential::Bearer { .. }) => ChargeMethod::Redeem,
@@ -154,6 +174,7 @@ impl Gate {
             caller,
             plan,
             reservation,
+            single_use,
             method,
         })
     }
@@ -296,7 +317,7 @@ impl Gate {
 
     /// Charges a served request according to the configured timing, or releases its
     /// reservation when the response is not a success.
-    pub(crate) async fn finish<B>(
+    pub(crate) async fn finish<B: http_body::Body>(
         &self,
         admission: Admission,
         response: Response<B>,
@@ -326,6 +347,7 @@ impl Gate {
                 retry: self.config.retry,
             },
             reservation: admission.reservation,
+            single_use: admission.single_use,
             hook: self.config.on_settle.clone(),
         };
         match self.config.timing {
@@ -345,11 +367,22 @@ impl Gate {
                 pending.spawn();
                 Response::from_parts(parts, PaymentBody::inner(body))
             }
+            // A body already at its end (204, empty) is never polled: charge now.
+            ChargeTiming::OnBodyEnd if body.is_end_stream() => {
+                pending.spawn();
+                Response::from_parts(parts, PaymentBody::inner(body))
+            }
             ChargeTiming::OnBodyEnd => {
                 Response::from_parts(parts, PaymentBody::charging(body, pending))
             }
         }
     }
+}
+
+/// x402 v3 tokens carry a nonce and are consumed by their first settle.
+fn is_single_use(credential: &Credential) -> bool {
+    matches!(credential, Credential::X402 { payload, .. }
+        if payload.payload.authorization.nonce.as_deref().is_some_and(|n| !n.is_empty()))
 }
 
 /// What the plan will burn for `requested`; a plan that burns nothing cannot be charged.
@@ -370,30 +403,42 @@ fn chargeable(
     Ok(amount)
 }
 
-/// The header [`token::extract_credential`] would read, found without decoding it:
-/// the first configured header that is not blank; `Authorization` only as
-/// `Bearer <token>`. A value that is not text is returned (it is malformed).
-fn find_credential<'h>(
-    headers: &'h HeaderMap,
+/// The digest of the credential [`token::extract_credential`] would read (the same
+/// header, the same text, so it equals `Credential::digest`), found without decoding
+/// it: the first configured header that is not blank; `Authorization` only as
+/// `Bearer <token>`. Hashed once: the cache key and the only form of the token logged.
+fn credential_digest(
+    headers: &HeaderMap,
     names: &[http::HeaderName],
-) -> Option<&'h HeaderValue> {
-    names.iter().find_map(|name| {
-        let value = headers.get(name)?;
-        let Ok(text) = value.to_str() else {
-            return Some(value);
+) -> Result<TokenDigest, Rejection> {
+    let malformed = |message| Rejection::new(RejectionKind::MalformedToken, message);
+    for name in names {
+        let Some(value) = headers.get(name) else {
+            continue;
         };
-        let text = text.trim();
+        if value.len() > token::MAX_CREDENTIAL_BYTES {
+            return Err(malformed("the credential is too large"));
+        }
+        let text = value
+            .to_str()
+            .map_err(|_| malformed("the credential is not visible ASCII"))?
+            .trim();
         let credential = if name == AUTHORIZATION {
-            let (scheme, rest) = text.split_once(' ')?;
-            if !scheme.eq_ignore_ascii_case("bearer") {
-                return None;
+            match text.split_once(' ') {
+                Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => rest.trim(),
+                _ => continue,
             }
-            rest.trim()
         } else {
             text
         };
-        (!credential.is_empty()).then_some(value)
-    })
+        if !credential.is_empty() {
+            return Ok(TokenDigest::of(credential.as_bytes()));
+        }
+    }
+    Err(Rejection::new(
+        RejectionKind::PaymentRequired,
+        "payment required: send an x402 access token in the payment-signature header",
+    ))
 }
 
 fn receipt_header(receipt: &crate::types::SettleResponse) -> Option<HeaderValue> {
@@ -536,5 +581,55 @@ impl JwksCache {
                 )
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http::HeaderValue;
+
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (name, value) in pairs {
+            h.append(*name, HeaderValue::from_str(value).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn the_digest_is_the_digest_of_the_credential_extract_reads() {
+        let names = token::default_token_headers();
+        let jwt = "eyJhbGciOiJFZERTQSJ9.eyJzdWIiOiJ4In0.c2ln";
+        for h in [
+            headers(&[("authorization", &format!("  bearer   {jwt} "))]),
+            headers(&[
+                ("payment-signature", "  "),
+                ("authorization", &format!("Bearer {jwt}")),
+            ]),
+            headers(&[
+                ("payment-signature", &format!(" {jwt}")),
+                ("authorization", "Basic x"),
+            ]),
+        ] {
+            let extracted = token::extract_credential(&h, &names).unwrap().unwrap();
+            assert_eq!(credential_digest(&h, &names).unwrap(), extracted.digest());
+        }
+        for h in [
+            headers(&[]),
+            headers(&[("authorization", "Basic dXNlcg==")]),
+            headers(&[("payment-signature", " ")]),
+        ] {
+            assert!(token::extract_credential(&h, &names).unwrap().is_none());
+            let kind = credential_digest(&h, &names).unwrap_err().kind;
+            assert_eq!(kind, RejectionKind::PaymentRequired);
+        }
+        let huge = headers(&[("authorization", &format!("Basic {}", "a".repeat(9000)))]);
+        assert!(token::extract_credential(&huge, &names).is_err());
+        assert_eq!(
+            credential_digest(&huge, &names).unwrap_err().kind,
+            RejectionKind::MalformedToken
+        );
     }
 }

@@ -39,8 +39,9 @@
 //! [`ChargeTiming`] decides when:
 //! - `BeforeResponse` (default): before the response head is returned, with the receipt
 //!   in a `payment-response` header. If the backend refuses the charge the handler's
-//!   response is still returned (the work is done) with the refusal in
-//!   `payment-response` (`success: false`), and the outcome is reported as `Failed`.
+//!   response is still returned (the work is done), with the backend's refusal in
+//!   `payment-response` (`success: false`) when it answered one, and the outcome is
+//!   reported as `Failed`.
 //! - `OnBodyEnd`: when the body has delivered its last frame (streams and SSE pass
 //!   through unbuffered). A client that goes away before the end is **not** charged.
 //! - `Background`: on a task spawned as soon as the response head is ready.

@@ -81,6 +81,7 @@ async fn guard<S, ReqB, ResB>(
 ) -> Result<Response<PaymentBody<ResB>>, S::Error>
 where
     S: Service<Request<ReqB>, Response = Response<ResB>>,
+    ResB: http_body::Body,
 {
     let (mut parts, body) = request.into_parts();
     let route = gate.route(&parts).await;

@@ -9,7 +9,7 @@ use tracing::Instrument;
 
 use super::{OnSettle, SettleOutcome, SettleStatus};
 use crate::backend::PaymentBackend;
-use crate::cache::Reservation;
+use crate::cache::{Reservation, SingleUseClaim};
 use crate::client::Error;
 use crate::layer::{Caller, Route};
 use crate::types::{Credits, NvmApiResult, SettleResponse};
@@ -189,6 +189,8 @@ impl Charge {
 pub(crate) struct PendingCharge {
     pub(crate) charge: Charge,
     pub(crate) reservation: Reservation,
+    /// For a single-use token: spent unless the charge definitely failed.
+    pub(crate) single_use: Option<SingleUseClaim>,
     pub(crate) hook: Option<Arc<dyn OnSettle>>,
 }
 
@@ -198,6 +200,7 @@ impl PendingCharge {
         let PendingCharge {
             charge,
             reservation,
+            single_use,
             hook,
         } = self;
         let span = tracing::info_span!(
@@ -218,6 +221,11 @@ impl PendingCharge {
             SettleStatus::Failed => reservation.release(true),
             // It may have burned: count it, and learn the truth at the next fetch.
             SettleStatus::Unknown => reservation.commit(charge.credits, true),
+        }
+        if let Some(claim) = single_use {
+            if sent.status != SettleStatus::Failed {
+                claim.spend().await;
+            }
         }
         let outcome = SettleOutcome {
             status: sent.status,

@@ -69,7 +69,7 @@ pub struct MockBackend {
     pub charge_log: Mutex<Vec<(String, Credits)>>,
     pub verify_delay: Duration,
     pub balance_delay: Duration,
-    pub jwks: JwkSet,
+    pub jwks: Mutex<JwkSet>,
 }
 
 pub fn transient() -> Error {
@@ -117,7 +117,7 @@ impl MockBackend {
             charge_log: Mutex::new(Vec::new()),
             verify_delay: Duration::from_millis(0),
             balance_delay: Duration::from_millis(0),
-            jwks: bearer_jwks(),
+            jwks: Mutex::new(bearer_jwks()),
         };
         tweak(&mut m);
         Arc::new(m)
@@ -330,7 +330,7 @@ impl PaymentBackend for MockBackend {
     fn access_token_jwks(&self) -> BoxFuture<'_, Result<JwkSet, Error>> {
         Box::pin(async move {
             self.jwks_calls.fetch_add(1, Ordering::SeqCst);
-            Ok(self.jwks.clone())
+            Ok(self.jwks.lock().unwrap().clone())
         })
     }
 }
@@ -340,6 +340,20 @@ impl PaymentBackend for MockBackend {
 /// An x402 token (base64 JSON envelope) for `plan`, optionally bound to `agent`;
 /// `signature` steers the mock's verify (`0xvalid`, `0xexpired`, other = forged).
 pub fn x402_token(plan: &str, agent: Option<&str>, signature: &str) -> String {
+    x402_token_with_nonce(plan, agent, signature, None)
+}
+
+/// An x402 v3 token: it carries a nonce and is single-use at settle.
+pub fn x402_v3(nonce: &str) -> String {
+    x402_token_with_nonce(PLAN, Some(AGENT), "0xvalid", Some(nonce))
+}
+
+fn x402_token_with_nonce(
+    plan: &str,
+    agent: Option<&str>,
+    signature: &str,
+    nonce: Option<&str>,
+) -> String {
     let mut extra = serde_json::json!({ "version": "1" });
     if let Some(a) = agent {
         extra["agentId"] = a.into();
@@ -350,6 +364,10 @@ pub fn x402_token(plan: &str, agent: Option<&str>, signature: &str) -> String {
         "payload": { "signature": signature, "authorization": { "from": SUBSCRIBER, "sessionKeysProvider": "zerodev", "sessionKeys": [] } },
         "extensions": {}
     });
+    let mut envelope = envelope;
+    if let Some(n) = nonce {
+        envelope["payload"]["authorization"]["nonce"] = n.into();
+    }
     URL_SAFE_NO_PAD.encode(envelope.to_string())
 }
 
@@ -395,6 +413,19 @@ fn sign_bearer(seed: [u8; 32], plan: &str, agent: Option<&str>, exp: u64) -> Str
 /// A bearer JWT signed with the issuer's key.
 pub fn bearer(plan: &str, agent: Option<&str>) -> String {
     sign_bearer(BEARER_SEED, plan, agent, now() + 3600)
+}
+/// A valid bearer token that differs from others by its expiry.
+pub fn bearer_valid_for(secs: u64) -> String {
+    sign_bearer(BEARER_SEED, PLAN, Some(AGENT), now() + secs)
+}
+/// A key set that does not hold the issuer's key.
+pub fn unrelated_jwks() -> JwkSet {
+    let public = ed25519_dalek::SigningKey::from_bytes(&FORGER_SEED).verifying_key();
+    serde_json::from_value(serde_json::json!({
+        "keys": [{ "kty": "OKP", "crv": "Ed25519", "kid": "old", "alg": "EdDSA",
+                   "x": URL_SAFE_NO_PAD.encode(public.as_bytes()) }]
+    }))
+    .unwrap()
 }
 pub fn bearer_expired() -> String {
     sign_bearer(BEARER_SEED, PLAN, Some(AGENT), now() - 60)

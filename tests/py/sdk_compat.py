@@ -14,6 +14,7 @@ from payments_py.common.payments_error import PaymentsError
 from payments_py.common.types import AgentAPIAttributes, AgentMetadata, PlanMetadata
 from payments_py.plans import get_dynamic_credits_config, get_erc20_price_config
 from payments_py.x402.helpers import build_payment_required
+from payments_py.x402.types import CreateDelegationPayload, DelegationConfig, X402TokenOptions
 
 ERC20 = "0x036CbD53842c5426634e7929541eC2318f3dCF7e"
 
@@ -89,6 +90,24 @@ def main():
 
     token = subscriber.x402.get_x402_access_token(plan_id, agent_id)["accessToken"]
     check(isinstance(token, str) and len(token) > 100, "get_x402_access_token returns a token")
+
+    # The create-first delegation flow (what the TS SDK requires) works too.
+    delegation = subscriber.delegation.create_delegation(
+        CreateDelegationPayload(
+            provider="erc4337", spending_limit_cents=10000, duration_secs=604800, currency="usdc"
+        )
+    )
+    check(len(delegation.delegation_id) == 36, "create_delegation returns a uuid")
+    listed = subscriber.delegation.list_delegations()
+    check([d.id for d in listed] == [delegation.delegation_id], "list_delegations lists it")
+    delegated = subscriber.x402.get_x402_access_token(
+        plan_id,
+        agent_id,
+        token_options=X402TokenOptions(
+            delegation_config=DelegationConfig(delegation_id=delegation.delegation_id)
+        ),
+    )["accessToken"]
+    check(isinstance(delegated, str) and len(delegated) > 100, "a token minted against a delegation")
 
     required = build_payment_required(plan_id, endpoint="/ask", agent_id=agent_id, http_verb="POST")
     verified = builder.facilitator.verify_permissions(required, token, max_amount="2")

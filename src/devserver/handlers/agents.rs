@@ -5,7 +5,7 @@ use axum::extract::{RawQuery, State};
 use axum::response::Response;
 use axum::Json;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::{agent_id, created, plan_id, Paging, Params};
 use crate::devserver::accounts::Caller;
@@ -13,8 +13,8 @@ use crate::devserver::error::{ApiError, JsonBody};
 use crate::devserver::ids::new_tx_hash;
 use crate::devserver::DevServerState;
 use crate::types::{
-    Agent, AgentApiAttributes, AgentList, AgentMetadata, NvmApiResult, RegisterAgentAndPlanRequest,
-    RegisterAgentRequest,
+    Agent, AgentApiAttributes, AgentList, AgentMetadata, NvmApiResult, Plan, PlanList,
+    RegisterAgentAndPlanRequest, RegisterAgentRequest,
 };
 
 pub(crate) async fn register(
@@ -120,35 +120,28 @@ pub(crate) async fn list(
     })
 }
 
-/// `{total, page, offset, plans: [...]}`; each plan carries both `id` and `planId`
-/// (the SDKs read either).
+/// `{total, page, offset, plans: [...]}` with the plan objects of `GET plan`.
 pub(crate) async fn plans(
     State(state): State<DevServerState>,
     Params(raw): Params<String>,
     RawQuery(query): RawQuery,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<PlanList>, ApiError> {
     let id = agent_id(&raw)?;
     let paging = Paging::from_query(query.as_deref(), 10);
     let ledger = state.ledger();
     let agent = ledger.agent(&id)?;
-    let plans: Vec<Value> = agent
+    let plans: Vec<Plan> = agent
         .plans
         .iter()
         .filter_map(|p| ledger.plan(p).ok())
-        .map(|p| {
-            let mut v = serde_json::to_value(p.to_wire()).unwrap_or(Value::Null);
-            if let Some(obj) = v.as_object_mut() {
-                obj.insert("planId".to_owned(), json!(p.id));
-            }
-            v
-        })
+        .map(|p| p.to_wire())
         .collect();
-    Ok(Json(json!({
-        "total": plans.len(),
-        "page": paging.page,
-        "offset": paging.size,
-        "plans": paging.slice(&plans),
-    })))
+    Ok(Json(PlanList {
+        total: plans.len() as u64,
+        page: paging.page,
+        offset: paging.size,
+        plans: paging.slice(&plans),
+    }))
 }
 
 pub(crate) async fn link(

@@ -1,6 +1,7 @@
 //! HTTP handlers, one file per area of the API.
 
 pub(crate) mod agents;
+pub(crate) mod delegation;
 pub(crate) mod dev;
 pub(crate) mod info;
 pub(crate) mod plans;
