@@ -256,8 +256,8 @@ criterion_group! {
 }
 
 fn main() {
-    // For instruction-level profiles without criterion around the code:
-    // `NVM_LAYER_PROFILE=20000 valgrind --tool=callgrind target/release/deps/layer-<hash>`
+    // Instruction counts without criterion around the code (see BENCHMARKS.md):
+    // `NVM_LAYER_PROFILE=10000 valgrind --tool=callgrind target/release/deps/layer-<hash>`
     if let Some(n) = std::env::var("NVM_LAYER_PROFILE")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -271,13 +271,25 @@ fn main() {
     summary(started);
 }
 
-/// `n` warm x402 requests through the layer, on a current-thread runtime.
+/// `n` warm requests on a current-thread runtime, for instruction counts:
+/// `NVM_LAYER_PROFILE_SERVICE` is `x402` (default), `bearer` or `bare`.
 fn profile(n: u64) {
     let rt = current_thread();
     let guarded = layer(Sink::new()).layer(handler());
-    let x402 = Credential::x402(1);
-    rt.block_on(send(&mut guarded.clone(), x402.request()));
-    let elapsed = rt.block_on(drive(guarded, x402, n));
+    let which = std::env::var("NVM_LAYER_PROFILE_SERVICE").unwrap_or_default();
+    let elapsed = match which.as_str() {
+        "bare" => rt.block_on(drive(handler(), Credential::x402(1), n)),
+        "bearer" => {
+            let bearer = Credential::bearer(2);
+            rt.block_on(send(&mut guarded.clone(), bearer.request()));
+            rt.block_on(drive(guarded, bearer, n))
+        }
+        _ => {
+            let x402 = Credential::x402(1);
+            rt.block_on(send(&mut guarded.clone(), x402.request()));
+            rt.block_on(drive(guarded, x402, n))
+        }
+    };
     println!(
         "{n} requests, {:.0} ns each",
         elapsed.as_nanos() as f64 / n as f64

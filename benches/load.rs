@@ -10,7 +10,9 @@
 //! (hyper client, one request in flight each) send `POST` requests for a fixed time.
 //! The agent has three routes with the same handler:
 //!
-//! - `/free`: unprotected (the baseline);
+//! - `/free`: unprotected (the baseline; it is sent the same `payment-signature`
+//!   header as `/paid`, so every row moves the same request bytes and the difference
+//!   is the layer's work);
 //! - `/paid`: behind `PaymentLayer` over the in-process charge sink of
 //!   `benches/support` (warm caches; the charge is made and awaited in process);
 //! - `/paid-devserver`: behind `PaymentLayer` over the devserver, with a real x402 token
@@ -21,6 +23,10 @@
 //! all rows alike; the table gives every round and the ratios against the unprotected
 //! row of the same run. Backend calls are counted after the warm-up (at the sink and at
 //! the devserver's `stats()`) and printed per request.
+//!
+//! `NVM_LOAD_WORKERS` sets the runtime's worker threads (default: one per core).
+//! `NVM_LOAD_ROWS=free,paid` runs only some rows (for profiling, e.g. under
+//! `valgrind --tool=callgrind`); the ratios need the `free` row.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -158,7 +164,8 @@ fn main() {
     let secs: f64 = env_or("NVM_LOAD_SECS", 3.0);
     let rounds: usize = env_or("NVM_LOAD_ROUNDS", 3);
     let concurrency: usize = env_or("NVM_LOAD_CONCURRENCY", 32);
-    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let workers: usize = env_or("NVM_LOAD_WORKERS", cores);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
         .enable_all()
@@ -226,17 +233,18 @@ async fn run(duration: Duration, rounds: usize, concurrency: usize, workers: usi
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
 
-    let mut rows = [
+    let sink_token = HeaderValue::try_from(x402_token(&holder(1), None)).unwrap();
+    let mut rows = vec![
         Row {
             name: "unprotected",
             path: "/free",
-            credential: None,
+            credential: Some(sink_token.clone()),
             rounds: vec![],
         },
         Row {
             name: "protected, in-process charge sink",
             path: "/paid",
-            credential: Some(HeaderValue::try_from(x402_token(&holder(1), None)).unwrap()),
+            credential: Some(sink_token),
             rounds: vec![],
         },
         Row {
@@ -247,6 +255,12 @@ async fn run(duration: Duration, rounds: usize, concurrency: usize, workers: usi
         },
     ];
 
+    if let Ok(only) = std::env::var("NVM_LOAD_ROWS") {
+        rows.retain(|row| {
+            only.split(',')
+                .any(|p| row.path.trim_start_matches('/') == p.trim())
+        });
+    }
     println!(
         "loopback load: {concurrency} keep-alive connections, {} s per row, {rounds} interleaved rounds, {workers} runtime workers",
         duration.as_secs_f64()
@@ -301,7 +315,7 @@ fn report(rows: &[Row], sink: &Sink, server: &DevServer) {
         let secs: f64 = row.rounds.iter().map(|m| m.elapsed.as_secs_f64()).sum();
         ok as f64 / secs
     };
-    let base = rps(&rows[0]);
+    let base = rows.iter().find(|r| r.path == "/free").map(rps);
     println!("\n| route | req/s | vs unprotected | p50 ms | p99 ms | req/s per round | failed |");
     println!("|---|---:|---:|---:|---:|---|---:|");
     for row in rows {
@@ -318,10 +332,10 @@ fn report(rows: &[Row], sink: &Sink, server: &DevServer) {
             .collect();
         let failed: u64 = row.rounds.iter().map(|m| m.failed).sum();
         println!(
-            "| {} | {:.0} | {:.3} | {:.2} | {:.2} | {} | {} |",
+            "| {} | {:.0} | {} | {:.2} | {:.2} | {} | {} |",
             row.name,
             rps(row),
-            rps(row) / base,
+            base.map_or("-".into(), |b| format!("{:.3}", rps(row) / b)),
             percentile(&latencies, 0.50),
             percentile(&latencies, 0.99),
             per_round.join(" "),
@@ -329,38 +343,39 @@ fn report(rows: &[Row], sink: &Sink, server: &DevServer) {
         );
     }
 
-    let served = |row: &Row| row.rounds.iter().map(|m| m.ok).sum::<u64>().max(1) as f64;
     let [verify, balance, plan_calls, settle, redeem, _] = sink.calls.get();
     let stats = server.stats();
-    println!("\nbackend calls after warm-up, per request served:");
+    let calls = |path: &str| -> Option<[u64; 4]> {
+        match path {
+            "/paid" => Some([verify, balance, plan_calls, settle + redeem]),
+            "/paid-devserver" => Some([
+                stats.get(VERIFY),
+                stats.get(BALANCE),
+                stats.get(PLAN),
+                stats.get(SETTLE),
+            ]),
+            _ => None,
+        }
+    };
+    println!(
+        "\nbackend calls after warm-up (count at the sink / the devserver), per request served:"
+    );
     println!("| route | requests | verify | balance | plan | charge |");
     println!("|---|---:|---:|---:|---:|---:|");
-    let n = served(&rows[1]);
-    println!(
-        "| {} | {} | {:.6} ({verify}) | {:.6} ({balance}) | {:.6} ({plan_calls}) | {:.3} ({}) |",
-        rows[1].name,
-        n,
-        verify as f64 / n,
-        balance as f64 / n,
-        plan_calls as f64 / n,
-        (settle + redeem) as f64 / n,
-        settle + redeem
-    );
-    let n = served(&rows[2]);
-    let (verify, balance, plan_calls, settle) = (
-        stats.get(VERIFY),
-        stats.get(BALANCE),
-        stats.get(PLAN),
-        stats.get(SETTLE),
-    );
-    println!(
-        "| {} | {} | {:.6} ({verify}) | {:.6} ({balance}) | {:.6} ({plan_calls}) | {:.3} ({settle}) |",
-        rows[2].name,
-        n,
-        verify as f64 / n,
-        balance as f64 / n,
-        plan_calls as f64 / n,
-        settle as f64 / n,
-    );
+    for row in rows {
+        let Some([verify, balance, plan_calls, charge]) = calls(row.path) else {
+            continue;
+        };
+        let n = row.rounds.iter().map(|m| m.ok).sum::<u64>();
+        let per = |c: u64| c as f64 / n.max(1) as f64;
+        println!(
+            "| {} | {n} | {:.6} ({verify}) | {:.6} ({balance}) | {:.6} ({plan_calls}) | {:.3} ({charge}) |",
+            row.name,
+            per(verify),
+            per(balance),
+            per(plan_calls),
+            per(charge),
+        );
+    }
     println!("(devserver counters: {:?})", stats.routes);
 }
