@@ -299,7 +299,7 @@ fn profile(n: u64) {
 /// Added cost and ratio of each guarded variant against `bare` of the same run.
 fn summary(since: SystemTime) {
     let mean = |id: &str| criterion_mean_ns("hot_path", id, since);
-    println!("\nsummary (mean per request, same run):");
+    println!("\nsummary (time per request as criterion reports it, same run):");
     for (bare, guarded) in [("bare", "x402"), ("bare", "bearer"), ("bare_mt", "x402_mt")] {
         if let (Some(b), Some(g)) = (mean(bare), mean(guarded)) {
             println!(
