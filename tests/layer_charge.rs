@@ -527,3 +527,24 @@ async fn a_single_use_token_not_charged_can_be_used_again() {
     assert_eq!(ok.status(), 200);
     assert_eq!(backend.charged_ids(), 1);
 }
+
+#[tokio::test]
+async fn a_client_that_hangs_up_during_the_charge_does_not_cancel_it() {
+    let backend = MockBackend::with(100, |m| m.charge_hold = Some(tokio::sync::Notify::new()));
+    let (hook, mut outcomes) = outcomes();
+    let layer = builder(backend.clone()).on_settle(hook).build().unwrap();
+    let svc = layer.layer(Inner::ok().service());
+    let task = tokio::spawn(svc.oneshot(x402_request(valid_x402())));
+    backend.charge_entered.notified().await;
+    task.abort();
+    assert!(task.await.unwrap_err().is_cancelled());
+    // The settle call is still in flight; let the backend answer it.
+    backend.charge_hold.as_ref().unwrap().notify_one();
+    let outcome = tokio::time::timeout(std::time::Duration::from_secs(5), outcomes.recv())
+        .await
+        .expect("the charge was cancelled with the request")
+        .unwrap();
+    assert_eq!(outcome.status, SettleStatus::Settled);
+    assert_eq!(backend.charged_ids(), 1);
+    assert_eq!(backend.settle_calls.load(Ordering::SeqCst), 1);
+}

@@ -351,11 +351,17 @@ async fn forged_expired_wrong_plan_and_wrong_agent_tokens_are_refused() {
         nvm_payments::token::encode_x402_token(&payload)
     };
     let good_bearer = bearer(w.plan.clone(), w.agent.clone()).await;
+    // Change one character early in the signature: still base64url (the last one
+    // may carry padding bits), no longer the issuer's signature.
     let forged_bearer = {
-        let mut t = good_bearer.clone();
-        let last = t.pop().unwrap();
-        t.push(if last == 'A' { 'B' } else { 'A' });
-        t
+        let sig_start = good_bearer.rfind('.').unwrap() + 1;
+        let mut bytes = good_bearer.clone().into_bytes();
+        bytes[sig_start + 4] = if bytes[sig_start + 4] == b'A' {
+            b'B'
+        } else {
+            b'A'
+        };
+        String::from_utf8(bytes).unwrap()
     };
     let subscriber_addr = w.subscriber.account_address().clone();
     let expired_bearer = format!(

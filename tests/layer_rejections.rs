@@ -472,3 +472,33 @@ async fn the_jwks_is_fetched_again_for_an_unknown_key_at_most_once_a_minute() {
         2
     );
 }
+
+#[tokio::test]
+async fn a_failed_recheck_before_refusing_still_answers_insufficient_balance() {
+    let backend = MockBackend::new(1);
+    let layer = builder(backend.clone())
+        .recheck_balance_before_refusing(Duration::ZERO)
+        .build()
+        .unwrap();
+    let svc = layer.layer(Inner::ok().service());
+    let first = svc
+        .clone()
+        .oneshot(bearer_request(bearer(PLAN, Some(AGENT))))
+        .await
+        .unwrap();
+    assert_eq!(
+        body_json(first.into_body()).await["error"],
+        "insufficient_balance"
+    );
+    *backend.balance_down.lock().unwrap() = true;
+    let second = svc
+        .oneshot(bearer_request(bearer(PLAN, Some(AGENT))))
+        .await
+        .unwrap();
+    assert_eq!(second.status(), 402, "the balance known is fresh: no 503");
+    assert_eq!(
+        body_json(second.into_body()).await["error"],
+        "insufficient_balance"
+    );
+    assert_eq!(backend.balances(), 2, "the re-check was tried");
+}

@@ -93,6 +93,15 @@ pub(crate) struct Reservation {
 }
 
 impl Reservation {
+    fn new(ledger: Arc<Ledger>, amount: Credits, balance_seen: Credits) -> Self {
+        Reservation {
+            ledger,
+            amount,
+            balance_seen,
+            armed: true,
+        }
+    }
+
     /// Credits reserved.
     pub(crate) fn amount(&self) -> Credits {
         self.amount
@@ -134,10 +143,19 @@ pub(crate) struct BalanceCache {
     ledgers: Cache<Arc<BalanceKey>, Arc<Ledger>>,
     ttl: Duration,
     stale_max_age: Option<Duration>,
+    /// A fresh ledger that refuses a request is fetched again when its balance is at
+    /// least this old: a top-up made since the fetch is seen at once, and a caller with
+    /// no credits costs at most one balance call per this interval.
+    recheck_after: Duration,
 }
 
 impl BalanceCache {
-    pub(crate) fn new(ttl: Duration, capacity: u64, stale_max_age: Option<Duration>) -> Self {
+    pub(crate) fn new(
+        ttl: Duration,
+        capacity: u64,
+        stale_max_age: Option<Duration>,
+        recheck_after: Duration,
+    ) -> Self {
         // A ledger outlives its fetched balance (it carries the reservations); it is
         // dropped once nobody has used it for a while.
         let idle = ttl
@@ -150,6 +168,7 @@ impl BalanceCache {
                 .build(),
             ttl,
             stale_max_age,
+            recheck_after,
         }
     }
 
@@ -157,14 +176,13 @@ impl BalanceCache {
         if let Some(ledger) = self.ledgers.get(key).await {
             return ledger;
         }
-        self.ledgers
-            .get_with(key.clone(), async {
-                Arc::new(Ledger {
-                    state: Mutex::new(LedgerState::default()),
-                    refresh: tokio::sync::Mutex::new(()),
-                })
+        Box::pin(self.ledgers.get_with(key.clone(), async {
+            Arc::new(Ledger {
+                state: Mutex::new(LedgerState::default()),
+                refresh: tokio::sync::Mutex::new(()),
             })
-            .await
+        }))
+        .await
     }
 
     /// Reserves `amount` for one request, fetching the balance when the ledger's is
@@ -176,34 +194,59 @@ impl BalanceCache {
         backend: &dyn PaymentBackend,
     ) -> Result<Reservation, BalanceDenied> {
         let ledger = self.ledger(key).await;
-        let reserved = |balance_seen| Reservation {
-            ledger: ledger.clone(),
-            amount,
-            balance_seen,
-            armed: true,
-        };
-        {
+        // When a fresh ledger refuses, the fetch it was refused on: only a newer one
+        // may change the answer.
+        let refused_on = {
             let mut s = ledger.lock();
             if s.is_fresh(Instant::now(), self.ttl) {
-                return s.try_reserve(amount).map(reserved);
+                match s.try_reserve(amount) {
+                    Ok(seen) => {
+                        drop(s);
+                        return Ok(Reservation::new(ledger, amount, seen));
+                    }
+                    Err(denied) => match s.fetched_at {
+                        Some(at) if at.elapsed() >= self.recheck_after => Some(at),
+                        _ => return Err(denied),
+                    },
+                }
+            } else {
+                None
             }
-        }
+        };
+        // Boxed: the rare refresh must not weigh on every request's future.
+        Box::pin(self.refresh_and_reserve(ledger, key, amount, refused_on, backend)).await
+    }
+
+    async fn refresh_and_reserve(
+        &self,
+        ledger: Arc<Ledger>,
+        key: &BalanceKey,
+        amount: Credits,
+        refused_on: Option<Instant>,
+        backend: &dyn PaymentBackend,
+    ) -> Result<Reservation, BalanceDenied> {
         let _refreshing = ledger.refresh.lock().await;
         let mark = {
             let mut s = ledger.lock();
-            if s.is_fresh(Instant::now(), self.ttl) {
-                return s.try_reserve(amount).map(reserved);
+            let refreshed_meanwhile = match refused_on {
+                Some(at) => s.fetched_at.is_some_and(|t| t > at),
+                None => true,
+            };
+            if refreshed_meanwhile && s.is_fresh(Instant::now(), self.ttl) {
+                let seen = s.try_reserve(amount)?;
+                drop(s);
+                return Ok(Reservation::new(ledger.clone(), amount, seen));
             }
             if s.failed_at.is_some_and(|t| t.elapsed() < FAILURE_BACKOFF) {
-                return self
-                    .decide_without_fetch(&mut s, amount, "it failed moments ago")
-                    .map(reserved);
+                let seen = self.decide_without_fetch(&mut s, amount, "it failed moments ago")?;
+                drop(s);
+                return Ok(Reservation::new(ledger.clone(), amount, seen));
             }
             s.settled_total
         };
         let fetched = backend.plan_balance(&key.plan_id, &key.holder).await;
         let mut s = ledger.lock();
-        match fetched {
+        let seen = match fetched {
             Ok(balance) => {
                 s.fetched = balance.balance;
                 s.is_subscriber = balance.is_subscriber;
@@ -213,14 +256,15 @@ impl BalanceCache {
                 // Charges that completed while the fetch was in flight may or may not
                 // be in `balance`; counting them as not is the safe side.
                 s.settled_at_fetch = mark;
-                s.try_reserve(amount).map(reserved)
+                s.try_reserve(amount)?
             }
             Err(err) => {
                 s.failed_at = Some(Instant::now());
-                self.decide_without_fetch(&mut s, amount, &err.to_string())
-                    .map(reserved)
+                self.decide_without_fetch(&mut s, amount, &err.to_string())?
             }
-        }
+        };
+        drop(s);
+        Ok(Reservation::new(ledger.clone(), amount, seen))
     }
 
     /// The backend could not tell us the balance: decide from the last one when the
@@ -231,6 +275,10 @@ impl BalanceCache {
         amount: Credits,
         why: &str,
     ) -> Result<Credits, BalanceDenied> {
+        // A re-check before refusing failed: the balance we have is still fresh.
+        if s.is_fresh(Instant::now(), self.ttl) {
+            return s.try_reserve(amount);
+        }
         let usable = match (self.stale_max_age, s.fetched_at) {
             (Some(max_age), Some(at)) => at.elapsed() <= max_age,
             _ => false,

@@ -1,42 +1,62 @@
 //! Each accepted plan's credits config: it decides what a charge really burns.
+//!
+//! Only accepted plans are looked up (the layer refuses others first), so the table is
+//! as small as the configuration; the hot path reads it without awaiting.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use moka::future::Cache;
+use tokio::time::Instant;
 
 use crate::backend::PaymentBackend;
 use crate::client::Error;
 use crate::types::{PlanCreditsConfig, PlanId};
 
 pub(crate) struct PlanCache {
-    cache: Cache<PlanId, Arc<PlanCreditsConfig>>,
+    fresh: RwLock<HashMap<PlanId, (Arc<PlanCreditsConfig>, Instant)>>,
+    /// Coalesces concurrent loads of one plan into one `get plan` call.
+    loading: Cache<PlanId, Arc<PlanCreditsConfig>>,
+    ttl: Duration,
 }
 
 impl PlanCache {
     pub(crate) fn new(ttl: Duration, capacity: u64) -> Self {
         PlanCache {
-            cache: Cache::builder()
+            fresh: RwLock::new(HashMap::new()),
+            loading: Cache::builder()
                 .max_capacity(capacity)
                 .time_to_live(ttl)
                 .build(),
+            ttl,
         }
     }
 
-    /// The plan's credits config; concurrent misses make one `get plan` call.
-    pub(crate) async fn credits_config(
+    /// The plan's credits config if it was loaded less than the TTL ago.
+    pub(crate) fn get(&self, plan_id: &PlanId) -> Option<Arc<PlanCreditsConfig>> {
+        let fresh = self.fresh.read().unwrap_or_else(|p| p.into_inner());
+        let (config, at) = fresh.get(plan_id)?;
+        (at.elapsed() < self.ttl).then(|| config.clone())
+    }
+
+    /// Loads the plan's credits config; concurrent loads make one `get plan` call.
+    pub(crate) async fn load(
         &self,
         plan_id: &PlanId,
         backend: &dyn PaymentBackend,
     ) -> Result<Arc<PlanCreditsConfig>, Arc<Error>> {
-        if let Some(config) = self.cache.get(plan_id).await {
-            return Ok(config);
-        }
-        self.cache
+        let config = self
+            .loading
             .try_get_with(plan_id.clone(), async {
                 let plan = backend.plan(plan_id).await?;
                 Ok(Arc::new(plan.registry.credits))
             })
-            .await
+            .await?;
+        self.fresh
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(plan_id.clone(), (config.clone(), Instant::now()));
+        Ok(config)
     }
 }

@@ -16,7 +16,8 @@ pin_project! {
     /// a rejection, the inner service's body untouched, or (with
     /// [`ChargeTiming::OnBodyEnd`](super::ChargeTiming::OnBodyEnd)) the inner body
     /// passed through frame by frame, never buffered, and charged once its last frame
-    /// has been read. A charging body dropped before its end charges nothing.
+    /// has been read. A charging body dropped before its end, or whose inner body
+    /// fails, charges nothing (its reservation is released).
     pub struct PaymentBody<B> {
         #[pin]
         kind: Kind<B>,

@@ -103,6 +103,7 @@ pub(crate) struct LayerConfig {
     pub(crate) verification_capacity: u64,
     pub(crate) balance_ttl: Duration,
     pub(crate) balance_capacity: u64,
+    pub(crate) balance_recheck: Duration,
     pub(crate) plan_ttl: Duration,
     pub(crate) success: Arc<SuccessFn>,
     pub(crate) unavailable: BackendUnavailable,
@@ -151,6 +152,7 @@ impl PaymentLayerBuilder {
                 verification_capacity: 100_000,
                 balance_ttl: Duration::from_secs(30),
                 balance_capacity: 100_000,
+                balance_recheck: Duration::from_secs(1),
                 plan_ttl: Duration::from_secs(300),
                 success: Arc::new(|s: StatusCode| s.is_success()),
                 unavailable: BackendUnavailable::default(),
@@ -232,6 +234,16 @@ impl PaymentLayerBuilder {
     pub fn balance_cache(mut self, ttl: Duration, capacity: u64) -> Self {
         self.config.balance_ttl = ttl;
         self.config.balance_capacity = capacity;
+        self
+    }
+
+    /// Before refusing a request for lack of credits, fetch the balance again if the one
+    /// it was refused on is at least this old (default 1 s; concurrent refusals share
+    /// one fetch). A subscriber who just bought more credits is served as soon as the
+    /// backend knows, and a caller with none costs at most one balance call per
+    /// interval. `Duration::ZERO` re-checks on every refusal.
+    pub fn recheck_balance_before_refusing(mut self, after: Duration) -> Self {
+        self.config.balance_recheck = after;
         self
     }
 

@@ -30,7 +30,7 @@ use crate::settle::{Charge, ChargeMethod, PendingCharge};
 use crate::types::{AccessToken, AgentId, Credits, PlanCreditsConfig, PlanId, TokenDigest};
 
 /// Routes kept with a prebuilt `PaymentRequired` (paths come from callers: bounded).
-const ROUTE_CAPACITY: u64 = 4_096;
+const ROUTE_CAPACITY: usize = 4_096;
 /// Plans kept with their credits config.
 const PLAN_CAPACITY: u64 = 1_024;
 /// How long a refused token is refused without asking again.
@@ -72,7 +72,12 @@ impl Gate {
             routes: RouteCache::new(ROUTE_CAPACITY),
             verifications: VerificationCache::new(config.verification_capacity),
             plans: PlanCache::new(config.plan_ttl, PLAN_CAPACITY),
-            balances: BalanceCache::new(config.balance_ttl, config.balance_capacity, stale),
+            balances: BalanceCache::new(
+                config.balance_ttl,
+                config.balance_capacity,
+                stale,
+                config.balance_recheck,
+            ),
             jwks: JwksCache::default(),
             single_use: Arc::new(SingleUseTokens::new(config.verification_capacity)),
             refused: moka::future::Cache::builder()
@@ -84,10 +89,9 @@ impl Gate {
         }
     }
 
-    pub(crate) async fn route(&self, parts: &Parts) -> Arc<Route> {
+    pub(crate) fn route(&self, parts: &Parts) -> Arc<Route> {
         self.routes
             .get(&self.config, &parts.method, parts.uri.path())
-            .await
     }
 
     pub(crate) fn reject<B>(
@@ -114,28 +118,8 @@ impl Gate {
         let key: VerificationKey = (digest, route.id);
         let (verified, verify_request_id) = match self.verifications.get(&key).await {
             Some(verified) => (verified, None),
-            None => {
-                if let Some(refused) = self.refused.get(&key).await {
-                    return Err(refused);
-                }
-                let mut fresh_id = None;
-                let verify = self.verify(&parts.headers, route, digest, requested, &mut fresh_id);
-                let verified = tracing::Instrument::instrument(
-                    self.verifications.get_or_verify(key, verify),
-                    tracing::debug_span!("nvm.verify", token = %digest),
-                )
-                .await;
-                match verified {
-                    Ok(verified) => (verified, fresh_id),
-                    Err(rejection) => {
-                        // Only a verdict on the token itself: balances and outages change.
-                        if rejection.kind == RejectionKind::InvalidToken {
-                            self.refused.insert(key, (*rejection).clone()).await;
-                        }
-                        return Err((*rejection).clone());
-                    }
-                }
-            }
+            // Boxed: the rare verification must not weigh on every request's future.
+            None => Box::pin(self.verify_once(parts, route, key, requested)).await?,
         };
         let caller = verified.caller;
         let plan = self.credits_config(&caller.plan_id).await?;
@@ -158,7 +142,7 @@ impl Gate {
         } else {
             None
         };
-        let request_id = verify_request_id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+        let request_id = verify_request_id.unwrap_or_else(new_request_id);
         let method = match (self.config.via, &caller.credential) {
             (ChargeVia::Redeem, _) | (_, Credential::Bearer { .. }) => ChargeMethod::Redeem,
             (_, Credential::X402 { .. }) => ChargeMethod::Settle,
@@ -179,7 +163,39 @@ impl Gate {
         })
     }
 
-    /// The slow path: decode the credential and verify it (facilitator or JWKS).
+    /// A token not verified yet for this route: verify it once however many requests
+    /// ask at the same time, and remember a refusal for a few seconds. Also answers the
+    /// verify's `agentRequestId` when this request is the one that made the call.
+    async fn verify_once(
+        &self,
+        parts: &Parts,
+        route: &Route,
+        key: VerificationKey,
+        requested: Credits,
+    ) -> Result<(Verified, Option<String>), Rejection> {
+        if let Some(refused) = self.refused.get(&key).await {
+            return Err(refused);
+        }
+        let mut fresh_id = None;
+        let verify = self.verify(&parts.headers, route, key.0, requested, &mut fresh_id);
+        let verified = tracing::Instrument::instrument(
+            self.verifications.get_or_verify(key, verify),
+            tracing::debug_span!("nvm.verify", token = %key.0),
+        )
+        .await;
+        match verified {
+            Ok(verified) => Ok((verified, fresh_id)),
+            Err(rejection) => {
+                // Only a verdict on the token itself: balances and outages change.
+                if rejection.kind == RejectionKind::InvalidToken {
+                    self.refused.insert(key, (*rejection).clone()).await;
+                }
+                Err((*rejection).clone())
+            }
+        }
+    }
+
+    /// Decodes the credential and verifies it (facilitator or JWKS).
     async fn verify(
         &self,
         headers: &HeaderMap,
@@ -298,8 +314,11 @@ impl Gate {
     }
 
     async fn credits_config(&self, plan_id: &PlanId) -> Result<Arc<PlanCreditsConfig>, Rejection> {
-        self.plans
-            .credits_config(plan_id, &*self.backend)
+        if let Some(config) = self.plans.get(plan_id) {
+            return Ok(config);
+        }
+        // Boxed: the rare load must not weigh on every request's future.
+        Box::pin(self.plans.load(plan_id, &*self.backend))
             .await
             .map_err(|err| {
                 if err.is_transient() {
@@ -352,11 +371,8 @@ impl Gate {
         };
         match self.config.timing {
             ChargeTiming::BeforeResponse => {
-                // On its own task: a client that hangs up mid-charge cannot cancel it.
-                if let Some(Ok(outcome)) = match pending.spawn() {
-                    Some(task) => Some(task.await),
-                    None => None,
-                } {
+                // A client that hangs up mid-charge cannot cancel it: see run_to_completion.
+                if let Some(outcome) = pending.run_to_completion().await {
                     if let Some(value) = outcome.receipt.as_ref().and_then(receipt_header) {
                         parts.headers.insert(PAYMENT_RESPONSE, value);
                     }
@@ -377,6 +393,17 @@ impl Gate {
             }
         }
     }
+}
+
+/// A UUID v7 (time-ordered, 74 random bits) from the thread's RNG: no system call.
+fn new_request_id() -> String {
+    let millis = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let random: [u8; 10] = rand::random();
+    uuid::Builder::from_unix_timestamp_millis(millis, &random)
+        .into_uuid()
+        .to_string()
 }
 
 /// x402 v3 tokens carry a nonce and are consumed by their first settle.

@@ -1,16 +1,17 @@
 //! The `PaymentRequired` of each route, built once per method and path.
 //!
 //! The verify/settle bodies and the `payment-required` header of a route never change,
-//! so they are built on the first request to it and shared afterwards (a bounded cache:
-//! paths come from callers).
+//! so they are built on the first request to it and shared afterwards. Paths come from
+//! callers, so the table is bounded: once full, new paths get a route built for the
+//! request alone. The lookup is synchronous and allocation-free.
 
+use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, Hasher};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use http::{HeaderValue, Method};
-use moka::future::Cache;
 
 use super::config::LayerConfig;
 use crate::client::{build_payment_required, PaymentRequiredOptions};
@@ -29,41 +30,43 @@ pub(crate) struct Route {
 }
 
 pub(crate) struct RouteCache {
-    routes: Cache<u64, Arc<Route>>,
+    routes: RwLock<HashMap<u64, Arc<Route>>>,
+    capacity: usize,
     hasher: std::collections::hash_map::RandomState,
 }
 
 impl RouteCache {
-    pub(crate) fn new(capacity: u64) -> Self {
+    pub(crate) fn new(capacity: usize) -> Self {
         RouteCache {
-            routes: Cache::builder().max_capacity(capacity).build(),
+            routes: RwLock::new(HashMap::new()),
+            capacity,
             hasher: Default::default(),
         }
     }
 
-    pub(crate) async fn get(
-        &self,
-        config: &LayerConfig,
-        method: &Method,
-        path: &str,
-    ) -> Arc<Route> {
+    pub(crate) fn get(&self, config: &LayerConfig, method: &Method, path: &str) -> Arc<Route> {
         let mut h = self.hasher.build_hasher();
         method.hash(&mut h);
         path.hash(&mut h);
         let id = h.finish();
-        let route = match self.routes.get(&id).await {
-            Some(route) => route,
+        let known = self
+            .routes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .cloned();
+        match known {
+            Some(route) if route.method == *method && *route.path == *path => route,
+            // A hash collision: this request gets its own route.
+            Some(_) => Arc::new(build(config, method, path, id)),
             None => {
-                self.routes
-                    .get_with(id, async { Arc::new(build(config, method, path, id)) })
-                    .await
+                let route = Arc::new(build(config, method, path, id));
+                let mut routes = self.routes.write().unwrap_or_else(|p| p.into_inner());
+                if routes.len() < self.capacity {
+                    routes.entry(id).or_insert_with(|| route.clone());
+                }
+                route
             }
-        };
-        if route.method == *method && *route.path == *path {
-            route
-        } else {
-            // A hash collision: serve this request with its own, uncached route.
-            Arc::new(build(config, method, path, id))
         }
     }
 }

@@ -1,7 +1,12 @@
 //! The charge of one served request: settle or redeem, retried only when safe.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
+
+use futures_util::future::BoxFuture;
 
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -255,6 +260,48 @@ impl PendingCharge {
                     "no tokio runtime to charge on: the request is not charged"
                 );
                 None
+            }
+        }
+    }
+
+    /// Runs the charge in the caller's task (no spawn on the hot path); if the caller
+    /// is dropped before it completes (the client hung up), the rest of the charge
+    /// moves to its own task, so it still completes and is reported.
+    pub(crate) fn run_to_completion(self) -> DetachOnDrop {
+        DetachOnDrop {
+            charge: Some(Box::pin(self.execute())),
+        }
+    }
+}
+
+/// The future of [`PendingCharge::run_to_completion`].
+pub(crate) struct DetachOnDrop {
+    charge: Option<BoxFuture<'static, SettleOutcome>>,
+}
+
+impl Future for DetachOnDrop {
+    type Output = Option<SettleOutcome>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let Some(charge) = self.charge.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let outcome = ready!(charge.as_mut().poll(cx));
+        self.charge = None;
+        Poll::Ready(Some(outcome))
+    }
+}
+
+impl Drop for DetachOnDrop {
+    fn drop(&mut self) {
+        if let Some(charge) = self.charge.take() {
+            match tokio::runtime::Handle::try_current() {
+                Ok(handle) => {
+                    handle.spawn(charge);
+                }
+                Err(_) => tracing::error!(
+                    "a charge in flight was dropped outside a tokio runtime: its outcome is unknown"
+                ),
             }
         }
     }

@@ -70,6 +70,10 @@ pub struct MockBackend {
     pub verify_delay: Duration,
     pub balance_delay: Duration,
     pub jwks: Mutex<JwkSet>,
+    /// Notified when a charge call (settle or redeem) starts.
+    pub charge_entered: tokio::sync::Notify,
+    /// When set, charge calls wait for a notification before answering.
+    pub charge_hold: Option<tokio::sync::Notify>,
 }
 
 pub fn transient() -> Error {
@@ -118,6 +122,8 @@ impl MockBackend {
             verify_delay: Duration::from_millis(0),
             balance_delay: Duration::from_millis(0),
             jwks: Mutex::new(bearer_jwks()),
+            charge_entered: tokio::sync::Notify::new(),
+            charge_hold: None,
         };
         tweak(&mut m);
         Arc::new(m)
@@ -251,6 +257,10 @@ impl PaymentBackend for MockBackend {
     ) -> BoxFuture<'a, Result<SettleResponse, Error>> {
         Box::pin(async move {
             self.settle_calls.fetch_add(1, Ordering::SeqCst);
+            self.charge_entered.notify_one();
+            if let Some(hold) = &self.charge_hold {
+                hold.notified().await;
+            }
             let burned = self.charge(agent_request_id, max_amount.unwrap_or_default())?;
             Ok(SettleResponse {
                 success: burned.is_some(),

@@ -1,0 +1,169 @@
+//! The agent a builder deploys: `POST /ask` (JSON in, JSON out) behind
+//! [`PaymentLayer`], `GET /health` open, graceful shutdown that drains charges.
+//!
+//! Configuration, all from the environment:
+//!
+//! | variable | meaning |
+//! |---|---|
+//! | `NVM_API_KEY` | the builder's API key (its prefix picks sandbox or live) |
+//! | `NVM_BACKEND_URL` | backend URL for keys with another prefix (a devserver) |
+//! | `NVM_PLAN_ID` | the plan (or comma-separated plans) that pays for `/ask` |
+//! | `NVM_AGENT_ID` | this agent's id |
+//! | `PORT` | port on 127.0.0.1 (default 8080; `0` picks one) |
+//! | `CREDITS` | credits per call (default 1) |
+//! | `SHUTDOWN_GRACE_SECS` | how long in-flight requests may take to finish on shutdown (default 10) |
+//!
+//! ```sh
+//! cargo run --bin nvm-payments -- dev-server &                        # a local backend
+//! NVM_API_KEY=local:… NVM_BACKEND_URL=http://127.0.0.1:3001 \
+//!   NVM_PLAN_ID=… NVM_AGENT_ID=… cargo run --example agent
+//! ```
+//!
+//! On SIGTERM or Ctrl-C it stops accepting connections, lets in-flight requests finish
+//! (their charges happen before their responses), and prints any charge it could not
+//! confirm, with the request id to reconcile it by.
+
+use std::error::Error;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use nvm_payments::settle::{SettleOutcome, SettleStatus};
+use nvm_payments::{AgentId, PaymentContext, PaymentLayer, PaymentOptions, Payments, PlanId};
+use serde_json::{json, Value};
+
+fn env_var(name: &str) -> Result<String, String> {
+    std::env::var(name).map_err(|_| format!("{name} is not set"))
+}
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> Result<T, String> {
+    match std::env::var(name) {
+        Ok(v) => v
+            .trim()
+            .parse()
+            .map_err(|_| format!("{name}={v:?} is not valid")),
+        Err(_) => Ok(default),
+    }
+}
+
+async fn ask(payment: PaymentContext, Json(body): Json<Value>) -> Json<Value> {
+    let question = body.get("question").and_then(Value::as_str).unwrap_or("");
+    Json(json!({
+        "answer": format!("You asked: {question}"),
+        "requestId": payment.request_id(),
+        "creditsCharged": payment.credits().to_string(),
+    }))
+}
+
+async fn health() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+#[tokio::main]
+async fn main() {
+    if let Err(e) = run().await {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+async fn run() -> Result<(), Box<dyn Error>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let payments = Payments::new(PaymentOptions::from_env()?)?;
+    let plans = env_var("NVM_PLAN_ID")?
+        .split(',')
+        .map(|p| p.trim().parse::<PlanId>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("NVM_PLAN_ID: {e}"))?;
+    let agent: AgentId = env_var("NVM_AGENT_ID")?
+        .parse()
+        .map_err(|e| format!("NVM_AGENT_ID: {e}"))?;
+    let port: u16 = env_or("PORT", 8080)?;
+    let credits: u64 = env_or("CREDITS", 1)?;
+    let grace = Duration::from_secs(env_or("SHUTDOWN_GRACE_SECS", 10)?);
+
+    // Charges that did not settle, kept to report them at shutdown.
+    let unsettled: Arc<Mutex<Vec<SettleOutcome>>> = Arc::default();
+    let record = unsettled.clone();
+    let payment = PaymentLayer::builder(payments)
+        .plan_ids(plans)
+        .agent_id(agent)
+        .credits(credits)
+        .on_settle(move |outcome: &SettleOutcome| {
+            if outcome.status != SettleStatus::Settled {
+                if let Ok(mut list) = record.lock() {
+                    list.push(outcome.clone());
+                }
+            }
+        })
+        .build()?;
+
+    let app = Router::new()
+        .route("/ask", post(ask).layer(payment))
+        .route("/health", get(health));
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    println!("agent listening on http://{}", listener.local_addr()?);
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stop_rx.await;
+            })
+            .await
+    });
+
+    shutdown_signal().await;
+    println!("shutting down: no new connections; draining in-flight requests (up to {grace:?})");
+    let _ = stop_tx.send(());
+    let drained = tokio::time::timeout(grace, server).await;
+    let unsettled = unsettled.lock().map(|l| l.clone()).unwrap_or_default();
+    match drained {
+        Ok(_) => println!("drained: every in-flight request finished"),
+        Err(_) => {
+            println!("grace period over: requests still in flight were cut off (not charged)")
+        }
+    }
+    if unsettled.is_empty() {
+        println!("all charges settled");
+    } else {
+        for o in &unsettled {
+            println!(
+                "NOT SETTLED: {:?} request {} plan {} subscriber {} credits {}: {}",
+                o.status,
+                o.request_id,
+                o.plan_id,
+                o.subscriber,
+                o.credits,
+                o.reason.as_deref().unwrap_or("-")
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

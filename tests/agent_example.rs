@@ -1,0 +1,186 @@
+//! `examples/agent.rs` as a builder deploys it: started as a process against the
+//! devserver, called with and without a token, and stopped with SIGTERM while a
+//! request is in flight — that request still completes and is charged exactly once.
+
+#![cfg(unix)]
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use nvm_payments::devserver::{DevServer, Fault};
+use nvm_payments::types::{AgentApiAttributes, AgentMetadata, PlanMetadata};
+use nvm_payments::{get_fixed_credits_config, get_native_token_price_config, Credits, Endpoint};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+
+/// The compiled example: `cargo test` builds examples next to the test binaries; when
+/// only this test was asked for, build it.
+fn agent_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>");
+    let path = profile_dir.join("examples").join("agent");
+    if !path.exists() {
+        let status = std::process::Command::new(env!("CARGO"))
+            .args(["build", "--example", "agent"])
+            .status()
+            .expect("run cargo build --example agent");
+        assert!(status.success(), "cargo build --example agent failed");
+    }
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_serves_charges_and_drains_on_sigterm() {
+    let server = DevServer::start().await.unwrap();
+    let builder_account = server.create_account(Some("builder"));
+    let builder = server.payments(&builder_account);
+    let subscriber = server.payments(&server.create_account(Some("subscriber")));
+    let plan = builder
+        .plans()
+        .register_credits_plan(
+            PlanMetadata::named("Agent plan"),
+            get_native_token_price_config(
+                Credits::from(1_000u64),
+                builder.account_address().clone(),
+            ),
+            get_fixed_credits_config(Credits::from(100u64), Credits::from(1u64)),
+        )
+        .await
+        .unwrap();
+    let agent = builder
+        .agents()
+        .register_agent(
+            AgentMetadata::named("Example agent"),
+            AgentApiAttributes::with_endpoints(vec![Endpoint::new("POST", "http://127.0.0.1/ask")]),
+            vec![plan.clone()],
+        )
+        .await
+        .unwrap();
+
+    let mut child = tokio::process::Command::new(agent_binary())
+        .env("NVM_API_KEY", builder_account.api_key.expose())
+        .env("NVM_BACKEND_URL", server.base_url())
+        .env("NVM_PLAN_ID", plan.to_string())
+        .env("NVM_AGENT_ID", agent.to_string())
+        .env("PORT", "0")
+        .env("CREDITS", "1")
+        .env("SHUTDOWN_GRACE_SECS", "20")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the agent example");
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    stdout.read_line(&mut first).await.unwrap();
+    let base = first
+        .trim()
+        .strip_prefix("agent listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line: {first:?}"))
+        .to_owned();
+
+    let http = reqwest::Client::new();
+    let health = http.get(format!("{base}/health")).send().await.unwrap();
+    assert_eq!(health.status(), 200, "health is open");
+
+    let unpaid = http
+        .post(format!("{base}/ask"))
+        .json(&serde_json::json!({"question": "hi"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unpaid.status(), 402);
+    assert!(unpaid.headers().contains_key("payment-required"));
+
+    subscriber.plans().order_plan(&plan).await.unwrap();
+    let token = subscriber
+        .x402()
+        .get_x402_access_token(&plan, Some(&agent))
+        .await
+        .unwrap()
+        .access_token;
+    let ask = {
+        let http = http.clone();
+        let url = format!("{base}/ask");
+        let token = token.expose().to_owned();
+        move || {
+            http.post(url.clone())
+                .header("payment-signature", token.clone())
+                .json(&serde_json::json!({"question": "what is 2+2?"}))
+                .send()
+        }
+    };
+    let paid = ask().await.unwrap();
+    assert_eq!(paid.status(), 200);
+    assert!(paid.headers().contains_key("payment-response"));
+    let body: serde_json::Value = paid.json().await.unwrap();
+    assert_eq!(body["answer"], "You asked: what is 2+2?");
+    let balance = || async {
+        subscriber
+            .plans()
+            .get_plan_balance(&plan, None)
+            .await
+            .unwrap()
+            .balance
+    };
+    assert_eq!(balance().await, Credits::from(99u64));
+
+    // Make the next charge slow, start a request, and wait until its charge has
+    // reached the backend: that request is in flight when SIGTERM arrives.
+    server
+        .faults()
+        .set(Fault::new("/api/v1/x402/settle").latency_ms(1_500));
+    let settles_before = server.stats().get("POST /api/v1/x402/settle");
+    let in_flight = tokio::spawn(ask());
+    while server.stats().get("POST /api/v1/x402/settle") == settles_before {
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(5)).await; // poll the counter; bounded by the request
+    }
+    let pid = child.id().expect("agent pid").to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+
+    let last = in_flight
+        .await
+        .unwrap()
+        .expect("the in-flight request completes");
+    assert_eq!(last.status(), 200, "the in-flight request is served");
+    assert!(
+        last.headers().contains_key("payment-response"),
+        "and charged before its response"
+    );
+    let status = child.wait().await.unwrap();
+    assert!(status.success(), "the agent exits cleanly: {status}");
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).await.unwrap();
+    assert!(rest.contains("drained"), "{rest}");
+    assert!(rest.contains("all charges settled"), "{rest}");
+    server.faults().clear();
+    assert_eq!(
+        balance().await,
+        Credits::from(98u64),
+        "charged exactly once per served request"
+    );
+
+    // After shutdown nothing listens any more.
+    assert!(http.get(format!("{base}/health")).send().await.is_err());
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .await
+        .unwrap();
+    assert!(
+        !stderr.contains(builder_account.api_key.expose()),
+        "the key never reaches the logs"
+    );
+}
