@@ -15,6 +15,8 @@
 //!   is the layer's work);
 //! - `/paid`: behind `PaymentLayer` over the in-process charge sink of
 //!   `benches/support` (warm caches; the charge is made and awaited in process);
+//! - `/paid-each`: the same layer and sink, but each connection pays as its own holder
+//!   (separates contention on one holder's ledger from the per-request work);
 //! - `/paid-devserver`: behind `PaymentLayer` over the devserver, with a real x402 token
 //!   it minted; verify, balance and the settle of every request go over HTTP.
 //!
@@ -68,7 +70,8 @@ async fn answer() -> &'static str {
 struct Row {
     name: &'static str,
     path: &'static str,
-    credential: Option<HeaderValue>,
+    /// Connection `i` sends `credentials[i % len]` (none when empty).
+    credentials: Vec<HeaderValue>,
     rounds: Vec<Measured>,
 }
 
@@ -91,16 +94,17 @@ impl Measured {
 async fn measure(
     addr: SocketAddr,
     path: &'static str,
-    credential: Option<HeaderValue>,
+    credentials: Vec<HeaderValue>,
     concurrency: usize,
     duration: Duration,
 ) -> Measured {
     let barrier = Arc::new(Barrier::new(concurrency + 1));
     let start_at = Arc::new(std::sync::OnceLock::<Instant>::new());
     let workers: Vec<_> = (0..concurrency)
-        .map(|_| {
-            let (barrier, start_at, credential) =
-                (barrier.clone(), start_at.clone(), credential.clone());
+        .map(|i| {
+            let (barrier, start_at) = (barrier.clone(), start_at.clone());
+            let credential =
+                (!credentials.is_empty()).then(|| credentials[i % credentials.len()].clone());
             tokio::spawn(async move {
                 let stream = TcpStream::connect(addr).await.expect("connect");
                 stream.set_nodelay(true).unwrap();
@@ -227,7 +231,8 @@ async fn run(duration: Duration, rounds: usize, concurrency: usize, workers: usi
         .unwrap();
     let app = Router::new()
         .route("/free", post(answer))
-        .route("/paid", post(answer).layer(sink_layer))
+        .route("/paid", post(answer).layer(sink_layer.clone()))
+        .route("/paid-each", post(answer).layer(sink_layer))
         .route("/paid-devserver", post(answer).layer(dev_layer));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -238,19 +243,27 @@ async fn run(duration: Duration, rounds: usize, concurrency: usize, workers: usi
         Row {
             name: "unprotected",
             path: "/free",
-            credential: Some(sink_token.clone()),
+            credentials: vec![sink_token.clone()],
             rounds: vec![],
         },
         Row {
             name: "protected, in-process charge sink",
             path: "/paid",
-            credential: Some(sink_token),
+            credentials: vec![sink_token],
+            rounds: vec![],
+        },
+        Row {
+            name: "protected, sink, a holder per connection",
+            path: "/paid-each",
+            credentials: (1..=concurrency as u64)
+                .map(|n| HeaderValue::try_from(x402_token(&holder(n), None)).unwrap())
+                .collect(),
             rounds: vec![],
         },
         Row {
             name: "protected, devserver (HTTP settle)",
             path: "/paid-devserver",
-            credential: Some(HeaderValue::try_from(dev_token.expose()).unwrap()),
+            credentials: vec![HeaderValue::try_from(dev_token.expose()).unwrap()],
             rounds: vec![],
         },
     ];
@@ -270,7 +283,7 @@ async fn run(duration: Duration, rounds: usize, concurrency: usize, workers: usi
         let m = measure(
             addr,
             row.path,
-            row.credential.clone(),
+            row.credentials.clone(),
             concurrency,
             Duration::from_millis(500),
         )
@@ -290,7 +303,7 @@ async fn run(duration: Duration, rounds: usize, concurrency: usize, workers: usi
             let m = measure(
                 addr,
                 row.path,
-                row.credential.clone(),
+                row.credentials.clone(),
                 concurrency,
                 duration,
             )
@@ -348,6 +361,8 @@ fn report(rows: &[Row], sink: &Sink, server: &DevServer) {
     let calls = |path: &str| -> Option<[u64; 4]> {
         match path {
             "/paid" => Some([verify, balance, plan_calls, settle + redeem]),
+            // Shares the sink (and its counters) with `/paid`.
+            "/paid-each" => None,
             "/paid-devserver" => Some([
                 stats.get(VERIFY),
                 stats.get(BALANCE),
@@ -366,11 +381,26 @@ fn report(rows: &[Row], sink: &Sink, server: &DevServer) {
         let Some([verify, balance, plan_calls, charge]) = calls(row.path) else {
             continue;
         };
-        let n = row.rounds.iter().map(|m| m.ok).sum::<u64>();
+        let served = |path: &str| -> u64 {
+            rows.iter()
+                .filter(|r| r.path == path)
+                .flat_map(|r| r.rounds.iter().map(|m| m.ok))
+                .sum()
+        };
+        // The two sink rows share one sink: count their calls against both.
+        let n = match row.path {
+            "/paid" => served("/paid") + served("/paid-each"),
+            path => served(path),
+        };
         let per = |c: u64| c as f64 / n.max(1) as f64;
+        let name = if row.path == "/paid" {
+            "in-process sink (both sink rows)"
+        } else {
+            row.name
+        };
         println!(
             "| {} | {n} | {:.6} ({verify}) | {:.6} ({balance}) | {:.6} ({plan_calls}) | {:.3} ({charge}) |",
-            row.name,
+            name,
             per(verify),
             per(balance),
             per(plan_calls),
