@@ -1,0 +1,323 @@
+//! Per-request cost of `PaymentLayer` in process, against the same service without it.
+//!
+//! ```text
+//! cargo bench --bench layer
+//! ```
+//!
+//! - `hot_path/*`: one request after another through `tower::ServiceExt` on a
+//!   `service_fn`, response body collected, with warm caches and the in-process charge
+//!   sink of `benches/support` (the charge is made and awaited: default
+//!   `ChargeTiming::BeforeResponse`). `bare` is the same service without the layer,
+//!   measured in the same run; the summary prints the added nanoseconds and the ratio.
+//! - `cold_path/first_request`: the first request of a new token and holder
+//!   (decode, verify, balance fetch against the sink, charge).
+//! - `cold_path/coalesce_32`: 32 concurrent first requests with one new token; the
+//!   summary prints the verify and balance calls per batch (1 and 1 when they coalesce).
+
+use std::cell::Cell;
+use std::convert::Infallible;
+use std::fmt::Debug;
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use criterion::{criterion_group, Criterion};
+use futures_util::future::join_all;
+use http::{HeaderValue, Request, Response};
+use http_body_util::{BodyExt, Full};
+use nvm_payments::{Environment, PaymentLayer};
+use tower::{Layer, Service, ServiceExt};
+
+mod support;
+use support::{agent, bearer_token, criterion_mean_ns, holder, plan, x402_token, Sink};
+
+type Body = Full<Bytes>;
+
+/// The agent's handler: a small JSON answer.
+fn handler() -> impl Service<
+    Request<Body>,
+    Response = Response<Body>,
+    Error = Infallible,
+    Future = impl Send + 'static,
+> + Clone
+       + Send
+       + 'static {
+    tower::service_fn(|_request: Request<Body>| async {
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
+            b"{\"answer\":42}",
+        ))))
+    })
+}
+
+fn layer(sink: Arc<Sink>) -> PaymentLayer {
+    PaymentLayer::builder_with_backend(sink, Environment::Sandbox)
+        .plan_id(plan())
+        .agent_id(agent())
+        .credits(1u64)
+        .build()
+        .expect("a valid layer configuration")
+}
+
+#[derive(Clone)]
+struct Credential {
+    header: &'static str,
+    value: HeaderValue,
+}
+
+impl Credential {
+    fn x402(n: u64) -> Self {
+        Credential {
+            header: "payment-signature",
+            value: HeaderValue::try_from(x402_token(&holder(n), None)).unwrap(),
+        }
+    }
+
+    fn bearer(n: u64) -> Self {
+        Credential {
+            header: "authorization",
+            value: HeaderValue::try_from(format!("Bearer {}", bearer_token(&holder(n)))).unwrap(),
+        }
+    }
+
+    fn request(&self) -> Request<Body> {
+        Request::post("/ask")
+            .header(self.header, self.value.clone())
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    }
+}
+
+/// Sends one request and collects the whole response body.
+async fn send<S, B>(service: &mut S, request: Request<Body>) -> Bytes
+where
+    S: Service<Request<Body>, Response = Response<B>>,
+    S::Error: Debug,
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Debug,
+{
+    let response = service.ready().await.unwrap().call(request).await.unwrap();
+    // A refused request is fast: never let one pass for a measurement.
+    assert_eq!(response.status(), 200);
+    response.into_body().collect().await.unwrap().to_bytes()
+}
+
+async fn drive<S, B>(mut service: S, credential: Credential, iters: u64) -> Duration
+where
+    S: Service<Request<Body>, Response = Response<B>>,
+    S::Error: Debug,
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Debug,
+{
+    let start = Instant::now();
+    for _ in 0..iters {
+        black_box(send(&mut service, credential.request()).await);
+    }
+    start.elapsed()
+}
+
+fn current_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn multi_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn hot_path(c: &mut Criterion) {
+    let mut group = c.benchmark_group("hot_path");
+    let x402 = Credential::x402(1);
+    let bearer = Credential::bearer(2);
+
+    // current_thread: the layer's own cost, with no cross-thread wake-ups.
+    let rt = current_thread();
+    let sink = Sink::new();
+    let guarded = layer(sink.clone()).layer(handler());
+    rt.block_on(async {
+        // Warm the route, verification, plan and balance caches and the JWKS.
+        send(&mut guarded.clone(), x402.request()).await;
+        send(&mut guarded.clone(), bearer.request()).await;
+    });
+    sink.calls.reset();
+    group.bench_function("bare", |b| {
+        b.iter_custom(|iters| rt.block_on(drive(handler(), x402.clone(), iters)))
+    });
+    group.bench_function("x402", |b| {
+        b.iter_custom(|iters| rt.block_on(drive(guarded.clone(), x402.clone(), iters)))
+    });
+    group.bench_function("bearer", |b| {
+        b.iter_custom(|iters| rt.block_on(drive(guarded.clone(), bearer.clone(), iters)))
+    });
+    let [verify, balance, ..] = sink.calls.get();
+    println!("hot_path: backend lookups after warm-up: verify {verify}, balance {balance}");
+
+    // multi_thread: as a server runs it, the request on a worker task; the charge
+    // task may be stolen by the other worker.
+    let rt = multi_thread();
+    let guarded = layer(Sink::new()).layer(handler());
+    rt.block_on(send(&mut guarded.clone(), x402.request()));
+    group.bench_function("bare_mt", |b| {
+        b.iter_custom(|iters| {
+            let x402 = x402.clone();
+            rt.block_on(async move { tokio::spawn(drive(handler(), x402, iters)).await })
+                .unwrap()
+        })
+    });
+    group.bench_function("x402_mt", |b| {
+        b.iter_custom(|iters| {
+            let (service, x402) = (guarded.clone(), x402.clone());
+            rt.block_on(async move { tokio::spawn(drive(service, x402, iters)).await })
+                .unwrap()
+        })
+    });
+    group.finish();
+}
+
+fn cold_path(c: &mut Criterion) {
+    let mut group = c.benchmark_group("cold_path");
+    let rt = current_thread();
+    let next_holder = Cell::new(1_000_000u64);
+    let fresh = |n: u64| -> Vec<Credential> {
+        let first = next_holder.get();
+        next_holder.set(first + n);
+        (first..first + n).map(Credential::x402).collect()
+    };
+
+    group.bench_function("first_request", |b| {
+        b.iter_custom(|iters| {
+            // A new layer per sample: caches hold only this sample's holders.
+            let mut guarded = layer(Sink::new()).layer(handler());
+            let credentials = fresh(iters);
+            rt.block_on(async {
+                // The plan and the route are known; each holder is new.
+                send(&mut guarded, Credential::x402(0).request()).await;
+                let start = Instant::now();
+                for credential in &credentials {
+                    black_box(send(&mut guarded, credential.request()).await);
+                }
+                start.elapsed()
+            })
+        })
+    });
+
+    const N: usize = 32;
+    let sink = Sink::new();
+    let guarded = layer(sink.clone()).layer(handler());
+    rt.block_on(send(&mut guarded.clone(), Credential::x402(0).request()));
+    sink.calls.reset();
+    let batches = Cell::new(0u64);
+    group.bench_function("coalesce_32", |b| {
+        b.iter_custom(|iters| {
+            let credentials = fresh(iters);
+            batches.set(batches.get() + iters);
+            rt.block_on(async {
+                let start = Instant::now();
+                for credential in &credentials {
+                    let all = join_all((0..N).map(|_| {
+                        let mut service = guarded.clone();
+                        let request = credential.request();
+                        async move { send(&mut service, request).await }
+                    }));
+                    black_box(all.await);
+                }
+                start.elapsed()
+            })
+        })
+    });
+    let [verify, balance, ..] = sink.calls.get();
+    let n = batches.get().max(1) as f64;
+    println!(
+        "cold_path/coalesce_32: {} batches of {N} first requests: verify calls per batch {:.3}, balance calls per batch {:.3}",
+        batches.get(),
+        verify as f64 / n,
+        balance as f64 / n
+    );
+    group.finish();
+}
+
+fn config() -> Criterion {
+    Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .sample_size(30)
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = hot_path, cold_path
+}
+
+fn main() {
+    // Instruction counts without criterion around the code (see BENCHMARKS.md):
+    // `NVM_LAYER_PROFILE=10000 valgrind --tool=callgrind target/release/deps/layer-<hash>`
+    if let Some(n) = std::env::var("NVM_LAYER_PROFILE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        profile(n);
+        return;
+    }
+    let started = SystemTime::now();
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+    summary(started);
+}
+
+/// `n` warm requests on a current-thread runtime, for instruction counts:
+/// `NVM_LAYER_PROFILE_SERVICE` is `x402` (default), `bearer` or `bare`.
+fn profile(n: u64) {
+    let rt = current_thread();
+    let guarded = layer(Sink::new()).layer(handler());
+    let which = std::env::var("NVM_LAYER_PROFILE_SERVICE").unwrap_or_default();
+    let elapsed = match which.as_str() {
+        "bare" => rt.block_on(drive(handler(), Credential::x402(1), n)),
+        "bearer" => {
+            let bearer = Credential::bearer(2);
+            rt.block_on(send(&mut guarded.clone(), bearer.request()));
+            rt.block_on(drive(guarded, bearer, n))
+        }
+        _ => {
+            let x402 = Credential::x402(1);
+            rt.block_on(send(&mut guarded.clone(), x402.request()));
+            rt.block_on(drive(guarded, x402, n))
+        }
+    };
+    println!(
+        "{n} requests, {:.0} ns each",
+        elapsed.as_nanos() as f64 / n as f64
+    );
+}
+
+/// Added cost and ratio of each guarded variant against `bare` of the same run.
+fn summary(since: SystemTime) {
+    let mean = |id: &str| criterion_mean_ns("hot_path", id, since);
+    println!("\nsummary (time per request as criterion reports it, same run):");
+    for (bare, guarded) in [("bare", "x402"), ("bare", "bearer"), ("bare_mt", "x402_mt")] {
+        if let (Some(b), Some(g)) = (mean(bare), mean(guarded)) {
+            println!(
+                "  {guarded:<8} {g:>9.0} ns vs {bare:<8} {b:>7.0} ns: +{:.0} ns, ratio {:.2}x",
+                g - b,
+                g / b
+            );
+        }
+    }
+    let cold = criterion_mean_ns("cold_path", "first_request", since);
+    let batch = criterion_mean_ns("cold_path", "coalesce_32", since);
+    if let Some(ns) = cold {
+        println!("  cold first request: {ns:.0} ns");
+    }
+    if let Some(ns) = batch {
+        println!(
+            "  32 concurrent first requests: {ns:.0} ns per batch, {:.0} ns per request",
+            ns / 32.0
+        );
+    }
+}

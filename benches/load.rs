@@ -1,0 +1,411 @@
+//! Loopback load bench: real HTTP/1.1 against an axum agent on 127.0.0.1.
+//!
+//! ```text
+//! cargo bench --bench load
+//! NVM_LOAD_SECS=3 NVM_LOAD_ROUNDS=3 NVM_LOAD_CONCURRENCY=32 cargo bench --bench load
+//! ```
+//!
+//! One process, one tokio runtime (one worker per core) runs the agent, the embedded
+//! devserver and the load generator: `NVM_LOAD_CONCURRENCY` keep-alive connections
+//! (hyper client, one request in flight each) send `POST` requests for a fixed time.
+//! The agent has three routes with the same handler:
+//!
+//! - `/free`: unprotected (the baseline; it is sent the same `payment-signature`
+//!   header as `/paid`, so every row moves the same request bytes and the difference
+//!   is the layer's work);
+//! - `/paid`: behind `PaymentLayer` over the in-process charge sink of
+//!   `benches/support` (warm caches; the charge is made and awaited in process);
+//! - `/paid-each`: the same layer and sink, but each connection pays as its own holder
+//!   (separates contention on one holder's ledger from the per-request work);
+//! - `/paid-devserver`: behind `PaymentLayer` over the devserver, with a real x402 token
+//!   it minted; verify, balance and the settle of every request go over HTTP.
+//!
+//! After a warm-up pass the rows run interleaved, `A B C A B C ...`, for
+//! `NVM_LOAD_ROUNDS` rounds of `NVM_LOAD_SECS` seconds each, so a noisy neighbour hurts
+//! all rows alike; the table gives every round and the ratios against the unprotected
+//! row of the same run. Backend calls are counted after the warm-up (at the sink and at
+//! the devserver's `stats()`) and printed per request.
+//!
+//! `NVM_LOAD_WORKERS` sets the runtime's worker threads (default: one per core).
+//! `NVM_LOAD_ROWS=free,paid` runs only some rows (for profiling, e.g. under
+//! `valgrind --tool=callgrind`); the ratios need the `free` row.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::routing::post;
+use axum::Router;
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, Request};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use nvm_payments::devserver::DevServer;
+use nvm_payments::types::{AgentApiAttributes, AgentMetadata, Endpoint, PlanMetadata};
+use nvm_payments::{
+    get_fixed_credits_config, get_free_price_config, Credits, Environment, PaymentLayer,
+};
+use tokio::net::TcpStream;
+use tokio::sync::Barrier;
+
+mod support;
+use support::{agent, holder, plan, x402_token, Sink};
+
+const VERIFY: &str = "POST /api/v1/x402/verify";
+const SETTLE: &str = "POST /api/v1/x402/settle";
+const BALANCE: &str = "GET /api/v1/protocol/plans/{planId}/balance/{holder}";
+const PLAN: &str = "GET /api/v1/protocol/plans/{planId}";
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+async fn answer() -> &'static str {
+    "{\"answer\":42}"
+}
+
+struct Row {
+    name: &'static str,
+    path: &'static str,
+    /// Connection `i` sends `credentials[i % len]` (none when empty).
+    credentials: Vec<HeaderValue>,
+    rounds: Vec<Measured>,
+}
+
+#[derive(Default)]
+struct Measured {
+    ok: u64,
+    failed: u64,
+    elapsed: Duration,
+    /// Latency of every successful request, in microseconds.
+    latencies: Vec<u32>,
+}
+
+impl Measured {
+    fn rps(&self) -> f64 {
+        self.ok as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+/// `concurrency` keep-alive connections send requests to `path` for `duration`.
+async fn measure(
+    addr: SocketAddr,
+    path: &'static str,
+    credentials: Vec<HeaderValue>,
+    concurrency: usize,
+    duration: Duration,
+) -> Measured {
+    let barrier = Arc::new(Barrier::new(concurrency + 1));
+    let start_at = Arc::new(std::sync::OnceLock::<Instant>::new());
+    let workers: Vec<_> = (0..concurrency)
+        .map(|i| {
+            let (barrier, start_at) = (barrier.clone(), start_at.clone());
+            let credential =
+                (!credentials.is_empty()).then(|| credentials[i % credentials.len()].clone());
+            tokio::spawn(async move {
+                let stream = TcpStream::connect(addr).await.expect("connect");
+                stream.set_nodelay(true).unwrap();
+                let (mut sender, connection) =
+                    hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                        .await
+                        .expect("handshake");
+                tokio::spawn(connection);
+                barrier.wait().await;
+                let deadline = *start_at.get().unwrap() + duration;
+                let mut m = Measured {
+                    latencies: Vec::with_capacity(1 << 16),
+                    ..Measured::default()
+                };
+                while Instant::now() < deadline {
+                    let mut request = Request::post(path).header("host", "127.0.0.1");
+                    if let Some(value) = &credential {
+                        request =
+                            request.header(HeaderName::from_static("payment-signature"), value);
+                    }
+                    let request = request.body(Empty::<Bytes>::new()).unwrap();
+                    let sent = Instant::now();
+                    sender.ready().await.expect("connection alive");
+                    let response = sender.send_request(request).await.expect("response");
+                    let status = response.status();
+                    let body = response.into_body().collect().await.expect("body");
+                    if status == 200 && !body.to_bytes().is_empty() {
+                        m.ok += 1;
+                        m.latencies.push(sent.elapsed().as_micros() as u32);
+                    } else {
+                        m.failed += 1;
+                    }
+                }
+                m
+            })
+        })
+        .collect();
+    start_at.set(Instant::now()).unwrap();
+    barrier.wait().await;
+    let start = *start_at.get().unwrap();
+    let mut total = Measured::default();
+    for worker in workers {
+        let m = worker.await.expect("worker");
+        total.ok += m.ok;
+        total.failed += m.failed;
+        total.latencies.extend(m.latencies);
+    }
+    total.elapsed = start.elapsed();
+    total
+}
+
+fn percentile(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i] as f64 / 1000.0
+}
+
+fn main() {
+    let secs: f64 = env_or("NVM_LOAD_SECS", 3.0);
+    let rounds: usize = env_or("NVM_LOAD_ROUNDS", 3);
+    let concurrency: usize = env_or("NVM_LOAD_CONCURRENCY", 32);
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let workers: usize = env_or("NVM_LOAD_WORKERS", cores);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(run(
+        Duration::from_secs_f64(secs),
+        rounds,
+        concurrency,
+        workers,
+    ));
+}
+
+async fn run(duration: Duration, rounds: usize, concurrency: usize, workers: usize) {
+    // The devserver: an agent, its plan (a billion credits, 1 per request), a
+    // subscriber who ordered it, and the x402 token the subscriber would send.
+    let server = DevServer::start().await.expect("devserver");
+    let owner = server.payments(&server.create_account(Some("builder")));
+    let subscriber = server.payments(&server.create_account(Some("subscriber")));
+    let registered = owner
+        .agents()
+        .register_agent_and_plan(
+            AgentMetadata::named("bench agent"),
+            AgentApiAttributes::with_endpoints(vec![Endpoint::new(
+                "POST",
+                "http://127.0.0.1/paid-devserver",
+            )]),
+            PlanMetadata::named("bench plan"),
+            get_free_price_config(),
+            get_fixed_credits_config(Credits::from(1_000_000_000u64), Credits::from(1u64)),
+        )
+        .await
+        .expect("register agent and plan");
+    let (dev_plan, dev_agent) = (registered.data.plan_id, registered.data.agent_id);
+    subscriber
+        .plans()
+        .order_plan(&dev_plan)
+        .await
+        .expect("order");
+    let dev_token = subscriber
+        .x402()
+        .get_x402_access_token(&dev_plan, Some(&dev_agent))
+        .await
+        .expect("x402 token")
+        .access_token;
+
+    let sink = Sink::new();
+    let sink_layer = PaymentLayer::builder_with_backend(sink.clone(), Environment::Sandbox)
+        .plan_id(plan())
+        .agent_id(agent())
+        .credits(1u64)
+        .build()
+        .unwrap();
+    let dev_layer = PaymentLayer::builder(owner)
+        .plan_id(dev_plan)
+        .agent_id(dev_agent)
+        .credits(1u64)
+        .build()
+        .unwrap();
+    let app = Router::new()
+        .route("/free", post(answer))
+        .route("/paid", post(answer).layer(sink_layer.clone()))
+        .route("/paid-each", post(answer).layer(sink_layer))
+        .route("/paid-devserver", post(answer).layer(dev_layer));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let sink_token = HeaderValue::try_from(x402_token(&holder(1), None)).unwrap();
+    let mut rows = vec![
+        Row {
+            name: "unprotected",
+            path: "/free",
+            credentials: vec![sink_token.clone()],
+            rounds: vec![],
+        },
+        Row {
+            name: "protected, in-process charge sink",
+            path: "/paid",
+            credentials: vec![sink_token],
+            rounds: vec![],
+        },
+        Row {
+            name: "protected, sink, a holder per connection",
+            path: "/paid-each",
+            credentials: (1..=concurrency as u64)
+                .map(|n| HeaderValue::try_from(x402_token(&holder(n), None)).unwrap())
+                .collect(),
+            rounds: vec![],
+        },
+        Row {
+            name: "protected, devserver (HTTP settle)",
+            path: "/paid-devserver",
+            credentials: vec![HeaderValue::try_from(dev_token.expose()).unwrap()],
+            rounds: vec![],
+        },
+    ];
+
+    if let Ok(only) = std::env::var("NVM_LOAD_ROWS") {
+        rows.retain(|row| {
+            only.split(',')
+                .any(|p| row.path.trim_start_matches('/') == p.trim())
+        });
+    }
+    println!(
+        "loopback load: {concurrency} keep-alive connections, {} s per row, {rounds} interleaved rounds, {workers} runtime workers",
+        duration.as_secs_f64()
+    );
+    // Warm-up: connections, caches (one verify and one balance per token), allocator.
+    for row in &rows {
+        let m = measure(
+            addr,
+            row.path,
+            row.credentials.clone(),
+            concurrency,
+            Duration::from_millis(500),
+        )
+        .await;
+        assert!(
+            m.ok > 0 && m.failed == 0,
+            "{}: warm-up failed ({} failed)",
+            row.name,
+            m.failed
+        );
+    }
+    sink.calls.reset();
+    server.reset_stats();
+
+    for round in 0..rounds {
+        for row in rows.iter_mut() {
+            let m = measure(
+                addr,
+                row.path,
+                row.credentials.clone(),
+                concurrency,
+                duration,
+            )
+            .await;
+            println!(
+                "  round {} {:<36} {:>8.0} req/s ({} failed)",
+                round + 1,
+                row.name,
+                m.rps(),
+                m.failed
+            );
+            row.rounds.push(m);
+        }
+    }
+
+    report(&rows, &sink, &server);
+}
+
+fn report(rows: &[Row], sink: &Sink, server: &DevServer) {
+    let rps = |row: &Row| {
+        let ok: u64 = row.rounds.iter().map(|m| m.ok).sum();
+        let secs: f64 = row.rounds.iter().map(|m| m.elapsed.as_secs_f64()).sum();
+        ok as f64 / secs
+    };
+    let base = rows.iter().find(|r| r.path == "/free").map(rps);
+    println!("\n| route | req/s | vs unprotected | p50 ms | p99 ms | req/s per round | failed |");
+    println!("|---|---:|---:|---:|---:|---|---:|");
+    for row in rows {
+        let mut latencies: Vec<u32> = row
+            .rounds
+            .iter()
+            .flat_map(|m| m.latencies.iter().copied())
+            .collect();
+        latencies.sort_unstable();
+        let per_round: Vec<String> = row
+            .rounds
+            .iter()
+            .map(|m| format!("{:.0}", m.rps()))
+            .collect();
+        let failed: u64 = row.rounds.iter().map(|m| m.failed).sum();
+        println!(
+            "| {} | {:.0} | {} | {:.2} | {:.2} | {} | {} |",
+            row.name,
+            rps(row),
+            base.map_or("-".into(), |b| format!("{:.3}", rps(row) / b)),
+            percentile(&latencies, 0.50),
+            percentile(&latencies, 0.99),
+            per_round.join(" "),
+            failed
+        );
+    }
+
+    let [verify, balance, plan_calls, settle, redeem, _] = sink.calls.get();
+    let stats = server.stats();
+    let calls = |path: &str| -> Option<[u64; 4]> {
+        match path {
+            "/paid" => Some([verify, balance, plan_calls, settle + redeem]),
+            // Shares the sink (and its counters) with `/paid`.
+            "/paid-each" => None,
+            "/paid-devserver" => Some([
+                stats.get(VERIFY),
+                stats.get(BALANCE),
+                stats.get(PLAN),
+                stats.get(SETTLE),
+            ]),
+            _ => None,
+        }
+    };
+    println!(
+        "\nbackend calls after warm-up (count at the sink / the devserver), per request served:"
+    );
+    println!("| route | requests | verify | balance | plan | charge |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for row in rows {
+        let Some([verify, balance, plan_calls, charge]) = calls(row.path) else {
+            continue;
+        };
+        let served = |path: &str| -> u64 {
+            rows.iter()
+                .filter(|r| r.path == path)
+                .flat_map(|r| r.rounds.iter().map(|m| m.ok))
+                .sum()
+        };
+        // The two sink rows share one sink: count their calls against both.
+        let n = match row.path {
+            "/paid" => served("/paid") + served("/paid-each"),
+            path => served(path),
+        };
+        let per = |c: u64| c as f64 / n.max(1) as f64;
+        let name = if row.path == "/paid" {
+            "in-process sink (both sink rows)"
+        } else {
+            row.name
+        };
+        println!(
+            "| {} | {n} | {:.6} ({verify}) | {:.6} ({balance}) | {:.6} ({plan_calls}) | {:.3} ({charge}) |",
+            name,
+            per(verify),
+            per(balance),
+            per(plan_calls),
+            per(charge),
+        );
+    }
+    println!("(devserver counters: {:?})", stats.routes);
+}
