@@ -104,6 +104,9 @@ async fn the_layer_answers_503_when_verify_answers_garbage() {
         "null",
         "[1,2]",
         r#"{"isValid":"yes"}"#,
+        "{}",
+        r#"{"isValid":null}"#,
+        "",
         "<html>",
         "\u{0}\u{1}",
     ] {

@@ -236,8 +236,8 @@ pub struct StartAgentRequest {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct VerifyResponse {
-    /// Whether the token may pay for the request.
-    #[serde(default, deserialize_with = "null_as_default")]
+    /// Whether the token may pay for the request. Required: an answer without it
+    /// (`{}`, an empty body) decides nothing and is a decode error, not a refusal.
     pub is_valid: bool,
     /// Why not (`invalid_token`, `expired_token`, `insufficient_balance`,
     /// `invalid_plan`, `invalid_agent`, …).
@@ -264,8 +264,8 @@ pub struct VerifyResponse {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SettleResponse {
-    /// Whether the credits were burned.
-    #[serde(default, deserialize_with = "null_as_default")]
+    /// Whether the credits were burned. Required: an answer without it leaves the
+    /// charge's outcome unknown, so it is a decode error, never "not charged".
     pub success: bool,
     /// Why not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
