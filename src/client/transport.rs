@@ -59,7 +59,7 @@ impl Transport {
         let mut attempt = 0;
         loop {
             match self.send_once(&method, path, body, auth, &endpoint).await {
-                Ok((status, bytes)) => return decode(&endpoint, status, &bytes),
+                Ok(bytes) => return decode(&endpoint, &bytes),
                 Err(err) if attempt < retries && err.is_transient() => {
                     attempt += 1;
                     tracing::debug!(%endpoint, attempt, error = %err, "retrying idempotent call");
@@ -78,7 +78,7 @@ impl Transport {
         body: Option<&B>,
         auth: Auth,
         endpoint: &str,
-    ) -> Result<(StatusCode, bytes::Bytes), Error> {
+    ) -> Result<bytes::Bytes, Error> {
         let url = format!("{}{}", self.base_url, path);
         let mut req = self
             .http
@@ -104,7 +104,7 @@ impl Transport {
             .await
             .map_err(|e| self.transport_error(endpoint, e))?;
         if status.is_success() {
-            Ok((status, bytes))
+            Ok(bytes)
         } else {
             Err(Error::Api(api_error(endpoint, status, &bytes)))
         }
@@ -136,25 +136,11 @@ impl Transport {
     }
 }
 
-fn decode<T: DeserializeOwned>(
-    endpoint: &str,
-    status: StatusCode,
-    bytes: &[u8],
-) -> Result<T, Error> {
-    // Some POSTs answer 201/204 with an empty body; read that as `{}`.
-    let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) && status.is_success() {
-        b"{}"
-    } else {
-        bytes
-    };
-    let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        Error::Decode {
-            endpoint: endpoint.to_owned(),
-            path,
-            message: e.into_inner().to_string(),
-        }
+fn decode<T: DeserializeOwned>(endpoint: &str, bytes: &[u8]) -> Result<T, Error> {
+    crate::types::serde_util::from_json_body(bytes).map_err(|e| Error::Decode {
+        endpoint: endpoint.to_owned(),
+        path: e.path().to_string(),
+        message: e.into_inner().to_string(),
     })
 }
 

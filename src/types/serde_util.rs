@@ -56,3 +56,17 @@ pub mod decimal_u64 {
         d.deserialize_any(V)
     }
 }
+
+/// Decodes a JSON body, reading an empty (or whitespace-only) body as `{}` — the
+/// backend answers some 201/204s with nothing, and Nest reads an empty request body as
+/// `{}`. The error keeps the JSON path of the offending field.
+pub fn from_json_body<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+) -> Result<T, serde_path_to_error::Error<serde_json::Error>> {
+    let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        bytes
+    };
+    serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(bytes))
+}
