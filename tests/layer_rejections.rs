@@ -416,9 +416,11 @@ async fn a_refused_token_replayed_at_once_costs_no_second_verify() {
         assert_eq!(body_json(r.into_body()).await["error"], "invalid_token");
     }
     assert_eq!(backend.verifies(), 1);
-    // An insufficient balance is not remembered: it may change any moment.
+    // An insufficient balance may change any moment: it is remembered only as long as
+    // a refused balance is (`recheck_balance_before_refusing`); with zero, not at all.
     let short = MockBackend::new(1);
     let svc = builder(short.clone())
+        .recheck_balance_before_refusing(std::time::Duration::ZERO)
         .build()
         .unwrap()
         .layer(Inner::ok().service());

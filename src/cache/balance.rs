@@ -1,6 +1,7 @@
 //! Balances by `(plan, holder)` with a local ledger, and the [`Reservation`] guard.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use moka::future::Cache;
@@ -77,6 +78,13 @@ pub(crate) struct Ledger {
 }
 
 impl Ledger {
+    fn new() -> Self {
+        Ledger {
+            state: Mutex::new(LedgerState::default()),
+            refresh: tokio::sync::Mutex::new(()),
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, LedgerState> {
         // The state is plain numbers, consistent after every statement: a panic while
         // the lock was held cannot leave it half-updated.
@@ -141,6 +149,12 @@ impl Drop for Reservation {
 
 pub(crate) struct BalanceCache {
     ledgers: Cache<Arc<BalanceKey>, Arc<Ledger>>,
+    /// Every ledger handed out, held weakly. A ledger lives as long as a reservation
+    /// (or a charge in flight) holds it, whatever moka does: a ledger evicted (idle,
+    /// capacity, or refused admission in a full cache) while reservations still count
+    /// on it is found here and put back, never replaced by a fresh one that would not
+    /// count them. Only idle ledgers are ever really forgotten.
+    live: Mutex<LiveLedgers>,
     ttl: Duration,
     stale_max_age: Option<Duration>,
     /// A fresh ledger that refuses a request is fetched again when its balance is at
@@ -166,6 +180,7 @@ impl BalanceCache {
                 .max_capacity(capacity)
                 .time_to_idle(idle)
                 .build(),
+            live: Mutex::new(LiveLedgers::default()),
             ttl,
             stale_max_age,
             recheck_after,
@@ -182,12 +197,17 @@ impl BalanceCache {
         if let Some(ledger) = self.ledgers.get(key).await {
             return ledger;
         }
-        Box::pin(self.ledgers.get_with(key.clone(), async {
-            Arc::new(Ledger {
-                state: Mutex::new(LedgerState::default()),
-                refresh: tokio::sync::Mutex::new(()),
-            })
-        }))
+        // Boxed: the rare miss must not weigh on every request's future.
+        Box::pin(async {
+            let ledger = self
+                .live
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .find_or_create(key);
+            // moka may refuse it (full cache): `live` still finds it while it is used.
+            self.ledgers.insert(key.clone(), ledger.clone()).await;
+            ledger
+        })
         .await
     }
 
@@ -301,5 +321,133 @@ impl BalanceCache {
     }
 }
 
+/// Weak references to every ledger handed out, swept of dead ones as it grows.
+#[derive(Default)]
+struct LiveLedgers {
+    map: HashMap<Arc<BalanceKey>, Weak<Ledger>>,
+    /// Sweep when the map grows past this.
+    sweep_at: usize,
+}
+
+impl LiveLedgers {
+    /// The ledger still alive for `key`, or a fresh one. Under one lock, so concurrent
+    /// misses of one key get one ledger.
+    fn find_or_create(&mut self, key: &Arc<BalanceKey>) -> Arc<Ledger> {
+        if let Some(ledger) = self.map.get(key).and_then(Weak::upgrade) {
+            return ledger;
+        }
+        let ledger = Arc::new(Ledger::new());
+        self.map.insert(key.clone(), Arc::downgrade(&ledger));
+        if self.map.len() > self.sweep_at {
+            self.map.retain(|_, ledger| ledger.strong_count() > 0);
+            // Amortised: the next sweep once the map has doubled again.
+            self.sweep_at = (self.map.len() * 2).max(1_024);
+        }
+        ledger
+    }
+}
+
 /// After a failed balance fetch, how long other requests decide without fetching.
 const FAILURE_BACKOFF: Duration = Duration::from_secs(1);
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use futures_util::future::BoxFuture;
+
+    use super::*;
+    use crate::client::Error;
+    use crate::types::{
+        AccessLimit, AccessToken, Address, NvmApiResult, PaymentRequired, Plan, PlanBalance,
+        SettleResponse, VerifyResponse,
+    };
+
+    /// A backend that knows one balance and counts the fetches.
+    struct Balance(Credits, AtomicUsize);
+
+    impl PaymentBackend for Balance {
+        fn verify<'a>(
+            &'a self,
+            _: &'a PaymentRequired,
+            _: &'a AccessToken,
+            _: Option<Credits>,
+        ) -> BoxFuture<'a, Result<VerifyResponse, Error>> {
+            unreachable!("balances only")
+        }
+        fn settle<'a>(
+            &'a self,
+            _: &'a PaymentRequired,
+            _: &'a AccessToken,
+            _: Option<Credits>,
+            _: &'a str,
+        ) -> BoxFuture<'a, Result<SettleResponse, Error>> {
+            unreachable!("balances only")
+        }
+        fn redeem<'a>(
+            &'a self,
+            _: &'a str,
+            _: &'a PlanId,
+            _: &'a Address,
+            _: Credits,
+        ) -> BoxFuture<'a, Result<NvmApiResult, Error>> {
+            unreachable!("balances only")
+        }
+        fn plan_balance<'a>(
+            &'a self,
+            plan_id: &'a PlanId,
+            holder: &'a Address,
+        ) -> BoxFuture<'a, Result<PlanBalance, Error>> {
+            self.1.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async move {
+                Ok(PlanBalance {
+                    plan_id: plan_id.clone(),
+                    plan_name: "plan".into(),
+                    plan_type: AccessLimit::Credits,
+                    holder_address: holder.clone(),
+                    balance: self.0,
+                    credits_contract: Address::zero(),
+                    is_subscriber: true,
+                    price_per_credit: 0.0,
+                    batch: None,
+                })
+            })
+        }
+        fn plan<'a>(&'a self, _: &'a PlanId) -> BoxFuture<'a, Result<Plan, Error>> {
+            unreachable!("balances only")
+        }
+        fn access_token_jwks(&self) -> BoxFuture<'_, Result<jsonwebtoken::jwk::JwkSet, Error>> {
+            unreachable!("balances only")
+        }
+    }
+
+    /// Idle time, capacity and refused admission all end in moka forgetting the entry:
+    /// `invalidate` stands for each of them.
+    #[tokio::test]
+    async fn a_ledger_the_cache_forgets_while_reserved_is_found_again() {
+        let backend = Balance(Credits::from(2u64), AtomicUsize::new(0));
+        let cache = BalanceCache::new(Duration::from_secs(30), 8, None, Duration::from_secs(1));
+        let key = Arc::new(BalanceKey {
+            plan_id: "1".parse().unwrap(),
+            holder: Address::zero(),
+        });
+        let two = Credits::from(2u64);
+        let held = cache.reserve(&key, two, &backend).await.unwrap();
+        cache.ledgers.invalidate(&key).await;
+        let second = cache.reserve(&key, two, &backend).await;
+        assert!(
+            matches!(second, Err(BalanceDenied::Insufficient { .. })),
+            "the reservation still counts"
+        );
+        assert_eq!(backend.1.load(Ordering::SeqCst), 1, "no fetch: same ledger");
+
+        // Released: the credits are available again, whichever ledger answers.
+        held.release(false);
+        cache.ledgers.invalidate(&key).await;
+        cache
+            .reserve(&key, two, &backend)
+            .await
+            .unwrap()
+            .release(false);
+    }
+}

@@ -19,5 +19,5 @@ mod verification;
 
 pub(crate) use balance::{BalanceCache, BalanceDenied, BalanceKey, Reservation};
 pub(crate) use plan::PlanCache;
-pub(crate) use single_use::{SingleUseClaim, SingleUseTokens};
+pub(crate) use single_use::{single_use_key, ClaimRefused, SingleUseClaim, SingleUseTokens};
 pub(crate) use verification::{VerificationCache, VerificationKey, Verified};

@@ -1,75 +1,211 @@
 //! x402 v3 tokens (those with `payload.authorization.nonce`) are consumed by their first
-//! settle (wire-spec §6.2): a cached verification must not let one pay for two requests.
+//! settle (the backend answers `BCK.X402.0059` to a second one): one such token admits at most one request,
+//! whatever happens to its charge and however it is spelled.
+//!
+//! Tokens are keyed by what they mean, `(plan, payer, nonce)`, not by their text (the
+//! decoders accept several base64 and JSON spellings of one token). The set of spent
+//! tokens is a plain map with no admission policy: a token just spent is never the one
+//! dropped. It is bounded: past `capacity`, the oldest spent tokens are forgotten, but
+//! never one spent less than `min_keep` ago (the longest a cached verification lives),
+//! so no verification cached before the spend can admit the token again. When the set
+//! is full of such young tokens, new single-use tokens are refused as "retry later"
+//! rather than admitted unguarded.
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use moka::future::Cache;
+use sha2::{Digest, Sha256};
+use tokio::time::Instant;
 
-use crate::types::TokenDigest;
+use crate::types::{TokenDigest, X402TokenPayload};
 
-/// Single-use tokens in flight (claimed by an admitted request) or spent (charged).
+/// How long a spent token is remembered when the set is not full.
+const KEEP_SPENT: Duration = Duration::from_secs(24 * 3600);
+
+/// The single-use key of a v3 token: a digest of `(plan, payer, nonce)`; `None` for
+/// tokens without a nonce (v2 tokens are reusable).
+pub(crate) fn single_use_key(payload: &X402TokenPayload) -> Option<TokenDigest> {
+    let nonce = payload.payload.authorization.nonce.as_deref()?;
+    if nonce.is_empty() {
+        return None;
+    }
+    let mut h = Sha256::new();
+    h.update(payload.accepted.plan_id.as_str().as_bytes());
+    h.update([0]);
+    // Addresses compare case-insensitively: one payer, one spelling.
+    h.update(
+        payload
+            .payload
+            .authorization
+            .from
+            .as_str()
+            .to_ascii_lowercase()
+            .as_bytes(),
+    );
+    h.update([0]);
+    h.update(nonce.trim().as_bytes());
+    Some(TokenDigest::from_bytes(h.finalize().into()))
+}
+
+/// Why a single-use token may not be spent by this request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ClaimRefused {
+    /// Another request holds it now.
+    InFlight,
+    /// It was spent.
+    Spent,
+    /// Too many single-use tokens were spent too recently to remember one more.
+    Full,
+}
+
+#[derive(Default)]
+struct State {
+    in_flight: HashSet<TokenDigest>,
+    spent: HashMap<TokenDigest, Instant>,
+    /// `spent` in the order it was filled, oldest first.
+    order: VecDeque<(TokenDigest, Instant)>,
+}
+
+/// Single-use tokens in flight (claimed by an admitted request) or spent.
 pub(crate) struct SingleUseTokens {
-    in_flight: Mutex<HashSet<TokenDigest>>,
-    spent: Cache<TokenDigest, ()>,
+    state: Mutex<State>,
+    capacity: usize,
+    min_keep: Duration,
 }
 
 impl SingleUseTokens {
-    pub(crate) fn new(capacity: u64) -> Self {
+    /// Remembers up to `capacity` tokens (spent or in flight); a spent token is kept
+    /// at least `min_keep`, whatever the capacity.
+    pub(crate) fn new(capacity: usize, min_keep: Duration) -> Self {
         SingleUseTokens {
-            in_flight: Mutex::new(HashSet::new()),
-            spent: Cache::builder()
-                .max_capacity(capacity)
-                .time_to_live(Duration::from_secs(24 * 3600))
-                .build(),
+            state: Mutex::new(State::default()),
+            capacity: capacity.max(1),
+            min_keep,
         }
     }
 
-    /// Spent tokens remembered, once moka's pending evictions have run.
-    pub(crate) async fn spent_count(&self) -> u64 {
-        self.spent.run_pending_tasks().await;
-        self.spent.entry_count()
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Sets of digests, consistent after every statement.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The right to spend the token with one request, unless another request holds it
-    /// or it was already spent.
-    pub(crate) fn claim(self: &Arc<Self>, digest: TokenDigest) -> Option<SingleUseClaim> {
-        if self.spent.contains_key(&digest) {
-            return None;
+    /// Spent tokens remembered.
+    pub(crate) fn spent_count(&self) -> u64 {
+        self.lock().spent.len() as u64
+    }
+
+    /// The right to spend the token with one request, unless another request holds it,
+    /// it was spent, or the set cannot remember one more.
+    pub(crate) fn claim(
+        self: &Arc<Self>,
+        key: TokenDigest,
+    ) -> Result<SingleUseClaim, ClaimRefused> {
+        let mut s = self.lock();
+        self.forget_old(&mut s, Instant::now());
+        if s.spent.contains_key(&key) {
+            return Err(ClaimRefused::Spent);
         }
-        let fresh = self
-            .in_flight
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(digest);
-        fresh.then(|| SingleUseClaim {
+        if s.in_flight.contains(&key) {
+            return Err(ClaimRefused::InFlight);
+        }
+        if s.spent.len() + s.in_flight.len() >= self.capacity {
+            tracing::warn!(
+                capacity = self.capacity,
+                "single-use token memory full of recently spent tokens: new v3 tokens refused until some age"
+            );
+            return Err(ClaimRefused::Full);
+        }
+        s.in_flight.insert(key);
+        Ok(SingleUseClaim {
             tokens: self.clone(),
-            digest,
+            key,
+            spent: false,
         })
+    }
+
+    /// Drops spent tokens past [`KEEP_SPENT`], and past the capacity those older than
+    /// `min_keep`, oldest first.
+    fn forget_old(&self, s: &mut State, now: Instant) {
+        while let Some(&(key, at)) = s.order.front() {
+            let age = now.saturating_duration_since(at);
+            let over = s.spent.len() + s.in_flight.len() >= self.capacity;
+            if age < KEEP_SPENT && !(over && age >= self.min_keep) {
+                break;
+            }
+            s.order.pop_front();
+            if s.spent.get(&key) == Some(&at) {
+                s.spent.remove(&key);
+            }
+        }
     }
 }
 
 /// Held by the one request allowed to spend a single-use token. Dropped without
-/// [`spend`](Self::spend) (nothing was charged), the token may be used again.
+/// [`spend`](Self::spend) (the request was not charged), the token may be used again.
 pub(crate) struct SingleUseClaim {
     tokens: Arc<SingleUseTokens>,
-    digest: TokenDigest,
+    key: TokenDigest,
+    spent: bool,
 }
 
 impl SingleUseClaim {
-    /// The token was (or may have been) charged: it is never admitted again.
-    pub(crate) async fn spend(self) {
-        self.tokens.spent.insert(self.digest, ()).await;
+    /// A charge was sent with the token: it is never admitted again, whatever the
+    /// charge's outcome (a refused settle does not make the served request unserved).
+    pub(crate) fn spend(mut self) {
+        let now = Instant::now();
+        let mut s = self.tokens.lock();
+        s.in_flight.remove(&self.key);
+        s.spent.insert(self.key, now);
+        s.order.push_back((self.key, now));
+        self.spent = true;
     }
 }
 
 impl Drop for SingleUseClaim {
     fn drop(&mut self) {
-        self.tokens
-            .in_flight
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.digest);
+        if !self.spent {
+            self.tokens.lock().in_flight.remove(&self.key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(n: u8) -> TokenDigest {
+        TokenDigest::from_bytes([n; 32])
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_set_never_forgets_a_token_spent_within_min_keep() {
+        let tokens = Arc::new(SingleUseTokens::new(4, Duration::from_secs(60)));
+        for n in 0..4 {
+            tokens.claim(key(n)).unwrap().spend();
+        }
+        assert_eq!(tokens.claim(key(9)).err(), Some(ClaimRefused::Full));
+        for n in 0..4 {
+            assert_eq!(tokens.claim(key(n)).err(), Some(ClaimRefused::Spent));
+        }
+        tokio::time::advance(Duration::from_secs(61)).await;
+        // Now the oldest may go to make room, and only as much as needed.
+        let fresh = tokens.claim(key(9)).unwrap();
+        fresh.spend();
+        assert_eq!(tokens.spent_count(), 4);
+        assert_eq!(tokens.claim(key(3)).err(), Some(ClaimRefused::Spent));
+        assert_eq!(tokens.claim(key(9)).err(), Some(ClaimRefused::Spent));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_claim_dropped_unspent_frees_the_token() {
+        let tokens = Arc::new(SingleUseTokens::new(8, Duration::from_secs(60)));
+        let claim = tokens.claim(key(1)).unwrap();
+        assert_eq!(tokens.claim(key(1)).err(), Some(ClaimRefused::InFlight));
+        drop(claim);
+        tokens.claim(key(1)).unwrap().spend();
+        assert_eq!(tokens.claim(key(1)).err(), Some(ClaimRefused::Spent));
+        tokio::time::advance(KEEP_SPENT).await;
+        assert!(tokens.claim(key(1)).is_ok(), "forgotten after a day");
     }
 }

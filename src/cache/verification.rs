@@ -1,4 +1,8 @@
-//! Positive token verifications, keyed by `(token digest, route)`.
+//! Positive token verifications, keyed by `(canonical token digest, route)`.
+//!
+//! Entries are weighed in bytes (the token is kept, decoded, to charge with), so long
+//! tokens cannot make the cache hold more memory than its budget; each entry also
+//! weighs at least `budget / capacity`, so the entry cap holds too.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -20,6 +24,8 @@ pub(crate) type VerificationKey = (TokenDigest, u64);
 pub(crate) struct Verified {
     pub(crate) caller: Arc<Caller>,
     pub(crate) balance_key: Arc<BalanceKey>,
+    /// x402 v3 tokens: the `(plan, payer, nonce)` digest that may be spent once.
+    pub(crate) single_use: Option<TokenDigest>,
     /// Time to live of this entry: the configured TTL, cut to the token's expiry.
     pub(crate) ttl: Duration,
 }
@@ -37,18 +43,46 @@ impl Expiry<VerificationKey, Verified> for PerEntryTtl {
     }
 }
 
+/// What an entry holds besides its token: the caller, keys, moka's bookkeeping.
+const ENTRY_OVERHEAD: u64 = 768;
+
+impl Verified {
+    /// Bytes this entry holds: the token text and its decoded form, about twice its
+    /// length, plus the fixed parts.
+    fn weight(&self) -> u64 {
+        let token = self.caller.credential.token().expose().len() as u64;
+        ENTRY_OVERHEAD + 2 * token
+    }
+}
+
 pub(crate) struct VerificationCache {
     cache: Cache<VerificationKey, Verified>,
 }
 
 impl VerificationCache {
-    pub(crate) fn new(capacity: u64) -> Self {
+    /// At most `capacity` entries and `byte_budget` bytes of them.
+    pub(crate) fn new(capacity: u64, byte_budget: u64) -> Self {
+        let min_weight = (byte_budget / capacity.max(1)).max(1);
         VerificationCache {
             cache: Cache::builder()
-                .max_capacity(capacity)
+                .max_capacity(byte_budget)
+                .weigher(move |_key: &VerificationKey, value: &Verified| -> u32 {
+                    u32::try_from(value.weight().max(min_weight)).unwrap_or(u32::MAX)
+                })
                 .expire_after(PerEntryTtl)
                 .build(),
         }
+    }
+
+    /// Bytes held by the entries, once moka's pending evictions have run.
+    pub(crate) async fn weighted_size(&self) -> u64 {
+        self.cache.run_pending_tasks().await;
+        self.cache.weighted_size()
+    }
+
+    /// Forgets one verification (a spent single-use token, a route that cannot charge).
+    pub(crate) async fn invalidate(&self, key: &VerificationKey) {
+        self.cache.invalidate(key).await;
     }
 
     /// Verifications kept, once moka's pending evictions have run.

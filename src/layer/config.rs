@@ -74,6 +74,10 @@ fn bad(field: &'static str, reason: &'static str) -> ConfigError {
 
 /// Default bound of the charges in flight.
 const DEFAULT_PENDING_CHARGES: usize = 4_096;
+/// Memory for cached verifications: ≈ 120 000 entries of a typical 700-byte token.
+const DEFAULT_VERIFICATION_BYTES: u64 = 256 * 1024 * 1024;
+/// Facilitator `verify` calls in flight at once.
+const DEFAULT_CONCURRENT_VERIFICATIONS: usize = 64;
 
 type CreditsFn = dyn Fn(&Parts) -> Credits + Send + Sync;
 type SuccessFn = dyn Fn(StatusCode) -> bool + Send + Sync;
@@ -104,6 +108,8 @@ pub(crate) struct LayerConfig {
     pub(crate) via: ChargeVia,
     pub(crate) verification_ttl: Duration,
     pub(crate) verification_capacity: u64,
+    pub(crate) verification_bytes: u64,
+    pub(crate) max_verifications: usize,
     pub(crate) balance_ttl: Duration,
     pub(crate) balance_capacity: u64,
     pub(crate) balance_recheck: Duration,
@@ -155,6 +161,8 @@ impl PaymentLayerBuilder {
                 via: ChargeVia::default(),
                 verification_ttl: Duration::from_secs(60),
                 verification_capacity: 100_000,
+                verification_bytes: DEFAULT_VERIFICATION_BYTES,
+                max_verifications: DEFAULT_CONCURRENT_VERIFICATIONS,
                 balance_ttl: Duration::from_secs(30),
                 balance_capacity: 100_000,
                 balance_recheck: Duration::from_secs(1),
@@ -233,6 +241,26 @@ impl PaymentLayerBuilder {
     pub fn verification_cache(mut self, ttl: Duration, capacity: u64) -> Self {
         self.config.verification_ttl = ttl;
         self.config.verification_capacity = capacity;
+        self
+    }
+
+    /// At most `bytes` of memory for cached verifications (default 256 MiB). Each entry
+    /// keeps its token to charge with, and tokens come in any size up to 8 KiB, so the
+    /// cache is bounded in bytes as well as in entries: long tokens mean fewer entries,
+    /// never more memory. The entry cap of [`verification_cache`](Self::verification_cache)
+    /// still holds.
+    pub fn verification_cache_bytes(mut self, bytes: u64) -> Self {
+        self.config.verification_bytes = bytes;
+        self
+    }
+
+    /// At most `n` calls to the facilitator's `verify` at once (default 64), whoever
+    /// sends the tokens: past it, a request with a token not verified yet is refused
+    /// with 503 `backend_unavailable` and `Retry-After` (tokens already verified are
+    /// served as usual). Forged tokens cost the caller a request each, and the
+    /// facilitator at most `n` calls in parallel.
+    pub fn max_concurrent_verifications(mut self, n: usize) -> Self {
+        self.config.max_verifications = n;
         self
     }
 
@@ -353,6 +381,12 @@ impl PaymentLayerBuilder {
                 "verification_cache",
                 "capacity must be greater than zero",
             ));
+        }
+        if c.verification_bytes == 0 {
+            return Err(bad("verification_cache_bytes", "must be greater than zero"));
+        }
+        if c.max_verifications == 0 {
+            return Err(bad("max_concurrent_verifications", "must be at least 1"));
         }
         if c.balance_ttl.is_zero() {
             return Err(bad("balance_cache", "ttl must be greater than zero"));

@@ -9,9 +9,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
-use http::header::AUTHORIZATION;
 use http::request::Parts;
-use http::{HeaderMap, HeaderValue, Response};
+use http::{HeaderMap, HeaderValue, Response, StatusCode};
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use super::body::PaymentBody;
@@ -23,8 +23,8 @@ use super::route::{Route, RouteCache};
 use super::token::{self, BearerVerifier, Credential, TokenError};
 use crate::backend::PaymentBackend;
 use crate::cache::{
-    BalanceCache, BalanceDenied, BalanceKey, PlanCache, Reservation, SingleUseClaim,
-    SingleUseTokens, VerificationCache, VerificationKey, Verified,
+    single_use_key, BalanceCache, BalanceDenied, BalanceKey, ClaimRefused, PlanCache, Reservation,
+    SingleUseClaim, SingleUseTokens, VerificationCache, VerificationKey, Verified,
 };
 use crate::client::Error;
 use crate::settle::{Charge, ChargeMethod, PendingCharge, PendingCharges, PendingFull};
@@ -38,6 +38,9 @@ const PLAN_CAPACITY: u64 = 1_024;
 const REFUSAL_TTL: Duration = Duration::from_secs(5);
 /// A JWKS is fetched again for an unknown key at most this often.
 const JWKS_REFETCH: Duration = Duration::from_secs(60);
+/// After a failed JWKS fetch, how long bearer requests share its failure (like the
+/// balance path's back-off).
+const JWKS_FAILURE_BACKOFF: Duration = Duration::from_secs(1);
 
 pub(crate) struct Gate {
     pub(crate) config: LayerConfig,
@@ -48,8 +51,11 @@ pub(crate) struct Gate {
     balances: BalanceCache,
     jwks: JwksCache,
     single_use: Arc<SingleUseTokens>,
-    /// Tokens the facilitator or the JWKS just refused, so a replay costs no call.
-    refused: moka::future::Cache<VerificationKey, Rejection>,
+    /// Verdicts on tokens the facilitator or the JWKS just gave (refused, not a
+    /// subscriber), so a replay costs no call; each with how long it holds.
+    refused: moka::future::Cache<VerificationKey, (Rejection, Duration)>,
+    /// Facilitator `verify` calls in flight, bounded whoever sends the tokens.
+    verify_permits: Semaphore,
     /// Charges in flight, for the bound and for `drain`.
     pub(crate) pending: Arc<PendingCharges>,
 }
@@ -58,6 +64,8 @@ pub(crate) struct Gate {
 pub(crate) struct Admission {
     pub(crate) context: PaymentContext,
     route: Arc<Route>,
+    /// The verification that admitted it: forgotten if the route cannot charge.
+    key: VerificationKey,
     caller: Arc<Caller>,
     plan: Arc<PlanCreditsConfig>,
     reservation: Reservation,
@@ -75,7 +83,10 @@ impl Gate {
         };
         Gate {
             routes: RouteCache::new(ROUTE_CAPACITY),
-            verifications: VerificationCache::new(config.verification_capacity),
+            verifications: VerificationCache::new(
+                config.verification_capacity,
+                config.verification_bytes,
+            ),
             plans: PlanCache::new(config.plan_ttl, PLAN_CAPACITY),
             balances: BalanceCache::new(
                 config.balance_ttl,
@@ -84,11 +95,17 @@ impl Gate {
                 config.balance_recheck,
             ),
             jwks: JwksCache::default(),
-            single_use: Arc::new(SingleUseTokens::new(config.verification_capacity)),
+            single_use: Arc::new(SingleUseTokens::new(
+                usize::try_from(config.verification_capacity).unwrap_or(usize::MAX),
+                // A cached verification lives at most this long: a spent token is
+                // remembered longer than any verification that could admit it again.
+                config.verification_ttl,
+            )),
             refused: moka::future::Cache::builder()
                 .max_capacity(config.verification_capacity)
-                .time_to_live(REFUSAL_TTL)
+                .expire_after(PerVerdictTtl)
                 .build(),
+            verify_permits: Semaphore::new(config.max_verifications),
             pending: Arc::new(PendingCharges::default()),
             backend,
             config,
@@ -104,11 +121,12 @@ impl Gate {
         self.refused.run_pending_tasks().await;
         CacheSizes {
             verifications: self.verifications.entry_count().await,
+            verification_bytes: self.verifications.weighted_size().await,
             refused_tokens: self.refused.entry_count(),
             balances: self.balances.entry_count().await,
             plans: self.plans.len() as u64,
             routes: self.routes.len() as u64,
-            spent_single_use_tokens: self.single_use.spent_count().await,
+            spent_single_use_tokens: self.single_use.spent_count(),
         }
     }
 
@@ -130,10 +148,10 @@ impl Gate {
         parts: &Parts,
         route: &Arc<Route>,
     ) -> Result<Admission, Rejection> {
-        let digest = tracing::debug_span!("nvm.extract")
-            .in_scope(|| credential_digest(&parts.headers, &self.config.token_headers))?;
+        let key: VerificationKey = tracing::debug_span!("nvm.extract")
+            .in_scope(|| credential_key(&parts.headers, &self.config.token_headers))
+            .map(|digest| (digest, route.id))?;
         let requested = self.config.credits.for_request(parts);
-        let key: VerificationKey = (digest, route.id);
         let (verified, verify_request_id) = match self.verifications.get(&key).await {
             Some(verified) => (verified, None),
             // Boxed: the rare verification must not weigh on every request's future.
@@ -153,6 +171,11 @@ impl Gate {
                 "too many charges are waiting for the payment backend; retry later",
             ));
         }
+        // Before the balance: a replay is refused without touching the ledger.
+        let single_use = match verified.single_use {
+            Some(token) => Some(self.claim_single_use(token, &key).await?),
+            None => None,
+        };
         let reservation = tracing::Instrument::instrument(
             self.balances
                 .reserve(&verified.balance_key, amount, &*self.backend),
@@ -160,17 +183,6 @@ impl Gate {
         )
         .await
         .map_err(balance_rejection)?;
-        let single_use = if is_single_use(&caller.credential) {
-            let claim = self.single_use.claim(caller.token_digest).ok_or_else(|| {
-                Rejection::new(
-                    RejectionKind::InvalidToken,
-                    "this single-use (x402 v3) token was already used",
-                )
-            })?;
-            Some(claim)
-        } else {
-            None
-        };
         let request_id = verify_request_id.unwrap_or_else(new_request_id);
         let method = match (self.config.via, &caller.credential) {
             (ChargeVia::Redeem, _) | (_, Credential::Bearer { .. }) => ChargeMethod::Redeem,
@@ -184,6 +196,7 @@ impl Gate {
                 reservation.balance_seen(),
             ),
             route: route.clone(),
+            key,
             caller,
             plan,
             reservation,
@@ -193,9 +206,36 @@ impl Gate {
         })
     }
 
+    /// The one request allowed to spend a single-use token. A spent token's cached
+    /// verification is forgotten, so its next replay goes back to the facilitator.
+    async fn claim_single_use(
+        &self,
+        token: crate::types::TokenDigest,
+        key: &VerificationKey,
+    ) -> Result<SingleUseClaim, Rejection> {
+        match self.single_use.claim(token) {
+            Ok(claim) => Ok(claim),
+            Err(ClaimRefused::Spent) => {
+                self.verifications.invalidate(key).await;
+                Err(Rejection::new(
+                    RejectionKind::InvalidToken,
+                    "this single-use (x402 v3) token was already used",
+                ))
+            }
+            Err(ClaimRefused::InFlight) => Err(Rejection::new(
+                RejectionKind::InvalidToken,
+                "this single-use (x402 v3) token is being used by another request",
+            )),
+            Err(ClaimRefused::Full) => Err(Rejection::new(
+                RejectionKind::BackendUnavailable,
+                "too many single-use tokens were spent moments ago; retry later",
+            )),
+        }
+    }
+
     /// A token not verified yet for this route: verify it once however many requests
-    /// ask at the same time, and remember a refusal for a few seconds. Also answers the
-    /// verify's `agentRequestId` when this request is the one that made the call.
+    /// ask at the same time, and remember a verdict on the token for a few seconds.
+    /// Also answers the verify's `agentRequestId` when this request made the call.
     async fn verify_once(
         &self,
         parts: &Parts,
@@ -203,7 +243,7 @@ impl Gate {
         key: VerificationKey,
         requested: Credits,
     ) -> Result<(Verified, Option<String>), Rejection> {
-        if let Some(refused) = self.refused.get(&key).await {
+        if let Some((refused, _)) = self.refused.get(&key).await {
             return Err(refused);
         }
         let mut fresh_id = None;
@@ -216,12 +256,26 @@ impl Gate {
         match verified {
             Ok(verified) => Ok((verified, fresh_id)),
             Err(rejection) => {
-                // Only a verdict on the token itself: balances and outages change.
-                if rejection.kind == RejectionKind::InvalidToken {
-                    self.refused.insert(key, (*rejection).clone()).await;
+                // Only verdicts on the token itself: outages and back-pressure pass.
+                if let Some(ttl) = self.verdict_ttl(rejection.kind) {
+                    self.refused.insert(key, ((*rejection).clone(), ttl)).await;
                 }
                 Err((*rejection).clone())
             }
+        }
+    }
+
+    /// How long a refusal of this kind is a verdict on the token: forged or refused
+    /// tokens a few seconds; "no credits" until the balance is worth asking again.
+    fn verdict_ttl(&self, kind: RejectionKind) -> Option<Duration> {
+        match kind {
+            RejectionKind::InvalidToken
+            | RejectionKind::PlanNotAccepted
+            | RejectionKind::WrongAgent => Some(REFUSAL_TTL),
+            RejectionKind::InsufficientBalance if !self.config.balance_recheck.is_zero() => {
+                Some(self.config.balance_recheck)
+            }
+            _ => None,
         }
     }
 
@@ -257,6 +311,16 @@ impl Gate {
                 self.check_plan_and_agent(plan_id, payload.accepted.agent_id())?;
                 let plan = self.credits_config(plan_id).await?;
                 let amount = chargeable(plan_id, &plan, requested)?;
+                let _permit = self.verify_permits.try_acquire().map_err(|_| {
+                    tracing::warn!(
+                        limit = self.config.max_verifications,
+                        "too many token verifications in flight: request refused"
+                    );
+                    Rejection::new(
+                        RejectionKind::BackendUnavailable,
+                        "too many payment verifications in flight; retry later",
+                    )
+                })?;
                 let response = self
                     .backend
                     .verify(&route.payment_required, token, Some(amount))
@@ -305,7 +369,12 @@ impl Gate {
             }
         };
         let agent_id = agent_id.or_else(|| self.config.agent_id.clone());
+        let single_use = match &credential {
+            Credential::X402 { payload, .. } => single_use_key(payload),
+            Credential::Bearer { .. } => None,
+        };
         Ok(Verified {
+            single_use,
             balance_key: Arc::new(BalanceKey {
                 plan_id: plan_id.clone(),
                 holder: subscriber.clone(),
@@ -356,10 +425,7 @@ impl Gate {
                 } else {
                     tracing::error!(plan = %plan_id, error = %err,
                         "cannot read the plan's credits config: requests with this plan cannot be charged");
-                    Rejection::new(
-                        RejectionKind::Misconfigured,
-                        "the payment configuration of this route cannot be charged",
-                    )
+                    Rejection::misconfigured()
                 }
             })
     }
@@ -374,8 +440,16 @@ impl Gate {
         let (mut parts, body) = response.into_parts();
         if !(self.config.success)(parts.status) {
             tracing::debug!(status = %parts.status, "handler did not succeed: not charged");
+            if matches!(
+                parts.status,
+                StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED
+            ) {
+                // Nothing is sold here: keep neither the route nor its verification.
+                self.verifications.invalidate(&admission.key).await;
+            }
             return Response::from_parts(parts, PaymentBody::inner(body));
         }
+        self.routes.remember(&admission.route);
         let reserved = admission.reservation.amount();
         let credits = match parts.extensions.remove::<ChargeOverride>() {
             None => reserved,
@@ -398,7 +472,7 @@ impl Gate {
             reservation: admission.reservation,
             single_use: admission.single_use,
             hook: self.config.on_settle.clone(),
-            in_flight: self.pending.enter(admission.context.request_id()),
+            pending: self.pending.clone(),
         };
         let timing = if admission.charge_now {
             ChargeTiming::BeforeResponse
@@ -442,12 +516,6 @@ fn new_request_id() -> String {
         .to_string()
 }
 
-/// x402 v3 tokens carry a nonce and are consumed by their first settle.
-fn is_single_use(credential: &Credential) -> bool {
-    matches!(credential, Credential::X402 { payload, .. }
-        if payload.payload.authorization.nonce.as_deref().is_some_and(|n| !n.is_empty()))
-}
-
 /// What the plan will burn for `requested`; a plan that burns nothing cannot be charged.
 fn chargeable(
     plan_id: &PlanId,
@@ -458,50 +526,33 @@ fn chargeable(
     if amount.is_zero() {
         tracing::error!(plan = %plan_id,
             "the plan's credits config burns 0 credits per request (maxAmount 0): it can never be charged");
-        return Err(Rejection::new(
-            RejectionKind::Misconfigured,
-            "the payment configuration of this route cannot be charged",
-        ));
+        return Err(Rejection::misconfigured());
     }
     Ok(amount)
 }
 
-/// The digest of the credential [`token::extract_credential`] would read (the same
-/// header, the same text, so it equals `Credential::digest`), found without decoding
-/// it: the first configured header that is not blank; `Authorization` only as
-/// `Bearer <token>`. Hashed once: the cache key and the only form of the token logged.
-fn credential_digest(
+/// The verification key of the request's credential: the canonical digest of the text
+/// [`token::extract_credential`] would decode (one scanner, [`token::find_credential`]),
+/// found without decoding it. Every base64 spelling of one token gets one key.
+fn credential_key(
     headers: &HeaderMap,
     names: &[http::HeaderName],
 ) -> Result<TokenDigest, Rejection> {
-    let malformed = |message| Rejection::new(RejectionKind::MalformedToken, message);
-    for name in names {
-        let Some(value) = headers.get(name) else {
-            continue;
-        };
-        if value.len() > token::MAX_CREDENTIAL_BYTES {
-            return Err(malformed("the credential is too large"));
-        }
-        let text = value
-            .to_str()
-            .map_err(|_| malformed("the credential is not visible ASCII"))?
-            .trim();
-        let credential = if name == AUTHORIZATION {
-            match text.split_once(' ') {
-                Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => rest.trim(),
-                _ => continue,
-            }
-        } else {
-            text
-        };
-        if !credential.is_empty() {
-            return Ok(TokenDigest::of(credential.as_bytes()));
-        }
+    match token::find_credential(headers, names) {
+        Ok(Some(text)) => Ok(token::canonical_digest(text)),
+        Ok(None) => Err(Rejection::new(
+            RejectionKind::PaymentRequired,
+            "payment required: send an x402 access token in the payment-signature header",
+        )),
+        Err(TokenError::TooLarge { .. }) => Err(Rejection::new(
+            RejectionKind::MalformedToken,
+            "the credential is too large",
+        )),
+        Err(_) => Err(Rejection::new(
+            RejectionKind::MalformedToken,
+            "the credential is not visible ASCII",
+        )),
     }
-    Err(Rejection::new(
-        RejectionKind::PaymentRequired,
-        "payment required: send an x402 access token in the payment-signature header",
-    ))
 }
 
 fn receipt_header(receipt: &crate::types::SettleResponse) -> Option<HeaderValue> {
@@ -511,21 +562,37 @@ fn receipt_header(receipt: &crate::types::SettleResponse) -> Option<HeaderValue>
 
 fn unavailable(err: &Error) -> Rejection {
     tracing::warn!(error = %err, "payment backend unavailable");
-    Rejection::new(
-        RejectionKind::BackendUnavailable,
-        "the payment backend is unavailable; retry later",
-    )
+    Rejection::unavailable()
 }
 
+/// A verify that answered an error. Only a verdict on the token is `invalid_token`
+/// (and remembered as such): an x402 error code, or a 4xx about the request's content.
+/// A refusal of the agent's own request (its API key: 401/403 without an x402 code;
+/// a body too large: 413) is an outage of the payment path, and a route that does not
+/// exist on the backend (404/405) can never verify: both are logged at `error`, since
+/// every paying caller is refused until someone fixes them.
 fn verify_error(err: Error) -> Rejection {
-    match err.status() {
-        Some(status) if status.is_client_error() && status.as_u16() != 429 => {
-            let code = err.code().unwrap_or("refused").to_owned();
-            Rejection::new(
-                RejectionKind::InvalidToken,
-                format!("the facilitator refused the token ({code})"),
-            )
+    let Some(status) = err.status() else {
+        return unavailable(&err);
+    };
+    let code = err.code().unwrap_or("none").to_owned();
+    let about_token = code.starts_with("BCK.X402.");
+    match status.as_u16() {
+        401 | 403 | 413 if !about_token => {
+            tracing::error!(status = status.as_u16(), code = %code,
+                "the facilitator refused the agent's own verify request (API key, permissions or size): paying callers are refused with 503 until it is fixed");
+            Rejection::unavailable()
         }
+        404 | 405 if !about_token => {
+            tracing::error!(status = status.as_u16(), code = %code,
+                "the facilitator has no verify endpoint at this address (backend URL?): paying callers are refused with 500 until it is fixed");
+            Rejection::misconfigured()
+        }
+        429 => unavailable(&err),
+        400..=499 => Rejection::new(
+            RejectionKind::InvalidToken,
+            format!("the facilitator refused the token ({code})"),
+        ),
         _ => unavailable(&err),
     }
 }
@@ -563,19 +630,20 @@ fn balance_rejection(denied: BalanceDenied) -> Rejection {
         ),
         BalanceDenied::Unavailable(why) => {
             tracing::warn!(reason = %why, "cannot learn the balance");
-            Rejection::new(
-                RejectionKind::BackendUnavailable,
-                "the payment backend is unavailable; retry later",
-            )
+            Rejection::unavailable()
         }
     }
 }
 
 /// The bearer verifier built from the backend's JWKS, fetched once and again for an
-/// unknown key at most once a minute.
+/// unknown key at most once a minute. One fetch at a time: requests that waited on a
+/// fetch take its result, and after a failure every request shares it for a second
+/// instead of fetching again.
 #[derive(Default)]
 struct JwksCache {
     current: RwLock<Option<(Arc<BearerVerifier>, Instant)>>,
+    /// When the last fetch failed.
+    failed_at: RwLock<Option<Instant>>,
     fetching: tokio::sync::Mutex<()>,
 }
 
@@ -587,29 +655,47 @@ impl JwksCache {
             .clone()
     }
 
-    /// Fetches the JWKS unless someone else did since `seen` (or within a minute).
+    fn set_failed_at(&self, at: Option<Instant>) {
+        *self.failed_at.write().unwrap_or_else(|p| p.into_inner()) = at;
+    }
+
+    /// Fetches the JWKS unless someone else did since `seen` (or within a minute), or
+    /// a fetch failed while this request waited or less than a second ago.
     async fn refresh(
         &self,
         seen: Option<Instant>,
         backend: &dyn PaymentBackend,
     ) -> Result<(Arc<BearerVerifier>, Instant), Rejection> {
+        let asked = Instant::now();
         let _one_at_a_time = self.fetching.lock().await;
         if let Some((verifier, at)) = self.snapshot() {
             if Some(at) != seen || at.elapsed() < JWKS_REFETCH {
                 return Ok((verifier, at));
             }
         }
-        let jwks = backend
-            .access_token_jwks()
-            .await
-            .map_err(|e| unavailable(&e))?;
+        let failed_at = *self.failed_at.read().unwrap_or_else(|p| p.into_inner());
+        if failed_at.is_some_and(|t| t >= asked || t.elapsed() < JWKS_FAILURE_BACKOFF) {
+            return Err(Rejection::new(
+                RejectionKind::BackendUnavailable,
+                "the token issuer's keys cannot be fetched; retry later",
+            ));
+        }
+        let jwks = match backend.access_token_jwks().await {
+            Ok(jwks) => jwks,
+            Err(err) => {
+                self.set_failed_at(Some(Instant::now()));
+                return Err(unavailable(&err));
+            }
+        };
         let verifier = BearerVerifier::from_jwks(&jwks).map_err(|_| {
+            self.set_failed_at(Some(Instant::now()));
             tracing::error!("the backend's JWKS has no usable key");
             Rejection::new(
                 RejectionKind::BackendUnavailable,
                 "the token issuer's keys are unusable",
             )
         })?;
+        self.set_failed_at(None);
         let fresh = (Arc::new(verifier), Instant::now());
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some(fresh.clone());
         Ok(fresh)
@@ -647,6 +733,20 @@ impl JwksCache {
     }
 }
 
+/// How long each remembered verdict holds.
+struct PerVerdictTtl;
+
+impl moka::Expiry<VerificationKey, (Rejection, Duration)> for PerVerdictTtl {
+    fn expire_after_create(
+        &self,
+        _key: &VerificationKey,
+        value: &(Rejection, Duration),
+        _created_at: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(value.1)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use http::HeaderValue;
@@ -662,7 +762,7 @@ mod tests {
     }
 
     #[test]
-    fn the_digest_is_the_digest_of_the_credential_extract_reads() {
+    fn the_key_is_the_digest_of_the_credential_extract_reads_in_any_spelling() {
         let names = token::default_token_headers();
         let jwt = "eyJhbGciOiJFZERTQSJ9.eyJzdWIiOiJ4In0.c2ln";
         for h in [
@@ -677,21 +777,27 @@ mod tests {
             ]),
         ] {
             let extracted = token::extract_credential(&h, &names).unwrap().unwrap();
-            assert_eq!(credential_digest(&h, &names).unwrap(), extracted.digest());
+            assert_eq!(credential_key(&h, &names).unwrap(), extracted.digest());
         }
+        let padded = headers(&[("payment-signature", "eyJh+/x==")]);
+        let url_safe = headers(&[("payment-signature", "eyJh-_x")]);
+        assert_eq!(
+            credential_key(&padded, &names).unwrap(),
+            credential_key(&url_safe, &names).unwrap()
+        );
         for h in [
             headers(&[]),
             headers(&[("authorization", "Basic dXNlcg==")]),
             headers(&[("payment-signature", " ")]),
         ] {
             assert!(token::extract_credential(&h, &names).unwrap().is_none());
-            let kind = credential_digest(&h, &names).unwrap_err().kind;
+            let kind = credential_key(&h, &names).unwrap_err().kind;
             assert_eq!(kind, RejectionKind::PaymentRequired);
         }
         let huge = headers(&[("authorization", &format!("Basic {}", "a".repeat(9000)))]);
         assert!(token::extract_credential(&huge, &names).is_err());
         assert_eq!(
-            credential_digest(&huge, &names).unwrap_err().kind,
+            credential_key(&huge, &names).unwrap_err().kind,
             RejectionKind::MalformedToken
         );
     }

@@ -89,6 +89,8 @@ impl PaymentLayer {
 pub struct CacheSizes {
     /// Positive token verifications (capped by `verification_cache`).
     pub verifications: u64,
+    /// Bytes those verifications hold, as weighed (capped by `verification_cache_bytes`).
+    pub verification_bytes: u64,
     /// Tokens just refused, remembered for a few seconds (same cap).
     pub refused_tokens: u64,
     /// Balance ledgers, one per `(plan, holder)` (capped by `balance_cache`).
@@ -97,7 +99,8 @@ pub struct CacheSizes {
     pub plans: u64,
     /// Routes with a prebuilt `payment-required` (capped at 4 096).
     pub routes: u64,
-    /// Single-use (x402 v3) tokens already spent (same cap as verifications).
+    /// Single-use (x402 v3) tokens already spent (same cap as verifications; kept a day,
+    /// or at least the verification TTL when the cap is reached).
     pub spent_single_use_tokens: u64,
 }
 

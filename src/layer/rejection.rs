@@ -79,6 +79,22 @@ impl Rejection {
         }
     }
 
+    /// 503: the backend could not answer; the caller may retry.
+    pub(crate) fn unavailable() -> Self {
+        Rejection::new(
+            RejectionKind::BackendUnavailable,
+            "the payment backend is unavailable; retry later",
+        )
+    }
+
+    /// 500: this route's payment setup can never charge (the log says why).
+    pub(crate) fn misconfigured() -> Self {
+        Rejection::new(
+            RejectionKind::Misconfigured,
+            "the payment configuration of this route cannot be charged",
+        )
+    }
+
     /// The response: JSON `{"error", "message"}`, `Cache-Control: no-store`,
     /// `payment-required` on 402/403, `Retry-After` on 503.
     pub(crate) fn into_response<B>(

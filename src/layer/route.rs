@@ -1,12 +1,15 @@
 //! The `PaymentRequired` of each route, built once per method and path.
 //!
 //! The verify/settle bodies and the `payment-required` header of a route never change,
-//! so they are built on the first request to it and shared afterwards. Paths come from
-//! callers, so the table is bounded: once full, new paths get a route built for the
-//! request alone. The lookup is synchronous and allocation-free.
+//! so they are built once and shared afterwards. Paths come from callers, so a route
+//! enters the table only once a request to it was served successfully (a junk path,
+//! an unauthenticated request or a 404 never fills it), and the table is bounded: once
+//! full, new paths get a route built for the request alone. The lookup is synchronous
+//! and allocation-free.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use base64::engine::general_purpose::STANDARD;
@@ -27,6 +30,8 @@ pub(crate) struct Route {
     pub(crate) payment_required: PaymentRequired,
     /// `payment-required` header value (standard base64 of the JSON).
     pub(crate) header: HeaderValue,
+    /// In the table already (or refused by it): nothing more to remember.
+    remembered: AtomicBool,
 }
 
 pub(crate) struct RouteCache {
@@ -49,6 +54,7 @@ impl RouteCache {
         self.routes.read().unwrap_or_else(|p| p.into_inner()).len()
     }
 
+    /// The route of `method` + `path`: the table's, or one built for this request.
     pub(crate) fn get(&self, config: &LayerConfig, method: &Method, path: &str) -> Arc<Route> {
         let mut h = self.hasher.build_hasher();
         method.hash(&mut h);
@@ -62,16 +68,20 @@ impl RouteCache {
             .cloned();
         match known {
             Some(route) if route.method == *method && *route.path == *path => route,
-            // A hash collision: this request gets its own route.
-            Some(_) => Arc::new(build(config, method, path, id)),
-            None => {
-                let route = Arc::new(build(config, method, path, id));
-                let mut routes = self.routes.write().unwrap_or_else(|p| p.into_inner());
-                if routes.len() < self.capacity {
-                    routes.entry(id).or_insert_with(|| route.clone());
-                }
-                route
-            }
+            // Unknown, or a hash collision: a route for this request alone.
+            _ => Arc::new(build(config, method, path, id)),
+        }
+    }
+
+    /// Keeps `route` for the next requests: called once a request to it was charged,
+    /// so only paths that really serve paid work take a place.
+    pub(crate) fn remember(&self, route: &Arc<Route>) {
+        if route.remembered.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let mut routes = self.routes.write().unwrap_or_else(|p| p.into_inner());
+        if routes.len() < self.capacity {
+            routes.entry(route.id).or_insert_with(|| route.clone());
         }
     }
 }
@@ -98,5 +108,6 @@ fn build(config: &LayerConfig, method: &Method, path: &str, id: u64) -> Route {
         id,
         payment_required,
         header,
+        remembered: AtomicBool::new(false),
     }
 }

@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::{InFlight, OnSettle, SettleOutcome, SettleStatus};
+use super::{InFlight, OnSettle, PendingCharges, SettleOutcome, SettleStatus};
 use crate::backend::PaymentBackend;
 use crate::cache::{Reservation, SingleUseClaim};
 use crate::client::Error;
@@ -197,24 +197,35 @@ impl Charge {
 pub(crate) struct PendingCharge {
     pub(crate) charge: Charge,
     pub(crate) reservation: Reservation,
-    /// For a single-use token: spent unless the charge definitely failed.
+    /// For a single-use token: spent once the charge is sent, whatever its outcome.
     pub(crate) single_use: Option<SingleUseClaim>,
     pub(crate) hook: Option<Arc<dyn OnSettle>>,
-    /// Its entry in the layer's charges in flight, from the moment the response is
-    /// ready until the charge has ended (or was dropped without running).
-    pub(crate) in_flight: InFlight,
+    /// The layer's charges in flight: this charge counts there from the moment it is
+    /// sent (not while a stream it waits for is being read) until it has ended.
+    pub(crate) pending: Arc<PendingCharges>,
 }
 
 impl PendingCharge {
+    /// Registers the charge among those in flight: it is about to be sent.
+    fn start(self) -> (Self, InFlight) {
+        let in_flight = self.pending.enter(&self.charge.request_id);
+        (self, in_flight)
+    }
+
     /// Sends the charge, settles the reservation, logs and reports the outcome.
-    pub(crate) async fn execute(self) -> SettleOutcome {
+    async fn execute(self, in_flight: InFlight) -> SettleOutcome {
         let PendingCharge {
             charge,
             reservation,
             single_use,
             hook,
-            in_flight,
+            pending: _,
         } = self;
+        // Spent before the first call: a replay arriving while this charge is sent
+        // must not be admitted.
+        if let Some(claim) = single_use {
+            claim.spend();
+        }
         let span = tracing::info_span!(
             "nvm.settle",
             token = %charge.caller.token_digest,
@@ -233,11 +244,6 @@ impl PendingCharge {
             SettleStatus::Failed => reservation.release(true),
             // It may have burned: count it, and learn the truth at the next fetch.
             SettleStatus::Unknown => reservation.commit(charge.credits, true),
-        }
-        if let Some(claim) = single_use {
-            if sent.status != SettleStatus::Failed {
-                claim.spend().await;
-            }
         }
         let outcome = SettleOutcome {
             status: sent.status,
@@ -261,7 +267,10 @@ impl PendingCharge {
     /// the request future or the body that started it is dropped.
     pub(crate) fn spawn(self) -> Option<JoinHandle<SettleOutcome>> {
         match tokio::runtime::Handle::try_current() {
-            Ok(handle) => Some(handle.spawn(self.execute())),
+            Ok(handle) => {
+                let (charge, in_flight) = self.start();
+                Some(handle.spawn(charge.execute(in_flight)))
+            }
             Err(_) => {
                 tracing::error!(
                     request_id = %self.charge.request_id,
@@ -276,8 +285,9 @@ impl PendingCharge {
     /// is dropped before it completes (the client hung up), the rest of the charge
     /// moves to its own task, so it still completes and is reported.
     pub(crate) fn run_to_completion(self) -> DetachOnDrop {
+        let (charge, in_flight) = self.start();
         DetachOnDrop {
-            charge: Some(Box::pin(self.execute())),
+            charge: Some(Box::pin(charge.execute(in_flight))),
         }
     }
 }

@@ -44,9 +44,10 @@ impl Credential {
         }
     }
 
-    /// A digest of the token: the cache key and the thing to log.
+    /// A digest of the token, the same for every base64 spelling of it
+    /// ([`canonical_digest`]): the cache key and the thing to log.
     pub fn digest(&self) -> TokenDigest {
-        self.token().digest()
+        canonical_digest(self.token().expose())
     }
 }
 
@@ -88,16 +89,61 @@ pub fn extract_credential(
     headers: &HeaderMap,
     header_names: &[HeaderName],
 ) -> Result<Option<Credential>, TokenError> {
+    match find_credential(headers, header_names)? {
+        Some(raw) => classify(raw).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// The credential text [`extract_credential`] would decode, found without decoding it:
+/// the first of `header_names` that carries one (`authorization` only as
+/// `Bearer <v>`), trimmed. The one header scanner: the layer's hot path keys its
+/// caches with this text and decodes it only on a cache miss.
+///
+/// # Errors
+/// [`TokenError::TooLarge`] (checked first) and [`TokenError::NotUtf8`].
+pub fn find_credential<'h>(
+    headers: &'h HeaderMap,
+    header_names: &[HeaderName],
+) -> Result<Option<&'h str>, TokenError> {
     for name in header_names {
         let Some(value) = headers.get(name) else {
             continue;
         };
-        let Some(raw) = header_text(name, value)? else {
-            continue;
-        };
-        return classify(raw).map(Some);
+        if let Some(raw) = header_text(name, value)? {
+            return Ok(Some(raw));
+        }
     }
     Ok(None)
+}
+
+/// A digest of what a credential *is*, not of how it was spelled: base64 padding is
+/// dropped and the standard alphabet's `+` `/` read as the URL-safe `-` `_`, since the
+/// decoders accept every one of these spellings for one token. The key of the layer's
+/// verification caches and the form logged; never the token itself.
+///
+/// ```
+/// use nvm_payments::token::canonical_digest;
+/// assert_eq!(canonical_digest("ab+/cd=="), canonical_digest("ab-_cd"));
+/// assert_ne!(canonical_digest("ab+/cd"), canonical_digest("ab+/ce"));
+/// ```
+pub fn canonical_digest(credential: &str) -> TokenDigest {
+    use sha2::{Digest, Sha256};
+    let text = credential.trim().trim_end_matches('=');
+    let mut hasher = Sha256::new();
+    // Mapped through a small buffer: no allocation per request.
+    let mut buf = [0u8; 256];
+    for chunk in text.as_bytes().chunks(buf.len()) {
+        for (out, &b) in buf.iter_mut().zip(chunk) {
+            *out = match b {
+                b'+' => b'-',
+                b'/' => b'_',
+                other => other,
+            };
+        }
+        hasher.update(&buf[..chunk.len()]);
+    }
+    TokenDigest::from_bytes(hasher.finalize().into())
 }
 
 /// The credential text of one header, or `None` when it carries none.
@@ -179,7 +225,7 @@ mod tests {
         };
         assert_eq!(t.expose(), token);
         assert_eq!(payload.accepted.scheme, "nvm:erc4337");
-        assert_eq!(c.digest(), AccessToken::new(token).digest());
+        assert_eq!(c.digest(), canonical_digest(&token));
     }
 
     #[test]

@@ -71,7 +71,9 @@ mod jwt;
 mod x402;
 
 pub use error::TokenError;
-pub use extract::{default_token_headers, extract_credential, Credential};
+pub use extract::{
+    canonical_digest, default_token_headers, extract_credential, find_credential, Credential,
+};
 pub use jwt::BearerVerifier;
 pub use x402::{decode_x402_token, encode_x402_token};
 

@@ -18,6 +18,11 @@ impl TokenDigest {
         TokenDigest(Sha256::digest(secret).into())
     }
 
+    /// A digest computed elsewhere (e.g. over a canonical form of the secret).
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        TokenDigest(bytes)
+    }
+
     /// The full 32-byte digest.
     pub fn as_bytes(&self) -> &[u8; 32] {
         &self.0

@@ -45,6 +45,8 @@ pub enum VerifyMode {
     Refuse403,
     /// A connect error.
     Down,
+    /// An API error with this status and code (e.g. 401 `BCK.APIKEY.0004`).
+    Error(u16, &'static str),
 }
 
 pub struct MockBackend {
@@ -56,6 +58,17 @@ pub struct MockBackend {
     pub jwks_calls: AtomicUsize,
     /// Backend truth: the subscriber's balance.
     pub balance: Mutex<Credits>,
+    /// Balances of other holders (those not listed use `balance`).
+    pub holders: Mutex<HashMap<Address, Credits>>,
+    /// Nonces of v3 tokens already settled: a second settle is refused (`BCK.X402.0059`).
+    pub spent_nonces: Mutex<std::collections::HashSet<String>>,
+    /// Verify calls in flight now, and the most seen at once.
+    pub verify_in_flight: AtomicUsize,
+    pub verify_peak: AtomicUsize,
+    /// When set, every verify call waits for a permit.
+    pub verify_permits: Option<Arc<tokio::sync::Semaphore>>,
+    /// The JWKS endpoint answers a connect error.
+    pub jwks_down: Mutex<bool>,
     pub is_subscriber: Mutex<bool>,
     pub credits_config: Mutex<PlanCreditsConfig>,
     pub verify_mode: Mutex<VerifyMode>,
@@ -111,6 +124,12 @@ impl MockBackend {
             plan_calls: AtomicUsize::new(0),
             jwks_calls: AtomicUsize::new(0),
             balance: Mutex::new(Credits::from(balance)),
+            holders: Mutex::new(HashMap::new()),
+            spent_nonces: Mutex::new(Default::default()),
+            verify_in_flight: AtomicUsize::new(0),
+            verify_peak: AtomicUsize::new(0),
+            verify_permits: None,
+            jwks_down: Mutex::new(false),
             is_subscriber: Mutex::new(true),
             credits_config: Mutex::new(get_dynamic_credits_config(
                 Credits::from(100u64),
@@ -163,8 +182,27 @@ impl MockBackend {
         }
     }
 
-    /// Burns `max_amount` (clamped by the plan) once per request id.
+    /// The backend's balance of `holder`.
+    pub fn balance_of(&self, holder: &Address) -> Credits {
+        match self.holders.lock().unwrap().get(holder) {
+            Some(b) => *b,
+            None => self.remaining(),
+        }
+    }
+
+    /// Burns `max_amount` (clamped by the plan) once per request id, from the
+    /// subscriber's balance.
     fn charge(&self, request_id: &str, max_amount: Credits) -> Result<Option<Credits>, Error> {
+        self.charge_from(&subscriber(), request_id, max_amount)
+    }
+
+    /// Burns `max_amount` (clamped by the plan) once per request id, from `holder`.
+    fn charge_from(
+        &self,
+        holder: &Address,
+        request_id: &str,
+        max_amount: Credits,
+    ) -> Result<Option<Credits>, Error> {
         self.charge_log
             .lock()
             .unwrap()
@@ -180,7 +218,12 @@ impl MockBackend {
             if charged.contains_key(request_id) {
                 return charged.get(request_id).copied();
             }
-            let mut balance = self.balance.lock().unwrap();
+            let mut holders = self.holders.lock().unwrap();
+            let mut global = self.balance.lock().unwrap();
+            let balance = match holders.get_mut(holder) {
+                Some(b) => b,
+                None => &mut *global,
+            };
             let rest = balance.checked_sub(burn)?;
             *balance = rest;
             charged.insert(request_id.to_owned(), burn);
@@ -216,6 +259,12 @@ impl PaymentBackend for MockBackend {
     ) -> BoxFuture<'a, Result<VerifyResponse, Error>> {
         Box::pin(async move {
             self.verify_calls.fetch_add(1, Ordering::SeqCst);
+            let now = self.verify_in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            self.verify_peak.fetch_max(now, Ordering::SeqCst);
+            let _leave = LeaveOnDrop(&self.verify_in_flight);
+            if let Some(permits) = &self.verify_permits {
+                permits.acquire().await.unwrap().forget();
+            }
             if !self.verify_delay.is_zero() {
                 tokio::time::sleep(self.verify_delay).await;
             }
@@ -231,12 +280,24 @@ impl PaymentBackend for MockBackend {
                     }))
                 }
                 VerifyMode::Down => return Err(connect_refused()),
+                VerifyMode::Error(status, code) => {
+                    return Err(Error::Api(ApiError {
+                        status: StatusCode::from_u16(status).unwrap(),
+                        code: code.into(),
+                        message: "refused".into(),
+                        hint: None,
+                        endpoint: "POST /api/v1/x402/verify".into(),
+                    }))
+                }
                 VerifyMode::BySignature => {}
             }
             let payload = decode_payload(token);
             let (valid, reason) = match payload.as_ref().map(|p| p.payload.signature.as_str()) {
                 Some("0xvalid") => {
-                    let bal = *self.balance.lock().unwrap();
+                    let bal = payload
+                        .as_ref()
+                        .map(|p| self.balance_of(&p.payload.authorization.from))
+                        .unwrap_or_default();
                     if max_amount.is_some_and(|m| m > bal) {
                         (false, Some("insufficient_balance".to_owned()))
                     } else {
@@ -261,7 +322,7 @@ impl PaymentBackend for MockBackend {
     fn settle<'a>(
         &'a self,
         _payment_required: &'a PaymentRequired,
-        _token: &'a AccessToken,
+        token: &'a AccessToken,
         max_amount: Option<Credits>,
         agent_request_id: &'a str,
     ) -> BoxFuture<'a, Result<SettleResponse, Error>> {
@@ -272,11 +333,32 @@ impl PaymentBackend for MockBackend {
             if let Some(hold) = &self.charge_hold {
                 hold.notified().await;
             }
-            let burned = self.charge(agent_request_id, max_amount.unwrap_or_default())?;
+            let payload = decode_payload(token);
+            let payer = payload
+                .as_ref()
+                .map(|p| p.payload.authorization.from.clone())
+                .unwrap_or_else(subscriber);
+            // A v3 token is consumed by its first settle, as the hosted backend does.
+            if let Some(nonce) = payload.and_then(|p| p.payload.authorization.nonce) {
+                if !self.spent_nonces.lock().unwrap().insert(nonce) {
+                    return Ok(SettleResponse {
+                        success: false,
+                        error_reason: Some("BCK.X402.0059: token already used".into()),
+                        payer: Some(payer),
+                        transaction: String::new(),
+                        network: "eip155:84532".into(),
+                        credits_redeemed: None,
+                        remaining_balance: None,
+                        order_tx: None,
+                    });
+                }
+            }
+            let burned =
+                self.charge_from(&payer, agent_request_id, max_amount.unwrap_or_default())?;
             Ok(SettleResponse {
                 success: burned.is_some(),
                 error_reason: burned.is_none().then(|| "insufficient_balance".to_owned()),
-                payer: Some(subscriber()),
+                payer: Some(payer.clone()),
                 transaction: if burned.is_some() {
                     "0xtx".into()
                 } else {
@@ -284,7 +366,7 @@ impl PaymentBackend for MockBackend {
                 },
                 network: "eip155:84532".into(),
                 credits_redeemed: burned,
-                remaining_balance: Some(self.remaining()),
+                remaining_balance: Some(self.balance_of(&payer)),
                 order_tx: None,
             })
         })
@@ -325,7 +407,7 @@ impl PaymentBackend for MockBackend {
                 plan_name: "plan".into(),
                 plan_type: AccessLimit::Credits,
                 holder_address: holder.clone(),
-                balance: self.remaining(),
+                balance: self.balance_of(holder),
                 credits_contract: Address::zero(),
                 is_subscriber: *self.is_subscriber.lock().unwrap(),
                 price_per_credit: 0.01,
@@ -352,6 +434,9 @@ impl PaymentBackend for MockBackend {
     fn access_token_jwks(&self) -> BoxFuture<'_, Result<JwkSet, Error>> {
         Box::pin(async move {
             self.jwks_calls.fetch_add(1, Ordering::SeqCst);
+            if *self.jwks_down.lock().unwrap() {
+                return Err(connect_refused());
+            }
             Ok(self.jwks.lock().unwrap().clone())
         })
     }
@@ -368,6 +453,34 @@ pub fn x402_token(plan: &str, agent: Option<&str>, signature: &str) -> String {
 /// An x402 v3 token: it carries a nonce and is single-use at settle.
 pub fn x402_v3(nonce: &str) -> String {
     x402_token_with_nonce(PLAN, Some(AGENT), "0xvalid", Some(nonce))
+}
+
+/// A valid x402 token's JSON envelope, paid by `from` (v3 when `nonce` is set).
+pub fn x402_envelope(from: &str, nonce: Option<&str>) -> serde_json::Value {
+    let mut envelope = serde_json::json!({
+        "x402Version": 2,
+        "accepted": { "scheme": "nvm:erc4337", "network": "eip155:84532", "planId": PLAN, "extra": { "version": "1", "agentId": AGENT } },
+        "payload": { "signature": "0xvalid", "authorization": { "from": from, "sessionKeysProvider": "zerodev", "sessionKeys": [] } },
+        "extensions": {}
+    });
+    if let Some(n) = nonce {
+        envelope["payload"]["authorization"]["nonce"] = n.into();
+    }
+    envelope
+}
+
+/// A valid x402 token paid by `from`.
+pub fn x402_from(from: &str) -> String {
+    URL_SAFE_NO_PAD.encode(x402_envelope(from, None).to_string())
+}
+
+/// Decrements a counter when dropped (a verify call cancelled or finished).
+struct LeaveOnDrop<'a>(&'a AtomicUsize);
+
+impl Drop for LeaveOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 fn x402_token_with_nonce(
