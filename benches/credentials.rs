@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::{HeaderMap, HeaderValue};
-use nvm_payments::token::{
+use nvm_payments::credential::{
     decode_x402_token, default_token_headers, extract_credential, BearerVerifier,
 };
 use nvm_payments::types::TokenDigest;

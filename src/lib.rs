@@ -3,14 +3,16 @@
 //! Payment-gated request middleware, a typed client and a local wire-compatible
 //! devserver for agents sold through [Nevermined](https://nevermined.app) payment plans.
 
+mod auth;
 pub mod backend;
-pub mod cache;
+mod balance;
 pub mod client;
+pub mod credential;
 #[cfg(feature = "devserver")]
 pub mod devserver;
 pub mod layer;
+mod rejection;
 pub mod settle;
-pub mod token;
 pub mod types;
 
 pub use backend::PaymentBackend;

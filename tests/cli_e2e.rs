@@ -10,8 +10,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 
 use nvm_payments::client::PaymentRequiredOptions;
+use nvm_payments::credential::BearerVerifier;
 use nvm_payments::devserver::{DevServer, Fault};
-use nvm_payments::token::BearerVerifier;
 use nvm_payments::types::DevAccount;
 use nvm_payments::{AccessToken, AgentId, Credits, PlanId};
 use serde_json::Value;

@@ -344,11 +344,11 @@ async fn forged_expired_wrong_plan_and_wrong_agent_tokens_are_refused() {
     let good_x402 = x402(w.plan.clone(), w.agent.clone()).await;
     // Claim another payer inside a genuine envelope: still decodable, not authentic.
     let forged_x402 = {
-        let mut payload = nvm_payments::token::decode_x402_token(&good_x402).unwrap();
+        let mut payload = nvm_payments::credential::decode_x402_token(&good_x402).unwrap();
         payload.payload.authorization.from = "0x2222222222222222222222222222222222222222"
             .parse()
             .unwrap();
-        nvm_payments::token::encode_x402_token(&payload)
+        nvm_payments::credential::encode_x402_token(&payload)
     };
     let good_bearer = bearer(w.plan.clone(), w.agent.clone()).await;
     // Change one character early in the signature: still base64url (the last one

@@ -112,11 +112,11 @@ async fn soak(requests: usize) {
         valid.push(w.x402(i).await);
     }
     let forged = {
-        let mut payload = nvm_payments::token::decode_x402_token(&valid[0]).unwrap();
+        let mut payload = nvm_payments::credential::decode_x402_token(&valid[0]).unwrap();
         payload.payload.authorization.from = "0x2222222222222222222222222222222222222222"
             .parse()
             .unwrap();
-        nvm_payments::token::encode_x402_token(&payload)
+        nvm_payments::credential::encode_x402_token(&payload)
     };
     let invalid = Arc::new(vec![
         Some(forged),

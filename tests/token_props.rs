@@ -1,4 +1,4 @@
-//! Property tests for `nvm_payments::token`: decoding is total (never panics, whatever
+//! Property tests for `nvm_payments::credential`: decoding is total (never panics, whatever
 //! the input), size-limited, and never echoes the credential in errors or `Debug`.
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -6,7 +6,7 @@ use base64::Engine;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use nvm_payments::token::{
+use nvm_payments::credential::{
     decode_x402_token, default_token_headers, encode_x402_token, extract_credential,
     BearerVerifier, Credential, TokenError, MAX_CREDENTIAL_BYTES,
 };

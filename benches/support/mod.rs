@@ -12,7 +12,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use futures_util::future::BoxFuture;
 use jsonwebtoken::jwk::JwkSet;
 use nvm_payments::client::Error;
-use nvm_payments::token::encode_x402_token;
+use nvm_payments::credential::encode_x402_token;
 use nvm_payments::types::{
     AccessLimit, AccessToken, Address, Credits, NvmApiResult, PaymentRequired, PaymentScheme, Plan,
     PlanBalance, PlanId, SchemeExtra, SettleResponse, TokenAuthorization, TokenPayload,

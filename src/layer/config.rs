@@ -7,10 +7,10 @@ use std::time::Duration;
 use http::request::Parts;
 use http::{HeaderName, StatusCode};
 
-use super::token;
 use super::PaymentLayer;
 use crate::backend::PaymentBackend;
 use crate::client::Environment;
+use crate::credential;
 use crate::settle::{OnSettle, PendingFull, RetryPolicy};
 use crate::types::{AgentId, Credits, PlanId};
 use crate::Payments;
@@ -170,7 +170,7 @@ impl PaymentLayerBuilder {
                 success: Arc::new(|s: StatusCode| s.is_success()),
                 unavailable: BackendUnavailable::default(),
                 retry_after: Duration::from_secs(5),
-                token_headers: token::default_token_headers(),
+                token_headers: credential::default_token_headers(),
                 on_settle: None,
                 mismatch_status: StatusCode::PAYMENT_REQUIRED,
                 retry: RetryPolicy::default(),

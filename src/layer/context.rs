@@ -4,33 +4,8 @@
 use std::fmt;
 use std::sync::Arc;
 
-use super::token::Credential;
-use crate::types::{Address, AgentId, Credits, PlanId, TokenDigest};
-
-/// An authenticated caller: who pays, with which plan, for which agent.
-pub struct Caller {
-    /// The subscriber (payer) address.
-    pub subscriber: Address,
-    /// The plan the token pays with (one of the accepted plans).
-    pub plan_id: PlanId,
-    /// The agent the token is bound to, or the layer's agent when it is not bound.
-    pub agent_id: Option<AgentId>,
-    /// A digest of the credential: safe to log, useless to replay.
-    pub token_digest: TokenDigest,
-    /// The credential itself (its `Debug` shows a digest only). Needed to charge.
-    pub credential: Credential,
-}
-
-impl fmt::Debug for Caller {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Caller")
-            .field("subscriber", &self.subscriber)
-            .field("plan_id", &self.plan_id)
-            .field("agent_id", &self.agent_id)
-            .field("token_digest", &self.token_digest)
-            .finish_non_exhaustive()
-    }
-}
+use crate::auth::Caller;
+use crate::types::{Address, AgentId, Credits, PlanId};
 
 /// The paid request, in the request extensions of every request the layer admits.
 ///

@@ -1,61 +1,43 @@
-//! The decisions of the layer, independent of tower: who is calling (authenticate),
-//! may they pay (balance), and the charge once the handler has answered.
-//!
-//! (A file beyond tower-http's layer/service/future/body split: the service stays a
-//! thin adapter and this logic reads top to bottom without tower's generics.)
+//! The decisions of the layer, independent of tower: the steps of a request in order
+//! (credential → authentication → balance → handler → settlement), each delegated to
+//! its own module. `admit` runs the steps before the handler, `finish` the charge.
 
-use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use http::request::Parts;
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
-use tokio::sync::Semaphore;
-use tokio::time::Instant;
 
 use super::body::PaymentBody;
 use super::config::{ChargeTiming, ChargeVia, LayerConfig};
-use super::context::{Caller, ChargeOverride, PaymentContext};
-use super::layer::CacheSizes;
-use super::rejection::{Rejection, RejectionKind, PAYMENT_RESPONSE};
+use super::context::{ChargeOverride, PaymentContext};
+use super::rejection::{into_response, PAYMENT_RESPONSE};
 use super::route::{Route, RouteCache};
-use super::token::{self, BearerVerifier, Credential, TokenError};
-use crate::backend::PaymentBackend;
-use crate::cache::{
-    single_use_key, BalanceCache, BalanceDenied, BalanceKey, ClaimRefused, PlanCache, Reservation,
-    SingleUseClaim, SingleUseTokens, VerificationCache, VerificationKey, Verified,
+use crate::auth::{
+    single_use_key, AuthConfig, Authenticator, Caller, Payer, SingleUseClaim, VerificationKey,
+    Verified,
 };
-use crate::client::Error;
+use crate::backend::PaymentBackend;
+use crate::balance::{chargeable, BalanceCache, PlanCache, Reservation};
+use crate::credential::{self, Credential, TokenError};
+use crate::rejection::Rejection;
 use crate::settle::{Charge, ChargeMethod, PendingCharge, PendingCharges, PendingFull};
-use crate::types::{AccessToken, AgentId, Credits, PlanCreditsConfig, PlanId, TokenDigest};
+use crate::types::{Credits, PlanCreditsConfig, PlanId, TokenDigest};
 
 /// Routes kept with a prebuilt `PaymentRequired` (paths come from callers: bounded).
 const ROUTE_CAPACITY: usize = 4_096;
 /// Plans kept with their credits config.
 const PLAN_CAPACITY: u64 = 1_024;
-/// How long a refused token is refused without asking again.
-const REFUSAL_TTL: Duration = Duration::from_secs(5);
-/// A JWKS is fetched again for an unknown key at most this often.
-const JWKS_REFETCH: Duration = Duration::from_secs(60);
-/// After a failed JWKS fetch, how long bearer requests share its failure (like the
-/// balance path's back-off).
-const JWKS_FAILURE_BACKOFF: Duration = Duration::from_secs(1);
 
 pub(crate) struct Gate {
     pub(crate) config: LayerConfig,
     backend: Arc<dyn PaymentBackend>,
     routes: RouteCache,
-    verifications: VerificationCache,
+    auth: Authenticator,
     plans: PlanCache,
     balances: BalanceCache,
-    jwks: JwksCache,
-    single_use: Arc<SingleUseTokens>,
-    /// Verdicts on tokens the facilitator or the JWKS just gave (refused, not a
-    /// subscriber), so a replay costs no call; each with how long it holds.
-    refused: moka::future::Cache<VerificationKey, (Rejection, Duration)>,
-    /// Facilitator `verify` calls in flight, bounded whoever sends the tokens.
-    verify_permits: Semaphore,
     /// Charges in flight, for the bound and for `drain`.
     pub(crate) pending: Arc<PendingCharges>,
 }
@@ -75,6 +57,28 @@ pub(crate) struct Admission {
     charge_now: bool,
 }
 
+/// The entry counts of a layer's caches ([`PaymentLayer::cache_sizes`](super::PaymentLayer::cache_sizes)).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CacheSizes {
+    /// Positive token verifications (capped by `verification_cache`).
+    pub verifications: u64,
+    /// Bytes those verifications hold, as weighed (capped by `verification_cache_bytes`).
+    pub verification_bytes: u64,
+    /// Tokens just refused, remembered for a few seconds (same cap).
+    pub refused_tokens: u64,
+    /// Balance ledgers, one per `(plan, holder)` (capped by `balance_cache`).
+    pub balances: u64,
+    /// Plans' credits configs (accepted plans only).
+    pub plans: u64,
+    /// Routes with a prebuilt `payment-required`, kept once a request to them was
+    /// served (capped at 4 096).
+    pub routes: u64,
+    /// Single-use (x402 v3) tokens already spent (same cap as verifications; kept a day,
+    /// or at least the verification TTL when the cap is reached).
+    pub spent_single_use_tokens: u64,
+}
+
 impl Gate {
     pub(crate) fn new(backend: Arc<dyn PaymentBackend>, config: LayerConfig) -> Self {
         let stale = match config.unavailable {
@@ -83,10 +87,15 @@ impl Gate {
         };
         Gate {
             routes: RouteCache::new(ROUTE_CAPACITY),
-            verifications: VerificationCache::new(
-                config.verification_capacity,
-                config.verification_bytes,
-            ),
+            auth: Authenticator::new(AuthConfig {
+                plan_ids: config.plan_ids.clone(),
+                agent_id: config.agent_id.clone(),
+                verification_ttl: config.verification_ttl,
+                verification_capacity: config.verification_capacity,
+                verification_bytes: config.verification_bytes,
+                max_verifications: config.max_verifications,
+                no_credits_ttl: config.balance_recheck,
+            }),
             plans: PlanCache::new(config.plan_ttl, PLAN_CAPACITY),
             balances: BalanceCache::new(
                 config.balance_ttl,
@@ -94,18 +103,6 @@ impl Gate {
                 stale,
                 config.balance_recheck,
             ),
-            jwks: JwksCache::default(),
-            single_use: Arc::new(SingleUseTokens::new(
-                usize::try_from(config.verification_capacity).unwrap_or(usize::MAX),
-                // A cached verification lives at most this long: a spent token is
-                // remembered longer than any verification that could admit it again.
-                config.verification_ttl,
-            )),
-            refused: moka::future::Cache::builder()
-                .max_capacity(config.verification_capacity)
-                .expire_after(PerVerdictTtl)
-                .build(),
-            verify_permits: Semaphore::new(config.max_verifications),
             pending: Arc::new(PendingCharges::default()),
             backend,
             config,
@@ -118,15 +115,15 @@ impl Gate {
     }
 
     pub(crate) async fn cache_sizes(&self) -> CacheSizes {
-        self.refused.run_pending_tasks().await;
+        let auth = self.auth.sizes().await;
         CacheSizes {
-            verifications: self.verifications.entry_count().await,
-            verification_bytes: self.verifications.weighted_size().await,
-            refused_tokens: self.refused.entry_count(),
+            verifications: auth.verifications,
+            verification_bytes: auth.verification_bytes,
+            refused_tokens: auth.refused_tokens,
             balances: self.balances.entry_count().await,
             plans: self.plans.len() as u64,
             routes: self.routes.len() as u64,
-            spent_single_use_tokens: self.single_use.spent_count(),
+            spent_single_use_tokens: auth.spent_single_use_tokens,
         }
     }
 
@@ -135,14 +132,16 @@ impl Gate {
         rejection: Rejection,
         route: &Route,
     ) -> Response<PaymentBody<B>> {
-        rejection.into_response(
+        into_response(
+            rejection,
             &route.header,
             self.config.mismatch_status,
             self.config.retry_after,
         )
     }
 
-    /// Authenticates the caller and reserves the credits of this request.
+    /// Steps 1–3: finds the credential, authenticates it, and reserves the credits of
+    /// this request.
     pub(crate) async fn admit(
         &self,
         parts: &Parts,
@@ -152,7 +151,7 @@ impl Gate {
             .in_scope(|| credential_key(&parts.headers, &self.config.token_headers))
             .map(|digest| (digest, route.id))?;
         let requested = self.config.credits.for_request(parts);
-        let (verified, verify_request_id) = match self.verifications.get(&key).await {
+        let (verified, verify_request_id) = match self.auth.cached(&key).await {
             Some(verified) => (verified, None),
             // Boxed: the rare verification must not weigh on every request's future.
             None => Box::pin(self.verify_once(parts, route, key, requested)).await?,
@@ -166,23 +165,19 @@ impl Gate {
                 capacity = self.config.pending_capacity,
                 "too many charges in flight: request refused before the handler"
             );
-            return Err(Rejection::new(
-                RejectionKind::BackendUnavailable,
-                "too many charges are waiting for the payment backend; retry later",
-            ));
+            return Err(Rejection::too_many_charges());
         }
         // Before the balance: a replay is refused without touching the ledger.
         let single_use = match verified.single_use {
-            Some(token) => Some(self.claim_single_use(token, &key).await?),
+            Some(token) => Some(self.auth.claim_single_use(token, &key).await?),
             None => None,
         };
         let reservation = tracing::Instrument::instrument(
             self.balances
-                .reserve(&verified.balance_key, amount, &*self.backend),
+                .reserve(&verified.payer, amount, &*self.backend),
             tracing::debug_span!("nvm.balance", token = %caller.token_digest),
         )
-        .await
-        .map_err(balance_rejection)?;
+        .await?;
         let request_id = verify_request_id.unwrap_or_else(new_request_id);
         let method = match (self.config.via, &caller.credential) {
             (ChargeVia::Redeem, _) | (_, Credential::Bearer { .. }) => ChargeMethod::Redeem,
@@ -206,36 +201,9 @@ impl Gate {
         })
     }
 
-    /// The one request allowed to spend a single-use token. A spent token's cached
-    /// verification is forgotten, so its next replay goes back to the facilitator.
-    async fn claim_single_use(
-        &self,
-        token: crate::types::TokenDigest,
-        key: &VerificationKey,
-    ) -> Result<SingleUseClaim, Rejection> {
-        match self.single_use.claim(token) {
-            Ok(claim) => Ok(claim),
-            Err(ClaimRefused::Spent) => {
-                self.verifications.invalidate(key).await;
-                Err(Rejection::new(
-                    RejectionKind::InvalidToken,
-                    "this single-use (x402 v3) token was already used",
-                ))
-            }
-            Err(ClaimRefused::InFlight) => Err(Rejection::new(
-                RejectionKind::InvalidToken,
-                "this single-use (x402 v3) token is being used by another request",
-            )),
-            Err(ClaimRefused::Full) => Err(Rejection::new(
-                RejectionKind::BackendUnavailable,
-                "too many single-use tokens were spent moments ago; retry later",
-            )),
-        }
-    }
-
-    /// A token not verified yet for this route: verify it once however many requests
-    /// ask at the same time, and remember a verdict on the token for a few seconds.
-    /// Also answers the verify's `agentRequestId` when this request made the call.
+    /// A token not verified yet for this route, verified once however many requests
+    /// ask at the same time. Also answers the verify's `agentRequestId` when this
+    /// request is the one that made the call.
     async fn verify_once(
         &self,
         parts: &Parts,
@@ -243,44 +211,18 @@ impl Gate {
         key: VerificationKey,
         requested: Credits,
     ) -> Result<(Verified, Option<String>), Rejection> {
-        if let Some((refused, _)) = self.refused.get(&key).await {
-            return Err(refused);
-        }
         let mut fresh_id = None;
-        let verify = self.verify(&parts.headers, route, key.0, requested, &mut fresh_id);
+        let verify = self.authenticate(&parts.headers, route, key.0, requested, &mut fresh_id);
         let verified = tracing::Instrument::instrument(
-            self.verifications.get_or_verify(key, verify),
+            self.auth.verify_once(key, verify),
             tracing::debug_span!("nvm.verify", token = %key.0),
         )
-        .await;
-        match verified {
-            Ok(verified) => Ok((verified, fresh_id)),
-            Err(rejection) => {
-                // Only verdicts on the token itself: outages and back-pressure pass.
-                if let Some(ttl) = self.verdict_ttl(rejection.kind) {
-                    self.refused.insert(key, ((*rejection).clone(), ttl)).await;
-                }
-                Err((*rejection).clone())
-            }
-        }
+        .await?;
+        Ok((verified, fresh_id))
     }
 
-    /// How long a refusal of this kind is a verdict on the token: forged or refused
-    /// tokens a few seconds; "no credits" until the balance is worth asking again.
-    fn verdict_ttl(&self, kind: RejectionKind) -> Option<Duration> {
-        match kind {
-            RejectionKind::InvalidToken
-            | RejectionKind::PlanNotAccepted
-            | RejectionKind::WrongAgent => Some(REFUSAL_TTL),
-            RejectionKind::InsufficientBalance if !self.config.balance_recheck.is_zero() => {
-                Some(self.config.balance_recheck)
-            }
-            _ => None,
-        }
-    }
-
-    /// Decodes the credential and verifies it (facilitator or JWKS).
-    async fn verify(
+    /// Decodes the credential and authenticates it (facilitator or JWKS).
+    async fn authenticate(
         &self,
         headers: &HeaderMap,
         route: &Route,
@@ -288,52 +230,29 @@ impl Gate {
         requested: Credits,
         fresh_request_id: &mut Option<String>,
     ) -> Result<Verified, Rejection> {
-        let credential = token::extract_credential(headers, &self.config.token_headers)
+        let credential = credential::extract_credential(headers, &self.config.token_headers)
             .map_err(|e| {
                 if e.is_malformed() {
-                    Rejection::new(
-                        RejectionKind::MalformedToken,
-                        "the credential does not decode",
-                    )
+                    Rejection::credential_malformed()
                 } else {
-                    Rejection::new(RejectionKind::InvalidToken, "the credential is not valid")
+                    Rejection::credential_invalid()
                 }
             })?
-            .ok_or_else(|| {
-                Rejection::new(
-                    RejectionKind::PaymentRequired,
-                    "payment required: no credential",
-                )
-            })?;
+            .ok_or_else(Rejection::no_credential)?;
         let (subscriber, plan_id, agent_id, ttl) = match &credential {
             Credential::X402 { token, payload } => {
                 let plan_id = &payload.accepted.plan_id;
-                self.check_plan_and_agent(plan_id, payload.accepted.agent_id())?;
+                self.auth
+                    .check_plan_and_agent(plan_id, payload.accepted.agent_id())?;
+                // What the facilitator is asked to allow is what the plan will burn.
                 let plan = self.credits_config(plan_id).await?;
                 let amount = chargeable(plan_id, &plan, requested)?;
-                let _permit = self.verify_permits.try_acquire().map_err(|_| {
-                    tracing::warn!(
-                        limit = self.config.max_verifications,
-                        "too many token verifications in flight: request refused"
-                    );
-                    Rejection::new(
-                        RejectionKind::BackendUnavailable,
-                        "too many payment verifications in flight; retry later",
-                    )
-                })?;
-                let response = self
-                    .backend
-                    .verify(&route.payment_required, token, Some(amount))
-                    .await
-                    .map_err(verify_error)?;
-                if !response.is_valid {
-                    return Err(invalid_reason(response.invalid_reason.as_deref(), token));
-                }
-                *fresh_request_id = response
-                    .agent_request_id
-                    .or_else(|| response.agent_request.map(|r| r.agent_request_id))
-                    .filter(|id| !id.is_empty());
-                let subscriber = response
+                let verdict = self
+                    .auth
+                    .facilitator_verify(&*self.backend, &route.payment_required, token, amount)
+                    .await?;
+                *fresh_request_id = verdict.request_id;
+                let subscriber = verdict
                     .payer
                     .unwrap_or_else(|| payload.payload.authorization.from.clone());
                 let agent = payload.accepted.agent_id().cloned();
@@ -341,30 +260,14 @@ impl Gate {
                     subscriber,
                     plan_id.clone(),
                     agent,
-                    self.config.verification_ttl,
+                    self.auth.verification_ttl(),
                 )
             }
             Credential::Bearer { token } => {
                 if self.config.via == ChargeVia::Settle {
-                    return Err(Rejection::new(
-                        RejectionKind::InvalidToken,
-                        "this route accepts x402 access tokens only (payment-signature header)",
-                    ));
+                    return Err(Rejection::x402_only());
                 }
-                let claims = self.jwks.verify(token, &*self.backend).await?;
-                self.check_plan_and_agent(&claims.plan_id, claims.agent_id.as_ref())?;
-                let now = SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .unwrap_or_default()
-                    .as_secs();
-                let left = Duration::from_secs(claims.exp.saturating_sub(now));
-                if left.is_zero() {
-                    return Err(Rejection::new(
-                        RejectionKind::InvalidToken,
-                        "the token has expired",
-                    ));
-                }
-                let ttl = self.config.verification_ttl.min(left);
+                let (claims, ttl) = self.auth.bearer(&*self.backend, token).await?;
                 (claims.sub, claims.plan_id, claims.agent_id, ttl)
             }
         };
@@ -375,7 +278,7 @@ impl Gate {
         };
         Ok(Verified {
             single_use,
-            balance_key: Arc::new(BalanceKey {
+            payer: Arc::new(Payer {
                 plan_id: plan_id.clone(),
                 holder: subscriber.clone(),
             }),
@@ -390,28 +293,6 @@ impl Gate {
         })
     }
 
-    fn check_plan_and_agent(
-        &self,
-        plan_id: &PlanId,
-        agent: Option<&AgentId>,
-    ) -> Result<(), Rejection> {
-        if !self.config.plan_ids.contains(plan_id) {
-            return Err(Rejection::new(
-                RejectionKind::PlanNotAccepted,
-                format!("this route does not accept plan {plan_id}"),
-            ));
-        }
-        if let (Some(ours), Some(theirs)) = (&self.config.agent_id, agent) {
-            if ours != theirs {
-                return Err(Rejection::new(
-                    RejectionKind::WrongAgent,
-                    format!("the token is for agent {theirs}, this is agent {ours}"),
-                ));
-            }
-        }
-        Ok(())
-    }
-
     async fn credits_config(&self, plan_id: &PlanId) -> Result<Arc<PlanCreditsConfig>, Rejection> {
         if let Some(config) = self.plans.get(plan_id) {
             return Ok(config);
@@ -421,7 +302,8 @@ impl Gate {
             .await
             .map_err(|err| {
                 if err.is_transient() {
-                    unavailable(&err)
+                    tracing::warn!(error = %err, "payment backend unavailable");
+                    Rejection::unavailable()
                 } else {
                     tracing::error!(plan = %plan_id, error = %err,
                         "cannot read the plan's credits config: requests with this plan cannot be charged");
@@ -445,7 +327,7 @@ impl Gate {
                 StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED
             ) {
                 // Nothing is sold here: keep neither the route nor its verification.
-                self.verifications.invalidate(&admission.key).await;
+                self.auth.forget(&admission.key).await;
             }
             return Response::from_parts(parts, PaymentBody::inner(body));
         }
@@ -463,7 +345,7 @@ impl Gate {
             charge: Charge {
                 backend: self.backend.clone(),
                 method: admission.method,
-                route: admission.route,
+                payment_required: admission.route.payment_required.clone(),
                 caller: admission.caller,
                 request_id: admission.context.request_id().to_owned(),
                 credits,
@@ -516,42 +398,18 @@ fn new_request_id() -> String {
         .to_string()
 }
 
-/// What the plan will burn for `requested`; a plan that burns nothing cannot be charged.
-fn chargeable(
-    plan_id: &PlanId,
-    plan: &PlanCreditsConfig,
-    requested: Credits,
-) -> Result<Credits, Rejection> {
-    let amount = plan.redemption_amount(requested);
-    if amount.is_zero() {
-        tracing::error!(plan = %plan_id,
-            "the plan's credits config burns 0 credits per request (maxAmount 0): it can never be charged");
-        return Err(Rejection::misconfigured());
-    }
-    Ok(amount)
-}
-
 /// The verification key of the request's credential: the canonical digest of the text
-/// [`token::extract_credential`] would decode (one scanner, [`token::find_credential`]),
+/// [`credential::extract_credential`] would decode (one scanner, [`credential::find_credential`]),
 /// found without decoding it. Every base64 spelling of one token gets one key.
 fn credential_key(
     headers: &HeaderMap,
     names: &[http::HeaderName],
 ) -> Result<TokenDigest, Rejection> {
-    match token::find_credential(headers, names) {
-        Ok(Some(text)) => Ok(token::canonical_digest(text)),
-        Ok(None) => Err(Rejection::new(
-            RejectionKind::PaymentRequired,
-            "payment required: send an x402 access token in the payment-signature header",
-        )),
-        Err(TokenError::TooLarge { .. }) => Err(Rejection::new(
-            RejectionKind::MalformedToken,
-            "the credential is too large",
-        )),
-        Err(_) => Err(Rejection::new(
-            RejectionKind::MalformedToken,
-            "the credential is not visible ASCII",
-        )),
+    match credential::find_credential(headers, names) {
+        Ok(Some(text)) => Ok(credential::canonical_digest(text)),
+        Ok(None) => Err(Rejection::no_credential()),
+        Err(TokenError::TooLarge { .. }) => Err(Rejection::credential_too_large()),
+        Err(_) => Err(Rejection::credential_not_ascii()),
     }
 }
 
@@ -560,198 +418,12 @@ fn receipt_header(receipt: &crate::types::SettleResponse) -> Option<HeaderValue>
     HeaderValue::try_from(STANDARD.encode(json)).ok()
 }
 
-fn unavailable(err: &Error) -> Rejection {
-    tracing::warn!(error = %err, "payment backend unavailable");
-    Rejection::unavailable()
-}
-
-/// A verify that answered an error. Only a verdict on the token is `invalid_token`
-/// (and remembered as such): an x402 error code, or a 4xx about the request's content.
-/// A refusal of the agent's own request (its API key: 401/403 without an x402 code;
-/// a body too large: 413) is an outage of the payment path, and a route that does not
-/// exist on the backend (404/405) can never verify: both are logged at `error`, since
-/// every paying caller is refused until someone fixes them.
-fn verify_error(err: Error) -> Rejection {
-    let Some(status) = err.status() else {
-        return unavailable(&err);
-    };
-    let code = err.code().unwrap_or("none").to_owned();
-    let about_token = code.starts_with("BCK.X402.");
-    match status.as_u16() {
-        401 | 403 | 413 if !about_token => {
-            tracing::error!(status = status.as_u16(), code = %code,
-                "the facilitator refused the agent's own verify request (API key, permissions or size): paying callers are refused with 503 until it is fixed");
-            Rejection::unavailable()
-        }
-        404 | 405 if !about_token => {
-            tracing::error!(status = status.as_u16(), code = %code,
-                "the facilitator has no verify endpoint at this address (backend URL?): paying callers are refused with 500 until it is fixed");
-            Rejection::misconfigured()
-        }
-        429 => unavailable(&err),
-        400..=499 => Rejection::new(
-            RejectionKind::InvalidToken,
-            format!("the facilitator refused the token ({code})"),
-        ),
-        _ => unavailable(&err),
-    }
-}
-
-fn invalid_reason(reason: Option<&str>, token: &AccessToken) -> Rejection {
-    let reason = reason.unwrap_or("invalid_token");
-    let lower = reason.to_ascii_lowercase();
-    let kind = if lower.contains("insufficient") || lower.contains("balance") {
-        RejectionKind::InsufficientBalance
-    } else if lower.contains("invalid_plan") || lower.contains("plan mismatch") {
-        RejectionKind::PlanNotAccepted
-    } else if lower.contains("invalid_agent") || lower.contains("agent mismatch") {
-        RejectionKind::WrongAgent
-    } else {
-        RejectionKind::InvalidToken
-    };
-    // The backend's words, unless they are long or echo the token.
-    let message = if reason.len() <= 200 && !reason.contains(token.expose()) {
-        format!("the facilitator did not accept the token: {reason}")
-    } else {
-        "the facilitator did not accept the token".to_owned()
-    };
-    Rejection::new(kind, message)
-}
-
-fn balance_rejection(denied: BalanceDenied) -> Rejection {
-    match denied {
-        BalanceDenied::NotSubscriber => Rejection::new(
-            RejectionKind::InsufficientBalance,
-            "the caller is not a subscriber of the plan",
-        ),
-        BalanceDenied::Insufficient { available } => Rejection::new(
-            RejectionKind::InsufficientBalance,
-            format!("insufficient balance: {available} credits available"),
-        ),
-        BalanceDenied::Unavailable(why) => {
-            tracing::warn!(reason = %why, "cannot learn the balance");
-            Rejection::unavailable()
-        }
-    }
-}
-
-/// The bearer verifier built from the backend's JWKS, fetched once and again for an
-/// unknown key at most once a minute. One fetch at a time: requests that waited on a
-/// fetch take its result, and after a failure every request shares it for a second
-/// instead of fetching again.
-#[derive(Default)]
-struct JwksCache {
-    current: RwLock<Option<(Arc<BearerVerifier>, Instant)>>,
-    /// When the last fetch failed.
-    failed_at: RwLock<Option<Instant>>,
-    fetching: tokio::sync::Mutex<()>,
-}
-
-impl JwksCache {
-    fn snapshot(&self) -> Option<(Arc<BearerVerifier>, Instant)> {
-        self.current
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    fn set_failed_at(&self, at: Option<Instant>) {
-        *self.failed_at.write().unwrap_or_else(|p| p.into_inner()) = at;
-    }
-
-    /// Fetches the JWKS unless someone else did since `seen` (or within a minute), or
-    /// a fetch failed while this request waited or less than a second ago.
-    async fn refresh(
-        &self,
-        seen: Option<Instant>,
-        backend: &dyn PaymentBackend,
-    ) -> Result<(Arc<BearerVerifier>, Instant), Rejection> {
-        let asked = Instant::now();
-        let _one_at_a_time = self.fetching.lock().await;
-        if let Some((verifier, at)) = self.snapshot() {
-            if Some(at) != seen || at.elapsed() < JWKS_REFETCH {
-                return Ok((verifier, at));
-            }
-        }
-        let failed_at = *self.failed_at.read().unwrap_or_else(|p| p.into_inner());
-        if failed_at.is_some_and(|t| t >= asked || t.elapsed() < JWKS_FAILURE_BACKOFF) {
-            return Err(Rejection::new(
-                RejectionKind::BackendUnavailable,
-                "the token issuer's keys cannot be fetched; retry later",
-            ));
-        }
-        let jwks = match backend.access_token_jwks().await {
-            Ok(jwks) => jwks,
-            Err(err) => {
-                self.set_failed_at(Some(Instant::now()));
-                return Err(unavailable(&err));
-            }
-        };
-        let verifier = BearerVerifier::from_jwks(&jwks).map_err(|_| {
-            self.set_failed_at(Some(Instant::now()));
-            tracing::error!("the backend's JWKS has no usable key");
-            Rejection::new(
-                RejectionKind::BackendUnavailable,
-                "the token issuer's keys are unusable",
-            )
-        })?;
-        self.set_failed_at(None);
-        let fresh = (Arc::new(verifier), Instant::now());
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some(fresh.clone());
-        Ok(fresh)
-    }
-
-    async fn verify(
-        &self,
-        token: &AccessToken,
-        backend: &dyn PaymentBackend,
-    ) -> Result<crate::types::AccessTokenClaims, Rejection> {
-        let (verifier, at) = match self.snapshot() {
-            Some(current) => current,
-            None => self.refresh(None, backend).await?,
-        };
-        let mut result = verifier.verify(token.expose());
-        // Perhaps signed with a key published after our fetch.
-        if matches!(result, Err(TokenError::UnknownKey)) && at.elapsed() >= JWKS_REFETCH {
-            let (verifier, _) = self.refresh(Some(at), backend).await?;
-            result = verifier.verify(token.expose());
-        }
-        result.map_err(|err| {
-            if err.is_malformed() {
-                Rejection::new(
-                    RejectionKind::MalformedToken,
-                    "the bearer token does not decode",
-                )
-            } else {
-                // TokenError messages never contain the credential.
-                Rejection::new(
-                    RejectionKind::InvalidToken,
-                    format!("the bearer token is not acceptable: {err}"),
-                )
-            }
-        })
-    }
-}
-
-/// How long each remembered verdict holds.
-struct PerVerdictTtl;
-
-impl moka::Expiry<VerificationKey, (Rejection, Duration)> for PerVerdictTtl {
-    fn expire_after_create(
-        &self,
-        _key: &VerificationKey,
-        value: &(Rejection, Duration),
-        _created_at: std::time::Instant,
-    ) -> Option<Duration> {
-        Some(value.1)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use http::HeaderValue;
 
     use super::*;
+    use crate::rejection::RejectionKind;
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
@@ -763,7 +435,7 @@ mod tests {
 
     #[test]
     fn the_key_is_the_digest_of_the_credential_extract_reads_in_any_spelling() {
-        let names = token::default_token_headers();
+        let names = credential::default_token_headers();
         let jwt = "eyJhbGciOiJFZERTQSJ9.eyJzdWIiOiJ4In0.c2ln";
         for h in [
             headers(&[("authorization", &format!("  bearer   {jwt} "))]),
@@ -776,7 +448,7 @@ mod tests {
                 ("authorization", "Basic x"),
             ]),
         ] {
-            let extracted = token::extract_credential(&h, &names).unwrap().unwrap();
+            let extracted = credential::extract_credential(&h, &names).unwrap().unwrap();
             assert_eq!(credential_key(&h, &names).unwrap(), extracted.digest());
         }
         let padded = headers(&[("payment-signature", "eyJh+/x==")]);
@@ -790,12 +462,14 @@ mod tests {
             headers(&[("authorization", "Basic dXNlcg==")]),
             headers(&[("payment-signature", " ")]),
         ] {
-            assert!(token::extract_credential(&h, &names).unwrap().is_none());
+            assert!(credential::extract_credential(&h, &names)
+                .unwrap()
+                .is_none());
             let kind = credential_key(&h, &names).unwrap_err().kind;
             assert_eq!(kind, RejectionKind::PaymentRequired);
         }
         let huge = headers(&[("authorization", &format!("Basic {}", "a".repeat(9000)))]);
-        assert!(token::extract_credential(&huge, &names).is_err());
+        assert!(credential::extract_credential(&huge, &names).is_err());
         assert_eq!(
             credential_key(&huge, &names).unwrap_err().kind,
             RejectionKind::MalformedToken

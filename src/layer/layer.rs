@@ -7,7 +7,7 @@ use std::time::Duration;
 use tower_layer::Layer;
 
 use super::config::{LayerConfig, PaymentLayerBuilder};
-use super::gate::Gate;
+use super::gate::{CacheSizes, Gate};
 use super::service::Payment;
 use crate::backend::PaymentBackend;
 use crate::client::Environment;
@@ -81,27 +81,6 @@ impl PaymentLayer {
             gate: Arc::new(Gate::new(backend, config)),
         }
     }
-}
-
-/// The entry counts of a layer's caches ([`PaymentLayer::cache_sizes`]).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct CacheSizes {
-    /// Positive token verifications (capped by `verification_cache`).
-    pub verifications: u64,
-    /// Bytes those verifications hold, as weighed (capped by `verification_cache_bytes`).
-    pub verification_bytes: u64,
-    /// Tokens just refused, remembered for a few seconds (same cap).
-    pub refused_tokens: u64,
-    /// Balance ledgers, one per `(plan, holder)` (capped by `balance_cache`).
-    pub balances: u64,
-    /// Plans' credits configs (accepted plans only).
-    pub plans: u64,
-    /// Routes with a prebuilt `payment-required` (capped at 4 096).
-    pub routes: u64,
-    /// Single-use (x402 v3) tokens already spent (same cap as verifications; kept a day,
-    /// or at least the verification TTL when the cap is reached).
-    pub spent_single_use_tokens: u64,
 }
 
 impl fmt::Debug for PaymentLayer {

@@ -96,15 +96,15 @@ mod rejection;
 mod route;
 mod service;
 
-use crate::token;
-
+pub use crate::auth::Caller;
+pub use crate::rejection::RejectionKind;
 pub use body::PaymentBody;
 pub use config::{BackendUnavailable, ChargeTiming, ChargeVia, ConfigError, PaymentLayerBuilder};
 #[cfg(feature = "axum")]
 pub use context::MissingPaymentContext;
-pub use context::{Caller, ChargeOverride, PaymentContext};
+pub use context::{ChargeOverride, PaymentContext};
 pub use future::ResponseFuture;
-pub use layer::{CacheSizes, PaymentLayer};
-pub use rejection::{RejectionKind, PAYMENT_REQUIRED, PAYMENT_RESPONSE};
-pub(crate) use route::Route;
+pub use gate::CacheSizes;
+pub use layer::PaymentLayer;
+pub use rejection::{PAYMENT_REQUIRED, PAYMENT_RESPONSE};
 pub use service::Payment;

@@ -27,7 +27,7 @@ pub(crate) struct Route {
     path: Box<str>,
     /// A hash of method and path: the route part of verification keys.
     pub(crate) id: u64,
-    pub(crate) payment_required: PaymentRequired,
+    pub(crate) payment_required: Arc<PaymentRequired>,
     /// `payment-required` header value (standard base64 of the JSON).
     pub(crate) header: HeaderValue,
     /// In the table already (or refused by it): nothing more to remember.
@@ -106,7 +106,7 @@ fn build(config: &LayerConfig, method: &Method, path: &str, id: u64) -> Route {
         method: method.clone(),
         path: path.into(),
         id,
-        payment_required,
+        payment_required: Arc::new(payment_required),
         header,
         remembered: AtomicBool::new(false),
     }

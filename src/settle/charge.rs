@@ -13,11 +13,11 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::{InFlight, OnSettle, PendingCharges, SettleOutcome, SettleStatus};
+use crate::auth::{Caller, SingleUseClaim};
 use crate::backend::PaymentBackend;
-use crate::cache::{Reservation, SingleUseClaim};
+use crate::balance::Reservation;
 use crate::client::Error;
-use crate::layer::{Caller, Route};
-use crate::types::{Credits, NvmApiResult, SettleResponse};
+use crate::types::{Credits, NvmApiResult, PaymentRequired, SettleResponse};
 
 /// How a charge whose error is safe to retry is retried: exponential backoff from
 /// `initial_backoff`, doubled up to `max_backoff`, at most `max_attempts` calls, and
@@ -76,7 +76,8 @@ pub(crate) enum ChargeMethod {
 pub(crate) struct Charge {
     pub(crate) backend: Arc<dyn PaymentBackend>,
     pub(crate) method: ChargeMethod,
-    pub(crate) route: Arc<Route>,
+    /// What the charge pays for: the route's `paymentRequired`.
+    pub(crate) payment_required: Arc<PaymentRequired>,
     pub(crate) caller: Arc<Caller>,
     pub(crate) request_id: String,
     pub(crate) credits: Credits,
@@ -96,7 +97,7 @@ impl Charge {
             ChargeMethod::Settle => {
                 self.backend
                     .settle(
-                        &self.route.payment_required,
+                        &self.payment_required,
                         self.caller.credential.token(),
                         Some(self.credits),
                         &self.request_id,

@@ -75,7 +75,7 @@ mod tests {
     use base64::engine::general_purpose::STANDARD;
 
     use super::*;
-    use crate::token::test_support::FIXTURE_JSON;
+    use crate::credential::test_support::FIXTURE_JSON;
 
     #[test]
     fn decodes_the_wire_spec_fixture_in_standard_padded_base64() {

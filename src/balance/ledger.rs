@@ -1,4 +1,5 @@
-//! Balances by `(plan, holder)` with a local ledger, and the [`Reservation`] guard.
+//! Balances by payer `(plan, holder)`, each with a local ledger: what the backend said,
+//! minus what was charged since, minus what admitted requests hold.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -7,42 +8,29 @@ use std::time::Duration;
 use moka::future::Cache;
 use tokio::time::Instant;
 
+use super::{BalanceDenied, Reservation};
+use crate::auth::Payer;
 use crate::backend::PaymentBackend;
-use crate::types::{Address, Credits, PlanId};
-
-/// Whose balance: one plan, one holder.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub(crate) struct BalanceKey {
-    pub(crate) plan_id: PlanId,
-    pub(crate) holder: Address,
-}
-
-/// Why a request was not admitted.
-#[derive(Debug, Clone)]
-pub(crate) enum BalanceDenied {
-    NotSubscriber,
-    Insufficient { available: Credits },
-    Unavailable(String),
-}
+use crate::types::Credits;
 
 #[derive(Default)]
-struct LedgerState {
+pub(super) struct LedgerState {
     /// Balance the backend reported at the last fetch.
-    fetched: Credits,
-    is_subscriber: bool,
+    pub(super) fetched: Credits,
+    pub(super) is_subscriber: bool,
     /// When the last fetch succeeded.
-    fetched_at: Option<Instant>,
+    pub(super) fetched_at: Option<Instant>,
     /// A charge disagreed with our view: fetch before the next admission.
-    needs_fetch: bool,
+    pub(super) needs_fetch: bool,
     /// All credits charged through this ledger, ever.
-    settled_total: Credits,
+    pub(super) settled_total: Credits,
     /// `settled_total` when the last successful fetch started: charges after it are
     /// not in `fetched`.
-    settled_at_fetch: Credits,
+    pub(super) settled_at_fetch: Credits,
     /// Credits held by admitted requests that are not charged yet.
-    reserved: Credits,
+    pub(super) reserved: Credits,
     /// When the last fetch failed: requests right after it do not queue on another.
-    failed_at: Option<Instant>,
+    pub(super) failed_at: Option<Instant>,
 }
 
 impl LedgerState {
@@ -85,70 +73,15 @@ impl Ledger {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, LedgerState> {
+    pub(super) fn lock(&self) -> MutexGuard<'_, LedgerState> {
         // The state is plain numbers, consistent after every statement: a panic while
         // the lock was held cannot leave it half-updated.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
-/// Credits held for one admitted request. Dropped without `commit`, it gives them back.
-pub(crate) struct Reservation {
-    ledger: Arc<Ledger>,
-    amount: Credits,
-    balance_seen: Credits,
-    armed: bool,
-}
-
-impl Reservation {
-    fn new(ledger: Arc<Ledger>, amount: Credits, balance_seen: Credits) -> Self {
-        Reservation {
-            ledger,
-            amount,
-            balance_seen,
-            armed: true,
-        }
-    }
-
-    /// Credits reserved.
-    pub(crate) fn amount(&self) -> Credits {
-        self.amount
-    }
-
-    /// Credits available to the holder when this request was admitted.
-    pub(crate) fn balance_seen(&self) -> Credits {
-        self.balance_seen
-    }
-
-    /// The charge burned `burned`; `refetch` asks for a fresh balance next time.
-    pub(crate) fn commit(mut self, burned: Credits, refetch: bool) {
-        self.armed = false;
-        let mut s = self.ledger.lock();
-        s.reserved = s.reserved.saturating_sub(self.amount);
-        s.settled_total = s.settled_total.saturating_add(burned);
-        s.needs_fetch |= refetch;
-    }
-
-    /// Nothing was charged.
-    pub(crate) fn release(mut self, refetch: bool) {
-        self.armed = false;
-        let mut s = self.ledger.lock();
-        s.reserved = s.reserved.saturating_sub(self.amount);
-        s.needs_fetch |= refetch;
-    }
-}
-
-impl Drop for Reservation {
-    fn drop(&mut self) {
-        if self.armed {
-            let mut s = self.ledger.lock();
-            s.reserved = s.reserved.saturating_sub(self.amount);
-        }
-    }
-}
-
 pub(crate) struct BalanceCache {
-    ledgers: Cache<Arc<BalanceKey>, Arc<Ledger>>,
+    ledgers: Cache<Arc<Payer>, Arc<Ledger>>,
     /// Every ledger handed out, held weakly. A ledger lives as long as a reservation
     /// (or a charge in flight) holds it, whatever moka does: a ledger evicted (idle,
     /// capacity, or refused admission in a full cache) while reservations still count
@@ -193,7 +126,7 @@ impl BalanceCache {
         self.ledgers.entry_count()
     }
 
-    async fn ledger(&self, key: &Arc<BalanceKey>) -> Arc<Ledger> {
+    async fn ledger(&self, key: &Arc<Payer>) -> Arc<Ledger> {
         if let Some(ledger) = self.ledgers.get(key).await {
             return ledger;
         }
@@ -215,7 +148,7 @@ impl BalanceCache {
     /// older than the TTL; concurrent requests wait on one fetch.
     pub(crate) async fn reserve(
         &self,
-        key: &Arc<BalanceKey>,
+        key: &Arc<Payer>,
         amount: Credits,
         backend: &dyn PaymentBackend,
     ) -> Result<Reservation, BalanceDenied> {
@@ -246,7 +179,7 @@ impl BalanceCache {
     async fn refresh_and_reserve(
         &self,
         ledger: Arc<Ledger>,
-        key: &BalanceKey,
+        key: &Payer,
         amount: Credits,
         refused_on: Option<Instant>,
         backend: &dyn PaymentBackend,
@@ -324,7 +257,7 @@ impl BalanceCache {
 /// Weak references to every ledger handed out, swept of dead ones as it grows.
 #[derive(Default)]
 struct LiveLedgers {
-    map: HashMap<Arc<BalanceKey>, Weak<Ledger>>,
+    map: HashMap<Arc<Payer>, Weak<Ledger>>,
     /// Sweep when the map grows past this.
     sweep_at: usize,
 }
@@ -332,7 +265,7 @@ struct LiveLedgers {
 impl LiveLedgers {
     /// The ledger still alive for `key`, or a fresh one. Under one lock, so concurrent
     /// misses of one key get one ledger.
-    fn find_or_create(&mut self, key: &Arc<BalanceKey>) -> Arc<Ledger> {
+    fn find_or_create(&mut self, key: &Arc<Payer>) -> Arc<Ledger> {
         if let Some(ledger) = self.map.get(key).and_then(Weak::upgrade) {
             return ledger;
         }
@@ -360,7 +293,7 @@ mod tests {
     use crate::client::Error;
     use crate::types::{
         AccessLimit, AccessToken, Address, NvmApiResult, PaymentRequired, Plan, PlanBalance,
-        SettleResponse, VerifyResponse,
+        PlanId, SettleResponse, VerifyResponse,
     };
 
     /// A backend that knows one balance and counts the fetches.
@@ -427,7 +360,7 @@ mod tests {
     async fn a_ledger_the_cache_forgets_while_reserved_is_found_again() {
         let backend = Balance(Credits::from(2u64), AtomicUsize::new(0));
         let cache = BalanceCache::new(Duration::from_secs(30), 8, None, Duration::from_secs(1));
-        let key = Arc::new(BalanceKey {
+        let key = Arc::new(Payer {
             plan_id: "1".parse().unwrap(),
             holder: Address::zero(),
         });

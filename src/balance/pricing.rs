@@ -1,4 +1,4 @@
-//! Each accepted plan's credits config: it decides what a charge really burns.
+//! Pricing: each accepted plan's credits config, which decides what a charge really burns.
 //!
 //! Only accepted plans are looked up (the layer refuses others first), so the table is
 //! as small as the configuration; the hot path reads it without awaiting.
@@ -12,7 +12,8 @@ use tokio::time::Instant;
 
 use crate::backend::PaymentBackend;
 use crate::client::Error;
-use crate::types::{PlanCreditsConfig, PlanId};
+use crate::rejection::Rejection;
+use crate::types::{Credits, PlanCreditsConfig, PlanId};
 
 pub(crate) struct PlanCache {
     fresh: RwLock<HashMap<PlanId, (Arc<PlanCreditsConfig>, Instant)>>,
@@ -64,4 +65,19 @@ impl PlanCache {
             .insert(plan_id.clone(), (config.clone(), Instant::now()));
         Ok(config)
     }
+}
+
+/// What the plan will burn for `requested`; a plan that burns nothing cannot be charged.
+pub(crate) fn chargeable(
+    plan_id: &PlanId,
+    plan: &PlanCreditsConfig,
+    requested: Credits,
+) -> Result<Credits, Rejection> {
+    let amount = plan.redemption_amount(requested);
+    if amount.is_zero() {
+        tracing::error!(plan = %plan_id,
+            "the plan's credits config burns 0 credits per request (maxAmount 0): it can never be charged");
+        return Err(Rejection::misconfigured());
+    }
+    Ok(amount)
 }

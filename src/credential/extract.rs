@@ -123,7 +123,7 @@ pub fn find_credential<'h>(
 /// verification caches and the form logged; never the token itself.
 ///
 /// ```
-/// use nvm_payments::token::canonical_digest;
+/// use nvm_payments::credential::canonical_digest;
 /// assert_eq!(canonical_digest("ab+/cd=="), canonical_digest("ab-_cd"));
 /// assert_ne!(canonical_digest("ab+/cd"), canonical_digest("ab+/ce"));
 /// ```
@@ -197,7 +197,7 @@ mod tests {
     use base64::Engine;
 
     use super::*;
-    use crate::token::test_support::FIXTURE_JSON;
+    use crate::credential::test_support::FIXTURE_JSON;
 
     const JWT: &str = "eyJhbGciOiJFZERTQSIsImtpZCI6ImsxIn0.eyJzdWIiOiIweDEifQ.c2ln";
 

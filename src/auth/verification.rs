@@ -11,8 +11,7 @@ use std::time::{Duration, Instant};
 use moka::future::Cache;
 use moka::Expiry;
 
-use super::BalanceKey;
-use crate::layer::Caller;
+use super::{Caller, Payer};
 use crate::types::TokenDigest;
 
 /// A token digest and the route it was verified for (a hash of method and path):
@@ -23,7 +22,7 @@ pub(crate) type VerificationKey = (TokenDigest, u64);
 #[derive(Clone)]
 pub(crate) struct Verified {
     pub(crate) caller: Arc<Caller>,
-    pub(crate) balance_key: Arc<BalanceKey>,
+    pub(crate) payer: Arc<Payer>,
     /// x402 v3 tokens: the `(plan, payer, nonce)` digest that may be spent once.
     pub(crate) single_use: Option<TokenDigest>,
     /// Time to live of this entry: the configured TTL, cut to the token's expiry.

@@ -18,7 +18,7 @@
 //!
 //! ```
 //! use http::{HeaderMap, HeaderValue};
-//! use nvm_payments::token::{
+//! use nvm_payments::credential::{
 //!     decode_x402_token, default_token_headers, encode_x402_token, extract_credential,
 //!     Credential,
 //! };

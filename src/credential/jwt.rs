@@ -75,7 +75,7 @@ struct TrustedKey {
 ///
 /// ```
 /// use jsonwebtoken::jwk::JwkSet;
-/// use nvm_payments::token::{BearerVerifier, TokenError};
+/// use nvm_payments::credential::{BearerVerifier, TokenError};
 ///
 /// let jwks: JwkSet = serde_json::from_str(r#"{"keys":[{"kty":"OKP","crv":"Ed25519",
 ///     "kid":"dev-1","alg":"EdDSA","x":"6kpsY-KcUgq-9VB7Ey7F-ZVHdq6-vnuSQh7qaRRG0iw"}]}"#).unwrap();
@@ -312,7 +312,7 @@ mod tests {
     use serde_json::{json, Value};
 
     use super::*;
-    use crate::token::test_support::{compact, jwks, p256_jwk, p256_key, KEY_7, KEY_9};
+    use crate::credential::test_support::{compact, jwks, p256_jwk, p256_key, KEY_7, KEY_9};
 
     const NOW: u64 = 1_800_000_000;
     const SUB: &str = "0x71e6F7f8C68e7e2E96B3c90655c2D2cA376Bc3fd";

@@ -1,0 +1,272 @@
+//! Step 2: who is paying. x402 tokens are verified by the facilitator (once per token
+//! and route however many requests ask at once, with a bound on calls in flight), bearer
+//! JWTs locally against the issuer's JWKS; positive verifications are cached, verdicts
+//! against a token are remembered for a moment, and single-use (x402 v3) tokens are
+//! claimed by one request only.
+//!
+//! Keys are canonical digests of tokens (`credential::canonical_digest`) and route
+//! hashes; no token is a key, and no token is logged.
+
+mod bearer;
+mod caller;
+mod facilitator;
+mod single_use;
+mod verification;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::Semaphore;
+
+pub use caller::Caller;
+pub(crate) use caller::Payer;
+pub(crate) use single_use::{single_use_key, SingleUseClaim};
+pub(crate) use verification::{VerificationKey, Verified};
+
+use self::bearer::JwksCache;
+use self::single_use::{ClaimRefused, SingleUseTokens};
+use self::verification::VerificationCache;
+use crate::backend::PaymentBackend;
+use crate::rejection::{Rejection, RejectionKind};
+use crate::types::{
+    AccessToken, AccessTokenClaims, Address, AgentId, Credits, PaymentRequired, PlanId, TokenDigest,
+};
+
+/// How long a refused token is refused without asking again.
+const REFUSAL_TTL: Duration = Duration::from_secs(5);
+
+/// What authentication is allowed to accept, and how much it may remember.
+pub(crate) struct AuthConfig {
+    pub(crate) plan_ids: Vec<PlanId>,
+    pub(crate) agent_id: Option<AgentId>,
+    pub(crate) verification_ttl: Duration,
+    pub(crate) verification_capacity: u64,
+    pub(crate) verification_bytes: u64,
+    pub(crate) max_verifications: usize,
+    /// How long "no credits" is a verdict (the balance re-check interval).
+    pub(crate) no_credits_ttl: Duration,
+}
+
+/// What a facilitator `verify` said of an x402 token.
+pub(crate) struct FacilitatorVerdict {
+    /// The payer the facilitator names, if it does.
+    pub(crate) payer: Option<Address>,
+    /// The verify's `agentRequestId`, when it gave one.
+    pub(crate) request_id: Option<String>,
+}
+
+pub(crate) struct Authenticator {
+    config: AuthConfig,
+    verifications: VerificationCache,
+    /// Verdicts on tokens just given (refused, not a subscriber), so a replay costs no
+    /// call; each with how long it holds.
+    refused: moka::future::Cache<VerificationKey, (Rejection, Duration)>,
+    jwks: JwksCache,
+    single_use: Arc<SingleUseTokens>,
+    /// Facilitator `verify` calls in flight, bounded whoever sends the tokens.
+    verify_permits: Semaphore,
+}
+
+/// Entry counts, for `PaymentLayer::cache_sizes`.
+pub(crate) struct AuthSizes {
+    pub(crate) verifications: u64,
+    pub(crate) verification_bytes: u64,
+    pub(crate) refused_tokens: u64,
+    pub(crate) spent_single_use_tokens: u64,
+}
+
+impl Authenticator {
+    pub(crate) fn new(config: AuthConfig) -> Self {
+        Authenticator {
+            verifications: VerificationCache::new(
+                config.verification_capacity,
+                config.verification_bytes,
+            ),
+            refused: moka::future::Cache::builder()
+                .max_capacity(config.verification_capacity)
+                .expire_after(PerVerdictTtl)
+                .build(),
+            jwks: JwksCache::default(),
+            single_use: Arc::new(SingleUseTokens::new(
+                usize::try_from(config.verification_capacity).unwrap_or(usize::MAX),
+                // A cached verification lives at most this long: a spent token is
+                // remembered longer than any verification that could admit it again.
+                config.verification_ttl,
+            )),
+            verify_permits: Semaphore::new(config.max_verifications),
+            config,
+        }
+    }
+
+    pub(crate) async fn sizes(&self) -> AuthSizes {
+        self.refused.run_pending_tasks().await;
+        AuthSizes {
+            verifications: self.verifications.entry_count().await,
+            verification_bytes: self.verifications.weighted_size().await,
+            refused_tokens: self.refused.entry_count(),
+            spent_single_use_tokens: self.single_use.spent_count(),
+        }
+    }
+
+    /// The cached verification of this token on this route (the hot path).
+    pub(crate) async fn cached(&self, key: &VerificationKey) -> Option<Verified> {
+        self.verifications.get(key).await
+    }
+
+    /// Forgets a verification (one made for a request that cannot be charged).
+    pub(crate) async fn forget(&self, key: &VerificationKey) {
+        self.verifications.invalidate(key).await;
+    }
+
+    /// Runs `verify` for a token not verified yet on this route: once however many
+    /// requests ask at the same time, cached when it succeeds, and a verdict on the
+    /// token remembered for a few seconds when it fails.
+    pub(crate) async fn verify_once<F>(
+        &self,
+        key: VerificationKey,
+        verify: F,
+    ) -> Result<Verified, Rejection>
+    where
+        F: Future<Output = Result<Verified, Rejection>>,
+    {
+        if let Some((refused, _)) = self.refused.get(&key).await {
+            return Err(refused);
+        }
+        match self.verifications.get_or_verify(key, verify).await {
+            Ok(verified) => Ok(verified),
+            Err(rejection) => {
+                // Only verdicts on the token itself: outages and back-pressure pass.
+                if let Some(ttl) = self.verdict_ttl(rejection.kind) {
+                    self.refused.insert(key, ((*rejection).clone(), ttl)).await;
+                }
+                Err((*rejection).clone())
+            }
+        }
+    }
+
+    /// How long a refusal of this kind is a verdict on the token: forged or refused
+    /// tokens a few seconds; "no credits" until the balance is worth asking again.
+    fn verdict_ttl(&self, kind: RejectionKind) -> Option<Duration> {
+        match kind {
+            RejectionKind::InvalidToken
+            | RejectionKind::PlanNotAccepted
+            | RejectionKind::WrongAgent => Some(REFUSAL_TTL),
+            RejectionKind::InsufficientBalance if !self.config.no_credits_ttl.is_zero() => {
+                Some(self.config.no_credits_ttl)
+            }
+            _ => None,
+        }
+    }
+
+    /// The token's plan is accepted here and it is for this agent (when both say).
+    pub(crate) fn check_plan_and_agent(
+        &self,
+        plan_id: &PlanId,
+        agent: Option<&AgentId>,
+    ) -> Result<(), Rejection> {
+        if !self.config.plan_ids.contains(plan_id) {
+            return Err(Rejection::plan_not_accepted(plan_id));
+        }
+        if let (Some(ours), Some(theirs)) = (&self.config.agent_id, agent) {
+            if ours != theirs {
+                return Err(Rejection::wrong_agent(theirs, ours));
+            }
+        }
+        Ok(())
+    }
+
+    /// Asks the facilitator whether `token` may pay `amount` for `payment_required`;
+    /// at most the configured number of these calls are in flight.
+    pub(crate) async fn facilitator_verify(
+        &self,
+        backend: &dyn PaymentBackend,
+        payment_required: &PaymentRequired,
+        token: &AccessToken,
+        amount: Credits,
+    ) -> Result<FacilitatorVerdict, Rejection> {
+        let _permit = self.verify_permits.try_acquire().map_err(|_| {
+            tracing::warn!(
+                limit = self.config.max_verifications,
+                "too many token verifications in flight: request refused"
+            );
+            Rejection::too_many_verifications()
+        })?;
+        let response = backend
+            .verify(payment_required, token, Some(amount))
+            .await
+            .map_err(facilitator::verify_error)?;
+        if !response.is_valid {
+            return Err(facilitator::invalid_reason(
+                response.invalid_reason.as_deref(),
+                token,
+            ));
+        }
+        let request_id = response
+            .agent_request_id
+            .or_else(|| response.agent_request.map(|r| r.agent_request_id))
+            .filter(|id| !id.is_empty());
+        Ok(FacilitatorVerdict {
+            payer: response.payer,
+            request_id,
+        })
+    }
+
+    /// Verifies a bearer JWT against the issuer's JWKS, with the plan and agent checks;
+    /// answers its claims and how long to trust them (never beyond its expiry).
+    pub(crate) async fn bearer(
+        &self,
+        backend: &dyn PaymentBackend,
+        token: &AccessToken,
+    ) -> Result<(AccessTokenClaims, Duration), Rejection> {
+        let claims = self.jwks.verify(token, backend).await?;
+        self.check_plan_and_agent(&claims.plan_id, claims.agent_id.as_ref())?;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        let left = Duration::from_secs(claims.exp.saturating_sub(now));
+        if left.is_zero() {
+            return Err(Rejection::bearer_expired());
+        }
+        let ttl = self.config.verification_ttl.min(left);
+        Ok((claims, ttl))
+    }
+
+    /// How long an x402 verification is trusted.
+    pub(crate) fn verification_ttl(&self) -> Duration {
+        self.config.verification_ttl
+    }
+
+    /// The one request allowed to spend a single-use token. A spent token's cached
+    /// verification is forgotten, so its next replay goes back to the facilitator.
+    pub(crate) async fn claim_single_use(
+        &self,
+        token: TokenDigest,
+        key: &VerificationKey,
+    ) -> Result<SingleUseClaim, Rejection> {
+        match self.single_use.claim(token) {
+            Ok(claim) => Ok(claim),
+            Err(ClaimRefused::Spent) => {
+                self.verifications.invalidate(key).await;
+                Err(Rejection::single_use_spent())
+            }
+            Err(ClaimRefused::InFlight) => Err(Rejection::single_use_in_flight()),
+            Err(ClaimRefused::Full) => Err(Rejection::single_use_full()),
+        }
+    }
+}
+
+/// How long each remembered verdict holds.
+struct PerVerdictTtl;
+
+impl moka::Expiry<VerificationKey, (Rejection, Duration)> for PerVerdictTtl {
+    fn expire_after_create(
+        &self,
+        _key: &VerificationKey,
+        value: &(Rejection, Duration),
+        _created_at: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(value.1)
+    }
+}
