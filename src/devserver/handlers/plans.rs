@@ -11,7 +11,7 @@ use super::{address, created, plan_id, Paging, Params};
 use crate::devserver::accounts::Caller;
 use crate::devserver::clock::wall_clock_millis;
 use crate::devserver::error::{ApiError, JsonBody};
-use crate::devserver::ids::random_hex;
+use crate::devserver::hex::random_hex;
 use crate::devserver::DevServerState;
 use crate::types::{
     AgentList, BurnRequest, Credits, FiatPaymentRequest, FiatPaymentResponse, MintExpirableRequest,
