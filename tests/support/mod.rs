@@ -7,7 +7,9 @@
 //!   (devserver tests);
 //! - [`reliability`]: a devserver with an agent sold through a plan, subscribers who
 //!   ordered it, a layer over it, and the ledger's spends (faults, reliability, soak);
-//! - [`stub`]: a recording HTTP stub that answers canned JSON (client wire tests).
+//! - [`stub`]: a recording HTTP stub that answers canned JSON (client wire tests);
+//! - [`sink`]: an in-process backend that answers every call at once and counts it,
+//!   and token makers (the benches: `#[path = "../tests/support/sink.rs"] mod support;`).
 //!
 //! Each binary uses a part of it; the rest is dead code there.
 #![allow(dead_code)]
@@ -15,4 +17,5 @@
 pub mod devserver_world;
 pub mod layer_mock;
 pub mod reliability;
+pub mod sink;
 pub mod stub;
