@@ -20,6 +20,7 @@ use nvm_payments::credential::{
 };
 use nvm_payments::types::TokenDigest;
 
+#[path = "../tests/support/sink.rs"]
 mod support;
 use support::{bearer_jwks, bearer_token, holder, x402_token};
 

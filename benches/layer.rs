@@ -6,7 +6,7 @@
 //!
 //! - `hot_path/*`: one request after another through `tower::ServiceExt` on a
 //!   `service_fn`, response body collected, with warm caches and the in-process charge
-//!   sink of `benches/support` (the charge is made and awaited: default
+//!   sink of `tests/support/sink.rs` (the charge is made and awaited: default
 //!   `ChargeTiming::BeforeResponse`). `bare` is the same service without the layer,
 //!   measured in the same run; the summary prints the added nanoseconds and the ratio.
 //! - `cold_path/first_request`: the first request of a new token and holder
@@ -29,6 +29,7 @@ use http_body_util::{BodyExt, Full};
 use nvm_payments::{Environment, PaymentLayer};
 use tower::{Layer, Service, ServiceExt};
 
+#[path = "../tests/support/sink.rs"]
 mod support;
 use support::{agent, bearer_token, criterion_mean_ns, holder, plan, x402_token, Sink};
 

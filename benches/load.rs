@@ -14,7 +14,7 @@
 //!   header as `/paid`, so every row moves the same request bytes and the difference
 //!   is the layer's work);
 //! - `/paid`: behind `PaymentLayer` over the in-process charge sink of
-//!   `benches/support` (warm caches; the charge is made and awaited in process);
+//!   `tests/support/sink.rs` (warm caches; the charge is made and awaited in process);
 //! - `/paid-each`: the same layer and sink, but each connection pays as its own holder
 //!   (separates contention on one holder's ledger from the per-request work);
 //! - `/paid-devserver`: behind `PaymentLayer` over the devserver, with a real x402 token
@@ -48,6 +48,7 @@ use nvm_payments::{
 use tokio::net::TcpStream;
 use tokio::sync::Barrier;
 
+#[path = "../tests/support/sink.rs"]
 mod support;
 use support::{agent, holder, plan, x402_token, Sink};
 

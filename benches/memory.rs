@@ -28,6 +28,7 @@ use http_body_util::{BodyExt, Full};
 use nvm_payments::{Environment, PaymentLayer};
 use tower::{Layer, ServiceExt};
 
+#[path = "../tests/support/sink.rs"]
 mod support;
 use support::{agent, holder, plan, x402_token, Sink};
 

@@ -3,15 +3,8 @@
 
 use rand::Rng;
 
-use super::keys::hex;
+use super::hex::random_hex;
 use crate::types::{Address, AgentId, PlanId};
-
-/// `n` random bytes as lower-case hex.
-pub(crate) fn random_hex(n: usize) -> String {
-    let mut bytes = vec![0u8; n];
-    rand::thread_rng().fill(bytes.as_mut_slice());
-    hex(&bytes)
-}
 
 /// A 77-digit decimal string (the size of a uint256 id), no leading zero.
 fn random_decimal_id() -> String {

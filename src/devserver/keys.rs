@@ -10,7 +10,7 @@ use rand::rngs::OsRng;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::ids::random_hex;
+use super::hex::{hex, random_hex};
 use crate::types::{AccessToken, AccessTokenClaims, Address, AgentId, ApiKey, PlanId};
 
 /// The prefix of dev API keys: not one the SDKs map to a hosted environment, so they
@@ -138,16 +138,6 @@ impl ServerKeys {
             }]
         })
     }
-}
-
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
 }
 
 #[cfg(test)]

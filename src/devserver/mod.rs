@@ -53,6 +53,7 @@ mod clock;
 mod error;
 mod faults;
 mod handlers;
+mod hex;
 mod ids;
 mod keys;
 mod ledger;

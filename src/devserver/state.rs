@@ -88,6 +88,7 @@ impl DevServerState {
             .keys
             .issue_api_key(&address, self.inner.clock.now());
         self.ledger()
+            .registry
             .add_account(address.clone(), name.map(str::to_owned));
         DevAccount { address, api_key }
     }
@@ -116,7 +117,7 @@ impl DevServerState {
     /// `GET /dev/ledger/spends` answers. Count a request id's entries to check it was
     /// charged exactly once.
     pub fn spends(&self) -> Vec<Spend> {
-        self.ledger().spends().to_vec()
+        self.ledger().charges.spends().to_vec()
     }
 
     /// The number of spends so far, as a watch: `changed()` / `wait_for(|n| ..)` lets a
@@ -127,7 +128,7 @@ impl DevServerState {
 
     /// Publishes the ledger's spend count to [`watch_spends`](Self::watch_spends).
     pub(crate) fn spends_changed(&self) {
-        let count = self.ledger().spends().len();
+        let count = self.ledger().charges.spends().len();
         self.inner.spend_count.send_replace(count);
     }
 
@@ -155,7 +156,7 @@ impl DevServerState {
     /// Every wallet starts with [`DEFAULT_TOKEN_BALANCE`](super::DEFAULT_TOKEN_BALANCE)
     /// of every token.
     pub fn token_balance(&self, holder: &Address, token: &Address) -> Credits {
-        self.ledger().token_balance(holder, token)
+        self.ledger().holdings.token_balance(holder, token)
     }
 
     /// The ledger; the lock is never held across an `await`.

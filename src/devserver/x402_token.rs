@@ -10,7 +10,7 @@ use hmac::{Hmac, Mac};
 use rand::RngCore;
 use sha2::Sha256;
 
-use super::keys::hex;
+use super::hex::{hex, unhex};
 use crate::types::{
     AccessToken, Address, PaymentScheme, SchemeExtra, TokenAuthorization, TokenPayload,
     X402TokenPayload, NETWORK_BASE_SEPOLIA, SCHEME_ERC4337, X402_VERSION,
@@ -133,16 +133,6 @@ fn non_empty(value: &str, default: &str) -> String {
     } else {
         value.to_owned()
     }
-}
-
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| s.get(i..i + 2).and_then(|b| u8::from_str_radix(b, 16).ok()))
-        .collect()
 }
 
 #[cfg(test)]

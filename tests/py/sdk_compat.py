@@ -1,6 +1,6 @@
 """Drives the official Python SDK (payments-py 1.18) against the nvm-payments devserver.
 
-Run by tests/python_sdk.rs with NVM_API_KEY (the plan builder's `local:` key),
+Run by tests/e2e/python_sdk.rs with NVM_API_KEY (the plan builder's `local:` key),
 NVM_SUBSCRIBER_API_KEY (a second account) and NVM_BACKEND_URL set. Exits non-zero on
 any mismatch; the last stdout line is a JSON summary the Rust test checks.
 """

@@ -22,7 +22,7 @@ pub(crate) async fn register(
     Caller(caller): Caller,
     JsonBody(req): JsonBody<RegisterAgentRequest>,
 ) -> Result<Response, ApiError> {
-    let agent_id = state.ledger().register_agent(
+    let agent_id = state.ledger().registry.register_agent(
         &caller,
         req.metadata_attributes,
         req.agent_api_attributes,
@@ -47,7 +47,7 @@ pub(crate) async fn register_with_plan(
         ));
     }
     let is_trial = req.plan.metadata_attributes.is_trial_plan;
-    let plan_id = ledger.register_plan(
+    let plan_id = ledger.registry.register_plan(
         &caller,
         req.plan.metadata_attributes,
         req.plan.price_config,
@@ -55,7 +55,7 @@ pub(crate) async fn register_with_plan(
         req.plan.access_limit,
         is_trial,
     )?;
-    let agent_id = ledger.register_agent(
+    let agent_id = ledger.registry.register_agent(
         &caller,
         req.agent.metadata_attributes,
         req.agent.agent_api_attributes,
@@ -72,7 +72,7 @@ pub(crate) async fn get_agent(
     Params(raw): Params<String>,
 ) -> Result<Json<Agent>, ApiError> {
     let id = agent_id(&raw)?;
-    Ok(Json(state.ledger().agent(&id)?.to_wire()))
+    Ok(Json(state.ledger().registry.agent(&id)?.to_wire()))
 }
 
 /// Body of `PUT /api/v1/protocol/agents/{agentId}`.
@@ -94,9 +94,11 @@ pub(crate) async fn update(
     let mut ledger = state.ledger();
     let api = match req.agent_api_attributes {
         Some(api) => api,
-        None => ledger.agent(&id)?.api.clone(),
+        None => ledger.registry.agent(&id)?.api.clone(),
     };
-    ledger.update_agent(&caller, &id, req.metadata_attributes, api)?;
+    ledger
+        .registry
+        .update_agent(&caller, &id, req.metadata_attributes, api)?;
     Ok(Json(NvmApiResult::ok(new_tx_hash())))
 }
 
@@ -108,6 +110,7 @@ pub(crate) async fn list(
     let paging = Paging::from_query(query.as_deref(), 100);
     let ledger = state.ledger();
     let agents: Vec<Agent> = ledger
+        .registry
         .agents_owned_by(&caller)
         .into_iter()
         .map(|a| a.to_wire())
@@ -129,11 +132,11 @@ pub(crate) async fn plans(
     let id = agent_id(&raw)?;
     let paging = Paging::from_query(query.as_deref(), 10);
     let ledger = state.ledger();
-    let agent = ledger.agent(&id)?;
+    let agent = ledger.registry.agent(&id)?;
     let plans: Vec<Plan> = agent
         .plans
         .iter()
-        .filter_map(|p| ledger.plan(p).ok())
+        .filter_map(|p| ledger.registry.plan(p).ok())
         .map(|p| p.to_wire())
         .collect();
     Ok(Json(PlanList {
@@ -150,7 +153,10 @@ pub(crate) async fn link(
     Params((agent, plan)): Params<(String, String)>,
 ) -> Result<Response, ApiError> {
     let (agent, plan) = (agent_id(&agent)?, plan_id(&plan)?);
-    state.ledger().link_plan(&caller, &agent, &plan, true)?;
+    state
+        .ledger()
+        .registry
+        .link_plan(&caller, &agent, &plan, true)?;
     Ok(created(NvmApiResult::ok(new_tx_hash())))
 }
 
@@ -160,6 +166,9 @@ pub(crate) async fn unlink(
     Params((agent, plan)): Params<(String, String)>,
 ) -> Result<Json<NvmApiResult>, ApiError> {
     let (agent, plan) = (agent_id(&agent)?, plan_id(&plan)?);
-    state.ledger().link_plan(&caller, &agent, &plan, false)?;
+    state
+        .ledger()
+        .registry
+        .link_plan(&caller, &agent, &plan, false)?;
     Ok(Json(NvmApiResult::ok(new_tx_hash())))
 }

@@ -42,7 +42,7 @@ pub(crate) async fn create(
     let expires_at = req
         .duration_secs
         .map(|secs| iso8601(now_ms.saturating_add(secs.saturating_mul(1000))));
-    state.ledger().add_delegation(Delegation {
+    state.ledger().delegations.add(Delegation {
         id: id.clone(),
         owner: caller,
         provider: req.provider,
@@ -61,7 +61,7 @@ pub(crate) async fn list(
     State(state): State<DevServerState>,
     Caller(caller): Caller,
 ) -> Json<Vec<Delegation>> {
-    Json(state.ledger().delegations_of(&caller))
+    Json(state.ledger().delegations.of(&caller))
 }
 
 /// No saved cards or wallets on the devserver.

@@ -5,7 +5,7 @@ use axum::Json;
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
-use crate::devserver::keys::hex;
+use crate::devserver::hex::hex;
 use crate::devserver::DevServerState;
 
 const CONTRACTS: [&str; 19] = [

@@ -11,7 +11,7 @@ use super::{address, created, plan_id, Paging, Params};
 use crate::devserver::accounts::Caller;
 use crate::devserver::clock::wall_clock_millis;
 use crate::devserver::error::{ApiError, JsonBody};
-use crate::devserver::ids::random_hex;
+use crate::devserver::hex::random_hex;
 use crate::devserver::DevServerState;
 use crate::types::{
     AgentList, BurnRequest, Credits, FiatPaymentRequest, FiatPaymentResponse, MintExpirableRequest,
@@ -24,7 +24,7 @@ pub(crate) async fn register(
     Caller(caller): Caller,
     JsonBody(req): JsonBody<RegisterPlanRequest>,
 ) -> Result<Response, ApiError> {
-    let plan_id = state.ledger().register_plan(
+    let plan_id = state.ledger().registry.register_plan(
         &caller,
         req.metadata_attributes,
         req.price_config,
@@ -43,6 +43,7 @@ pub(crate) async fn list(
     let paging = Paging::from_query(query.as_deref(), 100);
     let ledger = state.ledger();
     let plans: Vec<Plan> = ledger
+        .registry
         .plans_owned_by(&caller)
         .into_iter()
         .map(|p| p.to_wire())
@@ -60,7 +61,7 @@ pub(crate) async fn get_plan(
     Params(raw): Params<String>,
 ) -> Result<Json<Plan>, ApiError> {
     let id = plan_id(&raw)?;
-    Ok(Json(state.ledger().plan(&id)?.to_wire()))
+    Ok(Json(state.ledger().registry.plan(&id)?.to_wire()))
 }
 
 pub(crate) async fn balance(
@@ -185,8 +186,9 @@ pub(crate) async fn agents(
     let plan = plan_id(&raw)?;
     let paging = Paging::from_query(query.as_deref(), 10);
     let ledger = state.ledger();
-    ledger.plan(&plan)?;
+    ledger.registry.plan(&plan)?;
     let agents: Vec<_> = ledger
+        .registry
         .agents_of_plan(&plan)
         .into_iter()
         .map(|a| a.to_wire())

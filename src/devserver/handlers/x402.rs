@@ -27,11 +27,11 @@ pub(crate) async fn permissions(
     Caller(caller): Caller,
     JsonBody(req): JsonBody<PermissionsRequest>,
 ) -> Result<Response, ApiError> {
-    if state.ledger().plan(&req.accepted.plan_id).is_err() {
+    if state.ledger().registry.plan(&req.accepted.plan_id).is_err() {
         return Err(ApiError::x402_plan_not_found());
     }
     if let Some(agent) = req.accepted.agent_id() {
-        if state.ledger().agent(agent).is_err() {
+        if state.ledger().registry.agent(agent).is_err() {
             return Err(ApiError::agent_not_found());
         }
     }
@@ -171,8 +171,8 @@ pub(crate) async fn legacy_token(
     let (plan, agent): (PlanId, AgentId) = (plan_id(&plan)?, agent_id(&agent)?);
     {
         let ledger = state.ledger();
-        ledger.plan(&plan)?;
-        ledger.agent(&agent)?;
+        ledger.registry.plan(&plan)?;
+        ledger.registry.agent(&agent)?;
     }
     let now = state.now();
     let token = state.keys().issue_access_token(

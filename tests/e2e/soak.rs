@@ -4,24 +4,22 @@
 //! id at the devserver), no refused or failed response charged, the ledger's totals
 //! equal to the requests served, and memory growth bounded.
 //!
-//! `cargo test --test soak` runs 3 000 requests. The long soak:
-//! `SOAK_REQUESTS=100000 cargo test --release --test soak -- --ignored --nocapture`.
+//! `cargo test --test e2e soak` runs 3 000 requests. The long soak:
+//! `SOAK_REQUESTS=100000 cargo test --release --test e2e soak -- --ignored --nocapture`.
 #![cfg(feature = "devserver")]
-
-mod reliability_support;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::support::reliability::*;
 use axum::body::Body;
 use axum::routing::post;
 use axum::Router;
 use http::{Request, StatusCode};
 use nvm_payments::devserver::Fault;
 use nvm_payments::{ChargeTiming, OnSettle, PaymentContext, RetryPolicy, SettleStatus};
-use reliability_support::*;
 use tower::ServiceExt;
 
 const TASKS: usize = 64;
@@ -286,7 +284,7 @@ async fn soak_3000_requests_balance_the_books() {
     soak(3_000).await;
 }
 
-/// `SOAK_REQUESTS=100000 cargo test --release --test soak -- --ignored --nocapture`
+/// `SOAK_REQUESTS=100000 cargo test --release --test e2e soak -- --ignored --nocapture`
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "long soak: run on demand"]
 async fn long_soak() {

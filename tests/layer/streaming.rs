@@ -2,17 +2,15 @@
 //! after its last frame; a body dropped before its end is not charged.
 #![cfg(feature = "devserver")]
 
-mod layer_support;
-
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 
+use crate::support::layer_mock::*;
 use bytes::Bytes;
 use futures_util::stream::{self, BoxStream, StreamExt};
 use http::Response;
 use http_body::Frame;
 use http_body_util::{BodyExt, StreamBody};
-use layer_support::*;
 use nvm_payments::{ChargeTiming, SettleStatus};
 use tokio::sync::mpsc;
 use tower::{Layer, ServiceExt};

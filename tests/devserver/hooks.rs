@@ -2,9 +2,7 @@
 //! 404, deployment info, and starting/stopping the server.
 #![cfg(feature = "devserver")]
 
-mod common;
-
-use common::{api_code, c, expect_envelope, http, World};
+use crate::support::devserver_world::{api_code, c, expect_envelope, http, World};
 use nvm_payments::client::{build_payment_required, Environment, PaymentRequiredOptions};
 use nvm_payments::devserver::{DevServer, DevServerState, Fault, StatsSnapshot};
 use nvm_payments::get_fixed_credits_config;

@@ -5,12 +5,10 @@
 //! tests hold them in flight and release them at will.
 #![cfg(feature = "devserver")] // ed25519-dalek signs the bearer tokens
 
-mod layer_support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use layer_support::*;
+use crate::support::layer_mock::*;
 use nvm_payments::{ChargeTiming, PendingFull, SettleStatus};
 use tokio::sync::Semaphore;
 use tower::{Layer, ServiceExt};

@@ -4,15 +4,13 @@
 //! request id; an outcome that stays unknown is reported with its request id.
 #![cfg(all(feature = "devserver", feature = "cli"))] // tracing-subscriber captures logs
 
-mod reliability_support;
-
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::reliability::*;
 use nvm_payments::devserver::Fault;
 use nvm_payments::{RetryPolicy, SettleStatus};
-use reliability_support::*;
 use tower::ServiceExt;
 
 const TIMEOUT: Duration = Duration::from_secs(2);

@@ -3,15 +3,13 @@
 //! turns an undecidable verify into 503 without running the handler.
 #![cfg(feature = "devserver")]
 
-mod reliability_support;
-
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::reliability::*;
 use nvm_payments::client::{build_payment_required, Environment, Error, PaymentRequiredOptions};
 use nvm_payments::devserver::Fault;
-use reliability_support::*;
 use tower::ServiceExt;
 
 fn decode_error(err: Error) -> (String, String) {

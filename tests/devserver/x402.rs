@@ -3,13 +3,11 @@
 //! forged tokens, and legacy EdDSA access tokens verified with the JWKS.
 #![cfg(feature = "devserver")]
 
-mod common;
-
 use std::collections::HashMap;
 
+use crate::support::devserver_world::{api_code, c, expect_envelope, http, World};
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
-use common::{api_code, c, expect_envelope, http, World};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use nvm_payments::client::{build_payment_required, Environment, PaymentRequiredOptions};
 use nvm_payments::types::{

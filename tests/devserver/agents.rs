@@ -2,9 +2,7 @@
 //! plans of an agent, agents of a plan, link and unlink.
 #![cfg(feature = "devserver")]
 
-mod common;
-
-use common::{api_code, c, expect_envelope, http, World};
+use crate::support::devserver_world::{api_code, c, expect_envelope, http, World};
 use nvm_payments::client::Page;
 use nvm_payments::types::{AgentApiAttributes, AgentMetadata, PlanMetadata};
 use nvm_payments::{get_fixed_credits_config, get_free_price_config, Endpoint};

@@ -2,17 +2,15 @@
 //! `.layer(...)`, and a plain hyper server over a real TCP socket.
 #![cfg(feature = "devserver")]
 
-mod layer_support;
-
 use std::convert::Infallible;
 
+use crate::support::layer_mock::*;
 use axum::body::Body;
 use axum::routing::{get, post};
 use axum::Router;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
-use layer_support::*;
 use nvm_payments::{ChargeOverride, Credits, PaymentContext};
 use tower::{Layer, ServiceExt};
 

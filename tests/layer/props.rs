@@ -4,15 +4,13 @@
 //! never panics, never runs the inner service and never charges.
 #![cfg(feature = "devserver")] // ed25519-dalek signs the bearer tokens
 
-mod layer_support;
-
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::support::layer_mock::*;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use http::HeaderValue;
-use layer_support::*;
 use proptest::prelude::*;
 use serde_json::{json, Value};
 use tower::{Layer, ServiceExt};
@@ -74,7 +72,7 @@ fn now() -> u64 {
         .as_secs()
 }
 
-/// The issuer's key of `layer_support` (seed 7, kid `k1`).
+/// The issuer's key of `support::layer_mock` (seed 7, kid `k1`).
 fn issuer_key() -> ed25519_dalek::SigningKey {
     ed25519_dalek::SigningKey::from_bytes(&[7; 32])
 }

@@ -1,16 +1,14 @@
 //! The charge: exactly once, only for success, retried safely, clamped, reported.
 #![cfg(feature = "devserver")]
 
-mod layer_support;
-
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use crate::support::layer_mock::*;
 use bytes::Bytes;
 use http::{Response, StatusCode};
 use http_body_util::Full;
-use layer_support::*;
 use nvm_payments::{ChargeOverride, ChargeTiming, ChargeVia, Credits, SettleStatus};
 use tower::{Layer, ServiceExt};
 

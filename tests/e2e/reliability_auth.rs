@@ -5,15 +5,13 @@
 //! caches; the layer recovers by itself when the backend returns.
 #![cfg(feature = "devserver")]
 
-mod reliability_support;
-
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::reliability::*;
 use nvm_payments::devserver::Fault;
 use nvm_payments::BackendUnavailable;
-use reliability_support::*;
 use tower::ServiceExt;
 
 const TIMEOUT: Duration = Duration::from_millis(400);

@@ -3,10 +3,9 @@
 //! `tests/golden/`. Error paths (BCK envelope, 404, malformed JSON, timeout, refused
 //! connection) and the retry policy are tested here too.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::stub::{api_key_for, Answer, Stub};
 use nvm_payments::client::{Error, Page, PaymentRequiredOptions};
 use nvm_payments::types::*;
 use nvm_payments::{
@@ -14,7 +13,6 @@ use nvm_payments::{
     get_fiat_price_config, get_fixed_credits_config, get_free_price_config,
     get_native_token_price_config, PaymentOptions, Payments,
 };
-use support::stub::{api_key_for, Answer, Stub};
 
 const ME: &str = "0x2222222222222222222222222222222222222222";
 const RECEIVER: &str = "0x1111111111111111111111111111111111111111";
@@ -52,7 +50,7 @@ fn golden(name: &str) -> serde_json::Value {
 }
 
 /// Asserts the body equals the golden file; a `"<nonce>"` there matches any decimal string.
-fn assert_golden(seen: &support::stub::Seen, name: &str) {
+fn assert_golden(seen: &crate::support::stub::Seen, name: &str) {
     let mut body = seen.json();
     if let Some(nonce) = body.get_mut("nonce") {
         let s = nonce.as_str().expect("nonce is a decimal string");
@@ -70,7 +68,7 @@ fn assert_golden(seen: &support::stub::Seen, name: &str) {
     );
 }
 
-fn assert_authenticated(seen: &support::stub::Seen) {
+fn assert_authenticated(seen: &crate::support::stub::Seen) {
     let auth = seen
         .headers
         .get("authorization")
@@ -83,7 +81,7 @@ fn assert_authenticated(seen: &support::stub::Seen) {
     assert_eq!(seen.headers.get("accept").unwrap(), "application/json");
 }
 
-fn assert_public(seen: &support::stub::Seen) {
+fn assert_public(seen: &crate::support::stub::Seen) {
     assert!(
         seen.headers.get("authorization").is_none(),
         "public call sent credentials"

@@ -1,6 +1,6 @@
 //! The examples run end to end on the embedded devserver.
 
-#[path = "../examples/seed_flow.rs"]
+#[path = "../../examples/seed_flow.rs"]
 #[allow(dead_code)]
 mod seed_flow;
 
@@ -23,7 +23,7 @@ async fn seed_flow_runs_and_balances_move() {
     );
 }
 
-#[path = "../examples/quickstart.rs"]
+#[path = "../../examples/quickstart.rs"]
 #[allow(dead_code)]
 mod quickstart;
 

@@ -2,11 +2,9 @@
 //! order (crypto, free, fiat, trial, time), mint, mint-expirable, burn, redeem.
 #![cfg(feature = "devserver")]
 
-mod common;
-
+use crate::support::devserver_world::{api_code, c, expect_envelope, http, World};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use common::{api_code, c, expect_envelope, http, World};
 use nvm_payments::devserver::DEFAULT_TOKEN_BALANCE;
 use nvm_payments::types::{AccessLimit, PlanMetadata};
 use nvm_payments::{

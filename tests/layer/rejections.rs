@@ -2,13 +2,11 @@
 //! inner service never running.
 #![cfg(feature = "devserver")] // ed25519-dalek signs the bearer tokens
 
-mod layer_support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::layer_mock::*;
 use http::StatusCode;
-use layer_support::*;
 use nvm_payments::{BackendUnavailable, PaymentLayer};
 use tower::{Layer, ServiceExt};
 

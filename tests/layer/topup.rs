@@ -1,11 +1,9 @@
 //! A subscriber who buys more credits is served as soon as the backend knows, while a
 //! caller with no credits costs at most one balance call per re-check interval.
 
-mod layer_support;
-
 use std::time::Duration;
 
-use layer_support::*;
+use crate::support::layer_mock::*;
 use nvm_payments::Credits;
 use tower::{Layer, ServiceExt};
 

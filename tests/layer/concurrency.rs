@@ -1,12 +1,10 @@
 //! Coalescing and exact admission under concurrency.
 #![cfg(feature = "devserver")]
 
-mod layer_support;
-
 use std::time::Duration;
 
+use crate::support::layer_mock::*;
 use futures_util::future::join_all;
-use layer_support::*;
 use nvm_payments::Credits;
 use tower::{Layer, ServiceExt};
 

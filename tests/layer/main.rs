@@ -1,0 +1,18 @@
+//! `PaymentLayer` with a mock backend (`support::layer_mock`) and against the
+//! devserver, and the credential decoder under property tests.
+//!
+//! One test binary per part of the crate: `cargo test --test layer [filter]`.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod charge;
+mod concurrency;
+mod devserver;
+mod pending;
+mod props;
+mod rejections;
+mod streaming;
+mod token_props;
+mod topup;
+mod wiring;
