@@ -6,6 +6,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod attacks;
 mod charge;
 mod concurrency;
 mod devserver;

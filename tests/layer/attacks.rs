@@ -3,19 +3,18 @@
 //! consumes a v3 nonce once, as the hosted backend does), and shown to fail now.
 #![cfg(feature = "devserver")] // ed25519-dalek signs the bearer tokens
 
-mod layer_support;
-
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::support::layer_mock::*;
+use crate::support::reliability::Logs;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
-use layer_support::*;
 use nvm_payments::{ChargeTiming, Credits, PendingFull};
 use tokio::sync::Semaphore;
 use tower::{Layer, ServiceExt};
@@ -272,35 +271,6 @@ async fn a_reservation_held_while_its_ledger_is_evicted_still_counts() {
 }
 
 // ---------- 4. the agent's own credential failing ----------
-
-/// Captures the `error` events logged while it is the default subscriber.
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Logs {
-    fn capture(&self) -> tracing::subscriber::DefaultGuard {
-        let logs = self.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::ERROR)
-            .with_ansi(false)
-            .with_writer(move || logs.clone())
-            .finish();
-        tracing::subscriber::set_default(subscriber)
-    }
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
 
 #[tokio::test]
 async fn verify_refusing_the_agents_own_key_is_an_outage_logged_at_error() {
