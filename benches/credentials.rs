@@ -9,6 +9,7 @@
 //! - `bearer_verify`: `BearerVerifier::verify` of an EdDSA (Ed25519) access token.
 //! - `token_digest`: the SHA-256 digest the layer keys its verification cache by, the
 //!   only per-token work on its hot path.
+#![allow(unreachable_pub)] // helpers shared between test and bench binaries by path
 
 use std::hint::black_box;
 use std::time::Duration;

@@ -13,6 +13,7 @@
 //!   (decode, verify, balance fetch against the sink, charge).
 //! - `cold_path/coalesce_32`: 32 concurrent first requests with one new token; the
 //!   summary prints the verify and balance calls per batch (1 and 1 when they coalesce).
+#![allow(unreachable_pub)] // helpers shared between test and bench binaries by path
 
 use std::cell::Cell;
 use std::convert::Infallible;

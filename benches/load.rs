@@ -29,6 +29,7 @@
 //! `NVM_LOAD_WORKERS` sets the runtime's worker threads (default: one per core).
 //! `NVM_LOAD_ROWS=free,paid` runs only some rows (for profiling, e.g. under
 //! `valgrind --tool=callgrind`); the ratios need the `free` row.
+#![allow(unreachable_pub)] // helpers shared between test and bench binaries by path
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -18,6 +18,7 @@
 //! The difference of the two is the balance cache's cost per holder. RSS includes the
 //! allocator's and moka's overheads (which is what a process pays), and is counted in
 //! 4 KiB pages, so expect a few percent of noise.
+#![allow(unreachable_pub)] // helpers shared between test and bench binaries by path
 
 use std::process::Command;
 use std::time::{Duration, Instant};

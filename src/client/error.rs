@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use http::StatusCode;
 
-/// An error answered by the backend in its envelope (wire-spec §10.2).
+/// An error answered by the backend in its envelope (docs/wire-notes.md §10.2).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
     /// HTTP status of the answer.

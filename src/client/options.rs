@@ -5,8 +5,9 @@ use std::time::Duration;
 use super::Error;
 use crate::types::ApiKey;
 
-/// A Nevermined deployment (wire-spec §1.1).
+/// A Nevermined deployment (docs/wire-notes.md §1.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Environment {
     /// `https://api.sandbox.nevermined.app`
     Sandbox,
@@ -64,7 +65,7 @@ impl Environment {
         }
     }
 
-    /// The default x402 network for the `nvm:erc4337` scheme (wire-spec §6.1).
+    /// The default x402 network for the `nvm:erc4337` scheme (docs/wire-notes.md §6.1).
     pub fn default_network(self) -> &'static str {
         match self {
             Environment::Live | Environment::StagingLive => crate::types::NETWORK_BASE_MAINNET,

@@ -181,7 +181,7 @@ impl Plans<'_> {
     /// Spends `credits_amount` of `redeem_from`'s credits for one agent request. The
     /// `agent_request_id` is the idempotency key: the same id never spends twice.
     ///
-    /// The hosted backend no longer mounts this route (it answers 404, wire-spec §3.7);
+    /// The hosted backend no longer mounts this route (it answers 404, docs/wire-notes.md §3.7);
     /// there, charge with [`X402::settle_permissions`](super::X402::settle_permissions).
     pub async fn redeem_credits(
         self,

@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::{ApiError, Error};
 use crate::types::ErrorEnvelope;
 
-/// Whether a call carries the API key (wire-spec §2.2).
+/// Whether a call carries the API key (docs/wire-notes.md §2.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Auth {
     /// `Authorization: Bearer <key>` and `X-Current-Org-Id`.

@@ -32,7 +32,7 @@ pub struct PaymentRequiredOptions {
     pub agent_id: Option<AgentId>,
     /// The route's HTTP verb (upper-cased).
     pub http_verb: Option<String>,
-    /// Network (default: from the environment, wire-spec §6.1).
+    /// Network (default: from the environment, docs/wire-notes.md §6.1).
     pub network: Option<String>,
     /// Resource description.
     pub description: Option<String>,
@@ -170,7 +170,7 @@ impl X402<'_> {
             .await
     }
 
-    /// Burns credits for a served request (the plan clamps the amount, wire-spec §3.4).
+    /// Burns credits for a served request (the plan clamps the amount, docs/wire-notes.md §3.4).
     /// `agent_request_id` makes a retry idempotent. Never retried by the client.
     pub async fn settle_permissions(
         self,
@@ -193,7 +193,7 @@ impl X402<'_> {
     }
 
     /// The legacy bearer access token (a JWT) for `plan_id` and `agent_id`
-    /// (wire-spec §5.1). Removed from the official SDKs; served by the devserver.
+    /// (docs/wire-notes.md §5.1). Removed from the official SDKs; served by the devserver.
     pub async fn get_agent_access_token(
         self,
         plan_id: &PlanId,

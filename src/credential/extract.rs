@@ -1,4 +1,4 @@
-//! Finding the caller's credential in request headers (architecture step 1).
+//! Finding the caller's credential in request headers (docs/architecture.md, step 1).
 
 use std::fmt;
 
@@ -9,7 +9,7 @@ use super::jwt::{decode_jose_header, looks_like_jwt};
 use super::{decode_x402_token, TokenError, MAX_CREDENTIAL_BYTES};
 use crate::types::{AccessToken, TokenDigest, X402TokenPayload};
 
-/// The x402 v2 HTTP transport header carrying the access token (wire-spec §9.3).
+/// The x402 v2 HTTP transport header carrying the access token (docs/wire-notes.md §9.3).
 const PAYMENT_SIGNATURE: &str = "payment-signature";
 
 /// A credential found in a request, decoded but not yet authenticated.
@@ -20,15 +20,16 @@ const PAYMENT_SIGNATURE: &str = "payment-signature";
 // payload directly.
 #[allow(clippy::large_enum_variant)]
 #[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Credential {
-    /// An x402 v2 access token (wire-spec §6.3), to be verified by the facilitator.
+    /// An x402 v2 access token (docs/wire-notes.md §6.3), to be verified by the facilitator.
     X402 {
         /// The token as received (trimmed).
         token: AccessToken,
         /// Its decoded envelope.
         payload: X402TokenPayload,
     },
-    /// A legacy bearer JWT (wire-spec §7.4), to be verified with a
+    /// A legacy bearer JWT (docs/wire-notes.md §7.4), to be verified with a
     /// [`BearerVerifier`](super::BearerVerifier).
     Bearer {
         /// The JWT as received.

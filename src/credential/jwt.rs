@@ -1,5 +1,5 @@
-//! Legacy bearer access tokens (wire-spec §7.4): compact JWS verified locally against
-//! the issuer's JWKS (architecture step 2).
+//! Legacy bearer access tokens (docs/wire-notes.md §7.4): compact JWS verified locally against
+//! the issuer's JWKS (docs/architecture.md, step 2).
 
 use std::fmt;
 use std::sync::Arc;
@@ -63,7 +63,7 @@ struct TrustedKey {
     key: DecodingKey,
 }
 
-/// Verifies legacy bearer access tokens locally (architecture step 2).
+/// Verifies legacy bearer access tokens locally (docs/architecture.md, step 2).
 ///
 /// Only EdDSA (Ed25519) and ES256 (P-256) are accepted, and a token's `alg` must be the
 /// algorithm of the key that verifies it: `alg: none`, HMAC, RSA and any algorithm

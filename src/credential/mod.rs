@@ -6,8 +6,8 @@
 //!   (`payment-signature`, then `authorization: Bearer …`) and decodes it into a
 //!   [`Credential`], without any I/O.
 //! - [`decode_x402_token`] / [`encode_x402_token`] read and write the x402 v2 access
-//!   token (wire-spec §6.3). An x402 token is authenticated by the facilitator, not here.
-//! - [`BearerVerifier`] verifies a legacy bearer JWT (wire-spec §7.4) against the
+//!   token (docs/wire-notes.md §6.3). An x402 token is authenticated by the facilitator, not here.
+//! - [`BearerVerifier`] verifies a legacy bearer JWT (docs/wire-notes.md §7.4) against the
 //!   issuer's JWKS: EdDSA and ES256 only, `kid`-selected, `exp`/`nbf` checked.
 //!
 //! Every function here is total: any input, however hostile, gives a value or a

@@ -5,7 +5,7 @@ use base64::Engine;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 
-/// The exact wire-spec §6.3 shape, as the backend mints it.
+/// The exact docs/wire-notes.md §6.3 shape, as the backend mints it.
 pub(crate) const FIXTURE_JSON: &str = r#"{
   "x402Version": 2,
   "accepted": {

@@ -1,4 +1,4 @@
-//! The x402 v2 access token: base64 of the JSON "PaymentPayload" (wire-spec §6.3).
+//! The x402 v2 access token: base64 of the JSON "PaymentPayload" (docs/wire-notes.md §6.3).
 
 use base64::alphabet;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;

@@ -1,4 +1,4 @@
-//! Errors as the backend sends them: the `NVMException` envelope (wire-spec §10.2),
+//! Errors as the backend sends them: the `NVMException` envelope (docs/wire-notes.md §10.2),
 //! and a JSON body extractor whose rejections are envelopes too.
 
 use axum::extract::{FromRequest, Request};

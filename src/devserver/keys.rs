@@ -1,5 +1,5 @@
 //! The server's Ed25519 key: dev-account API keys (`local:<JWT>`), legacy bearer
-//! access tokens (wire-spec §5.1, §7.4) and the JWKS that verifies them.
+//! access tokens (docs/wire-notes.md §5.1, §7.4) and the JWKS that verifies them.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -14,13 +14,13 @@ use super::hex::{hex, random_hex};
 use crate::types::{AccessToken, AccessTokenClaims, Address, AgentId, ApiKey, PlanId};
 
 /// The prefix of dev API keys: not one the SDKs map to a hosted environment, so they
-/// use `NVM_BACKEND_URL` (wire-spec §1.2).
+/// use `NVM_BACKEND_URL` (docs/wire-notes.md §1.2).
 pub(crate) const API_KEY_PREFIX: &str = "local";
 
 /// How long issued API keys stay valid: ten years.
 const API_KEY_LIFETIME_SECS: u64 = 10 * 365 * 86_400;
 
-/// Claims of a dev API key (the same set as real keys, wire-spec §1.3).
+/// Claims of a dev API key (the same set as real keys, docs/wire-notes.md §1.3).
 #[derive(Debug, Serialize, Deserialize)]
 struct ApiKeyClaims {
     iss: String,

@@ -1,4 +1,4 @@
-//! The route table (paths exactly as in wire-spec §3-§6, §11), Nest's 404 for
+//! The route table (paths exactly as in docs/wire-notes.md §3-§6, §11), Nest's 404 for
 //! anything else, and the per-request middleware: log line, counters, faults.
 
 use std::time::Instant;

@@ -1,4 +1,4 @@
-//! x402 access tokens the devserver mints (wire-spec §6.3): standard base64 of the
+//! x402 access tokens the devserver mints (docs/wire-notes.md §6.3): standard base64 of the
 //! compact JSON envelope, signed with a per-server HMAC so that edited or foreign
 //! tokens are refused (`BCK.X402.0005`).
 

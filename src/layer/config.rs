@@ -17,6 +17,7 @@ use crate::Payments;
 
 /// When the layer charges a successful request.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ChargeTiming {
     /// Charge before the response head is returned; the receipt goes in a
     /// `payment-response` header (standard base64 of the settle JSON). The default.
@@ -31,13 +32,14 @@ pub enum ChargeTiming {
 
 /// Which backend call charges a request.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ChargeVia {
     /// x402 tokens are settled (`POST /api/v1/x402/settle`), bearer tokens redeemed
     /// (`POST /api/v1/protocol/plans/redeem`). The default.
     #[default]
     Auto,
     /// Settle only: bearer tokens are refused with `invalid_token`, because the live
-    /// backend no longer mounts redeem (wire-spec §3.7).
+    /// backend no longer mounts redeem (docs/wire-notes.md §3.7).
     Settle,
     /// Redeem every request from the payer's balance (legacy backends, the devserver).
     Redeem,
@@ -45,6 +47,7 @@ pub enum ChargeVia {
 
 /// What to do when the backend cannot be reached to decide about a request.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum BackendUnavailable {
     /// Refuse with 503 `backend_unavailable` and a `Retry-After` header. The default.
     #[default]
@@ -82,7 +85,7 @@ const DEFAULT_CONCURRENT_VERIFICATIONS: usize = 64;
 type CreditsFn = dyn Fn(&Parts) -> Credits + Send + Sync;
 type SuccessFn = dyn Fn(StatusCode) -> bool + Send + Sync;
 
-/// How many credits a request asks for before the plan's clamp (wire-spec §3.4).
+/// How many credits a request asks for before the plan's clamp (docs/wire-notes.md §3.4).
 #[derive(Clone)]
 pub(crate) enum CreditsPerRequest {
     Fixed(Credits),

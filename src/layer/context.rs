@@ -62,7 +62,7 @@ impl PaymentContext {
     }
 
     /// Credits reserved for this request, the most it can be charged: what the plan
-    /// will burn for the configured credits (wire-spec §3.4).
+    /// will burn for the configured credits (docs/wire-notes.md §3.4).
     pub fn credits(&self) -> Credits {
         self.inner.credits
     }

@@ -32,7 +32,7 @@
 //! # Charging
 //!
 //! What is reserved and charged is what the plan really burns for the configured
-//! credits (`plan.registry.credits.redemption_amount(credits)`, wire-spec §3.4).
+//! credits (`plan.registry.credits.redemption_amount(credits)`, docs/wire-notes.md §3.4).
 //! The handler can lower it by putting a [`ChargeOverride`] in the response extensions;
 //! it is clamped by the plan and never exceeds what was reserved.
 //!

@@ -4,6 +4,7 @@ use crate::types::{Address, Credits, PlanId, SettleResponse};
 
 /// How a charge ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SettleStatus {
     /// The backend confirmed the charge.
     Settled,
@@ -18,6 +19,7 @@ pub enum SettleStatus {
 ///
 /// It never carries the access token.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SettleOutcome {
     /// Settled, failed or unknown.
     pub status: SettleStatus,

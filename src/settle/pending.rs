@@ -14,6 +14,7 @@ use super::SettleStatus;
 /// What to do with a request when the layer already has its maximum of charges in
 /// flight (`PaymentLayerBuilder::pending_charges`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum PendingFull {
     /// Charge this request before its response is returned, whatever the configured
     /// timing: the caller waits for the backend, which slows the arrivals down. The

@@ -1,4 +1,4 @@
-//! Agent wire types (wire-spec §4).
+//! Agent wire types (docs/wire-notes.md §4).
 
 use std::collections::BTreeMap;
 use std::fmt;

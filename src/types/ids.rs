@@ -86,7 +86,7 @@ macro_rules! decimal_id {
 }
 
 decimal_id!(
-    /// A plan id: a large decimal integer carried as a string (wire-spec §2.3).
+    /// A plan id: a large decimal integer carried as a string (docs/wire-notes.md §2.3).
     ///
     /// ```
     /// use nvm_payments::PlanId;

@@ -17,7 +17,7 @@ mod ids;
 mod plan;
 mod result;
 mod secret;
-pub mod serde_util;
+pub(crate) mod serde_util;
 mod x402;
 
 pub use agent::*;

@@ -1,4 +1,4 @@
-//! Plan wire types (wire-spec §3): price and credits configs, registration, the plan
+//! Plan wire types (docs/wire-notes.md §3): price and credits configs, registration, the plan
 //! object, balances, and the config helpers that match the official SDKs byte for byte.
 
 use serde::{Deserialize, Serialize};
@@ -19,7 +19,7 @@ pub enum AccessLimit {
     Unknown,
 }
 
-/// `PlanPriceConfig` (wire-spec §3.3).
+/// `PlanPriceConfig` (docs/wire-notes.md §3.3).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PlanPriceConfig {
@@ -69,7 +69,7 @@ impl PlanPriceConfig {
     }
 }
 
-/// `PlanCreditsConfig` (wire-spec §3.4).
+/// `PlanCreditsConfig` (docs/wire-notes.md §3.4).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PlanCreditsConfig {
@@ -103,7 +103,7 @@ impl PlanCreditsConfig {
     /// What one redemption that asks for `requested` credits really burns: fixed plans
     /// (`minAmount == maxAmount`) always burn `maxAmount`; others clamp into
     /// `[minAmount, maxAmount]`, and a request of 0 falls back to `maxAmount`
-    /// (wire-spec §3.4).
+    /// (docs/wire-notes.md §3.4).
     ///
     /// ```
     /// use nvm_payments::{get_dynamic_credits_config, get_fixed_credits_config, Credits};
@@ -123,7 +123,7 @@ impl PlanCreditsConfig {
     }
 }
 
-/// Plan metadata (`metadataAttributes`, wire-spec §3.2).
+/// Plan metadata (`metadataAttributes`, docs/wire-notes.md §3.2).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PlanMetadata {
@@ -169,7 +169,7 @@ impl PlanMetadata {
     }
 }
 
-/// Body of `POST /api/v1/protocol/plans` (wire-spec §3.2).
+/// Body of `POST /api/v1/protocol/plans` (docs/wire-notes.md §3.2).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RegisterPlanRequest {
@@ -256,7 +256,7 @@ pub struct PlanRegistry {
     pub credits: PlanCreditsConfig,
 }
 
-/// The plan object of `GET /api/v1/protocol/plans/{planId}` (wire-spec §3.5).
+/// The plan object of `GET /api/v1/protocol/plans/{planId}` (docs/wire-notes.md §3.5).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Plan {
@@ -288,7 +288,7 @@ pub struct PlanList {
     pub plans: Vec<Plan>,
 }
 
-/// `PlanBalance` (wire-spec §8.1).
+/// `PlanBalance` (docs/wire-notes.md §8.1).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PlanBalance {
@@ -355,7 +355,7 @@ pub struct BurnRequest {
     pub credits_amount: Credits,
 }
 
-/// Body of `POST /api/v1/protocol/plans/redeem` (wire-spec §7.5).
+/// Body of `POST /api/v1/protocol/plans/redeem` (docs/wire-notes.md §7.5).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RedeemRequest {
@@ -387,7 +387,7 @@ pub struct FiatPaymentRequest {
     pub session_type: String,
 }
 
-/// A fiat checkout session (wire-spec §3.6).
+/// A fiat checkout session (docs/wire-notes.md §3.6).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StripeCheckoutResult {
@@ -536,3 +536,58 @@ pub const ONE_WEEK_DURATION: u64 = 604_800;
 pub const ONE_MONTH_DURATION: u64 = 2_629_746;
 /// One year (average) in seconds.
 pub const ONE_YEAR_DURATION: u64 = 31_557_600;
+
+/// Idiomatic names for the SDK helpers above (same bytes on the wire).
+///
+/// ```
+/// use nvm_payments::types::{PlanCreditsConfig, PlanPriceConfig};
+/// use nvm_payments::{get_fixed_credits_config, get_free_price_config, Credits};
+/// assert_eq!(PlanPriceConfig::free(), get_free_price_config());
+/// assert_eq!(
+///     PlanCreditsConfig::fixed(Credits::from(100u64), Credits::from(1u64)),
+///     get_fixed_credits_config(Credits::from(100u64), Credits::from(1u64)),
+/// );
+/// ```
+impl PlanPriceConfig {
+    /// [`get_erc20_price_config`]: `amount` of the ERC-20 at `token` to `receiver`.
+    pub fn erc20(amount: Credits, token: Address, receiver: Address) -> Self {
+        get_erc20_price_config(amount, token, receiver)
+    }
+
+    /// [`get_native_token_price_config`]: `amount` of the chain's native token.
+    pub fn native(amount: Credits, receiver: Address) -> Self {
+        get_native_token_price_config(amount, receiver)
+    }
+
+    /// [`get_fiat_price_config`]: `amount` in 6-decimal units of `currency`.
+    pub fn fiat(amount: Credits, receiver: Address, currency: impl Into<String>) -> Self {
+        get_fiat_price_config(amount, receiver, currency)
+    }
+
+    /// [`get_free_price_config`]: no payment.
+    pub fn free() -> Self {
+        get_free_price_config()
+    }
+}
+
+impl PlanCreditsConfig {
+    /// [`get_fixed_credits_config`]: `amount` credits, each request burns `per_request`.
+    pub fn fixed(amount: Credits, per_request: Credits) -> Self {
+        get_fixed_credits_config(amount, per_request)
+    }
+
+    /// [`get_dynamic_credits_config`]: `amount` credits, a request burns `min..=max`.
+    pub fn dynamic(amount: Credits, min: Credits, max: Credits) -> Self {
+        get_dynamic_credits_config(amount, min, max)
+    }
+
+    /// [`get_expirable_duration_config`]: access for `duration_secs` seconds.
+    pub fn expirable(duration_secs: u64) -> Self {
+        get_expirable_duration_config(duration_secs)
+    }
+
+    /// [`get_non_expirable_duration_config`]: access that never expires.
+    pub fn non_expirable() -> Self {
+        get_non_expirable_duration_config()
+    }
+}

@@ -10,7 +10,7 @@ fn yes() -> bool {
     true
 }
 
-/// `NvmAPIResult` (wire-spec §8.2): the answer of order, mint, burn, redeem, link and
+/// `NvmAPIResult` (docs/wire-notes.md §8.2): the answer of order, mint, burn, redeem, link and
 /// unlink. `success` defaults to `true` when absent, as the SDKs read it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -49,7 +49,7 @@ impl NvmApiResult {
     }
 }
 
-/// The backend's error envelope (`NVMException`, wire-spec §10.2).
+/// The backend's error envelope (`NVMException`, docs/wire-notes.md §10.2).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ErrorEnvelope {
@@ -94,7 +94,7 @@ fn message_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Err
     })
 }
 
-/// Response of the legacy `GET /api/v1/protocol/token/{planId}/{agentId}` (wire-spec §5.1).
+/// Response of the legacy `GET /api/v1/protocol/token/{planId}/{agentId}` (docs/wire-notes.md §5.1).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AgentAccessCredentials {
@@ -105,7 +105,7 @@ pub struct AgentAccessCredentials {
     pub proxies: Vec<String>,
 }
 
-/// Claims of a legacy bearer access token (wire-spec §7.4).
+/// Claims of a legacy bearer access token (docs/wire-notes.md §7.4).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AccessTokenClaims {

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serializer};
 use std::fmt;
 
 /// Reads `null` (or an absent field, with `#[serde(default)]`) as `T::default()`.
-pub fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
+pub(crate) fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
 where
     D: Deserializer<'de>,
     T: Default + Deserialize<'de>,
@@ -14,16 +14,16 @@ where
 }
 
 /// A `u64` that goes on the wire as a decimal string and is read from a number or a string.
-pub mod decimal_u64 {
+pub(crate) mod decimal_u64 {
     use super::*;
 
     /// Serialises as a decimal string.
-    pub fn serialize<S: Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(v)
     }
 
     /// Reads a JSON number, a decimal string, or `null` (as 0).
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
         struct V;
         impl Visitor<'_> for V {
             type Value = u64;
@@ -60,7 +60,7 @@ pub mod decimal_u64 {
 /// Decodes a JSON body, reading an empty (or whitespace-only) body as `{}` — the
 /// backend answers some 201/204s with nothing, and Nest reads an empty request body as
 /// `{}`. The error keeps the JSON path of the offending field.
-pub fn from_json_body<T: serde::de::DeserializeOwned>(
+pub(crate) fn from_json_body<T: serde::de::DeserializeOwned>(
     bytes: &[u8],
 ) -> Result<T, serde_path_to_error::Error<serde_json::Error>> {
     let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {

@@ -1,4 +1,4 @@
-//! x402 wire types (wire-spec §6): the access-token envelope, `PaymentRequired`,
+//! x402 wire types (docs/wire-notes.md §6): the access-token envelope, `PaymentRequired`,
 //! permissions, verify and settle.
 
 use serde::{Deserialize, Serialize};
@@ -71,7 +71,7 @@ pub struct PaymentResource {
     pub mime_type: Option<String>,
 }
 
-/// `PaymentRequired` (wire-spec §6.4): what a 402 asks for, in the `payment-required`
+/// `PaymentRequired` (docs/wire-notes.md §6.4): what a 402 asks for, in the `payment-required`
 /// header (standard base64 of this JSON) and in verify/settle bodies.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -120,7 +120,7 @@ pub struct TokenPayload {
     pub authorization: TokenAuthorization,
 }
 
-/// The decoded x402 access token: base64 of this JSON "PaymentPayload" (wire-spec §6.3).
+/// The decoded x402 access token: base64 of this JSON "PaymentPayload" (docs/wire-notes.md §6.3).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct X402TokenPayload {
@@ -151,7 +151,7 @@ pub struct DelegationConfig {
     pub other: Map<String, Value>,
 }
 
-/// Body of `POST /api/v1/x402/permissions` (wire-spec §6.2).
+/// Body of `POST /api/v1/x402/permissions` (docs/wire-notes.md §6.2).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PermissionsRequest {
@@ -170,7 +170,7 @@ pub struct PermissionsResponse {
     pub access_token: AccessToken,
 }
 
-/// Body of `POST /api/v1/x402/verify` (wire-spec §6.5).
+/// Body of `POST /api/v1/x402/verify` (docs/wire-notes.md §6.5).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct VerifyRequest {
@@ -183,7 +183,7 @@ pub struct VerifyRequest {
     pub max_amount: Option<Credits>,
 }
 
-/// Body of `POST /api/v1/x402/settle` (wire-spec §6.6).
+/// Body of `POST /api/v1/x402/settle` (docs/wire-notes.md §6.6).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SettleRequest {
@@ -205,7 +205,7 @@ pub struct SettleRequest {
     pub margin_percent: Option<f64>,
 }
 
-/// The old flow's `StartAgentRequest`, nested in verify responses (wire-spec §7.2).
+/// The old flow's `StartAgentRequest`, nested in verify responses (docs/wire-notes.md §7.2).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StartAgentRequest {

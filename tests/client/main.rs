@@ -2,6 +2,7 @@
 //! helpers, malformed answers (property tests and the devserver's faults).
 //!
 //! One test binary per part of the crate: `cargo test --test client [filter]`.
+#![allow(unreachable_pub)] // helpers shared between test and bench binaries by path
 
 #[path = "../support/mod.rs"]
 mod support;

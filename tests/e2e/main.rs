@@ -4,6 +4,7 @@
 //!
 //! One test binary per part of the crate: `cargo test --test e2e [filter]`, e.g.
 //! `cargo test --test e2e soak`.
+#![allow(unreachable_pub)] // helpers shared between test and bench binaries by path
 
 #[path = "../support/mod.rs"]
 mod support;

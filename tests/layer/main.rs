@@ -2,6 +2,7 @@
 //! devserver, and the credential decoder under property tests.
 //!
 //! One test binary per part of the crate: `cargo test --test layer [filter]`.
+#![allow(unreachable_pub)] // helpers shared between test and bench binaries by path
 
 #[path = "../support/mod.rs"]
 mod support;

@@ -1,4 +1,4 @@
-//! Agents (wire-spec §4): register, agent+plan, get, update, list, plans of an agent,
+//! Agents (docs/wire-notes.md §4): register, agent+plan, get, update, list, plans of an agent,
 //! link and unlink plans.
 
 use axum::extract::{RawQuery, State};

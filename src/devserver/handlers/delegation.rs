@@ -1,4 +1,4 @@
-//! Delegations (wire-spec §5.3): recorded and listed so the SDKs' create-first flow
+//! Delegations (docs/wire-notes.md §5.3): recorded and listed so the SDKs' create-first flow
 //! works; the devserver does not enforce their limits.
 
 use axum::extract::State;

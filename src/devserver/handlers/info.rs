@@ -1,4 +1,4 @@
-//! Deployment info (`GET /`, wire-spec §5.4) and the JWKS.
+//! Deployment info (`GET /`, docs/wire-notes.md §5.4) and the JWKS.
 
 use axum::extract::State;
 use axum::Json;

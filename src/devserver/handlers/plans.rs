@@ -1,4 +1,4 @@
-//! Plans (wire-spec §3): register, list, get, balance, order, fiat order, mint,
+//! Plans (docs/wire-notes.md §3): register, list, get, balance, order, fiat order, mint,
 //! mint-expirable, burn, redeem, agents of a plan.
 
 use axum::extract::{RawQuery, State};

@@ -1,4 +1,4 @@
-//! x402 (wire-spec §6): permissions (mint a token), verify, settle; and the legacy
+//! x402 (docs/wire-notes.md §6): permissions (mint a token), verify, settle; and the legacy
 //! bearer access token (§5.1).
 
 use axum::extract::State;

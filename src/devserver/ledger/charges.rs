@@ -154,7 +154,7 @@ impl Ledger {
         })
     }
 
-    /// The checks of verify and settle (wire-spec §6.5): plan, agent, balance.
+    /// The checks of verify and settle (docs/wire-notes.md §6.5): plan, agent, balance.
     pub(crate) fn check_charge(
         &self,
         charge: &Charge<'_>,
