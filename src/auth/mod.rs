@@ -4,8 +4,10 @@
 //! against a token are remembered for a moment, and single-use (x402 v3) tokens are
 //! claimed by one request only.
 //!
-//! Keys are canonical digests of tokens (`credential::canonical_digest`) and route
-//! hashes; no token is a key, and no token is logged.
+//! Keys are randomly seeded hashes of the tokens' canonical text (every base64 spelling
+//! of one token hashes alike) and route hashes, checked against the full token on every
+//! hit; no token is a key, and only SHA-256 digests of tokens, computed once per
+//! verification, are logged.
 
 mod bearer;
 mod caller;
@@ -13,7 +15,9 @@ mod facilitator;
 mod single_use;
 mod verification;
 
+use std::collections::hash_map::RandomState;
 use std::future::Future;
+use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -28,6 +32,7 @@ use self::bearer::JwksCache;
 use self::single_use::{ClaimRefused, SingleUseTokens};
 use self::verification::VerificationCache;
 use crate::backend::PaymentBackend;
+use crate::credential::{for_canonical_chunks, same_canonical};
 use crate::rejection::{Rejection, RejectionKind};
 use crate::types::{
     AccessToken, AccessTokenClaims, Address, AgentId, Credits, PaymentRequired, PlanId, TokenDigest,
@@ -46,6 +51,18 @@ pub(crate) struct AuthConfig {
     pub(crate) max_verifications: usize,
     /// How long "no credits" is a verdict (the balance re-check interval).
     pub(crate) no_credits_ttl: Duration,
+    /// Test hook: every token gets the same cache hash, to prove collisions are harmless.
+    pub(crate) collide_hashes: bool,
+}
+
+/// What the verification cache knows of a token on a route.
+pub(crate) enum Lookup {
+    /// Verified, and it is this very token.
+    Hit(Verified),
+    /// Not verified yet.
+    Miss,
+    /// Another token shares its hash: verify this one without the cache.
+    Collision,
 }
 
 /// What a facilitator `verify` said of an x402 token.
@@ -60,8 +77,12 @@ pub(crate) struct Authenticator {
     config: AuthConfig,
     verifications: VerificationCache,
     /// Verdicts on tokens just given (refused, not a subscriber), so a replay costs no
-    /// call; each with how long it holds.
-    refused: moka::future::Cache<VerificationKey, (Rejection, Duration)>,
+    /// call; each with how long it holds and a second hash of its token, so a
+    /// collision never refuses another token.
+    refused: moka::future::Cache<VerificationKey, Verdict>,
+    /// Seeds of the cache hash and of the verdicts' check hash (random per layer).
+    key_hasher: RandomState,
+    check_hasher: RandomState,
     jwks: JwksCache,
     single_use: Arc<SingleUseTokens>,
     /// Facilitator `verify` calls in flight, bounded whoever sends the tokens.
@@ -95,6 +116,8 @@ impl Authenticator {
                 config.verification_ttl,
             )),
             verify_permits: Semaphore::new(config.max_verifications),
+            key_hasher: RandomState::new(),
+            check_hasher: RandomState::new(),
             config,
         }
     }
@@ -109,9 +132,25 @@ impl Authenticator {
         }
     }
 
-    /// The cached verification of this token on this route (the hot path).
-    pub(crate) async fn cached(&self, key: &VerificationKey) -> Option<Verified> {
-        self.verifications.get(key).await
+    /// The cache key of a credential's text on a route: no cryptographic hash on the
+    /// hot path, a randomly seeded one nobody can aim collisions at.
+    pub(crate) fn key(&self, credential: &str, route: u64) -> VerificationKey {
+        if self.config.collide_hashes {
+            return (0, route);
+        }
+        (hash_canonical(&self.key_hasher, credential), route)
+    }
+
+    /// The cached verification of this token on this route (the hot path), checked
+    /// against the full token.
+    pub(crate) async fn cached(&self, key: &VerificationKey, credential: &str) -> Lookup {
+        match self.verifications.get(key).await {
+            None => Lookup::Miss,
+            Some(v) if same_canonical(v.caller.credential.token().expose(), credential) => {
+                Lookup::Hit(v)
+            }
+            Some(_) => Lookup::Collision,
+        }
     }
 
     /// Forgets a verification (one made for a request that cannot be charged).
@@ -121,24 +160,39 @@ impl Authenticator {
 
     /// Runs `verify` for a token not verified yet on this route: once however many
     /// requests ask at the same time, cached when it succeeds, and a verdict on the
-    /// token remembered for a few seconds when it fails.
+    /// token remembered for a few seconds when it fails. `Ok(None)`: another token
+    /// with the same hash got there first; verify this one without the cache.
     pub(crate) async fn verify_once<F>(
         &self,
         key: VerificationKey,
+        credential: &str,
         verify: F,
-    ) -> Result<Verified, Rejection>
+    ) -> Result<Option<Verified>, Rejection>
     where
         F: Future<Output = Result<Verified, Rejection>>,
     {
-        if let Some((refused, _)) = self.refused.get(&key).await {
-            return Err(refused);
+        let check = hash_canonical(&self.check_hasher, credential);
+        if let Some(verdict) = self.refused.get(&key).await {
+            if verdict.check == check {
+                return Err(verdict.rejection);
+            }
         }
         match self.verifications.get_or_verify(key, verify).await {
-            Ok(verified) => Ok(verified),
+            Ok(verified)
+                if same_canonical(verified.caller.credential.token().expose(), credential) =>
+            {
+                Ok(Some(verified))
+            }
+            Ok(_) => Ok(None),
             Err(rejection) => {
                 // Only verdicts on the token itself: outages and back-pressure pass.
                 if let Some(ttl) = self.verdict_ttl(rejection.kind) {
-                    self.refused.insert(key, ((*rejection).clone(), ttl)).await;
+                    let verdict = Verdict {
+                        rejection: (*rejection).clone(),
+                        ttl,
+                        check,
+                    };
+                    self.refused.insert(key, verdict).await;
                 }
                 Err((*rejection).clone())
             }
@@ -257,16 +311,32 @@ impl Authenticator {
     }
 }
 
+/// A refusal remembered for a token.
+#[derive(Clone)]
+struct Verdict {
+    rejection: Rejection,
+    ttl: Duration,
+    /// A second, independently seeded hash of the token it was given to.
+    check: u64,
+}
+
 /// How long each remembered verdict holds.
 struct PerVerdictTtl;
 
-impl moka::Expiry<VerificationKey, (Rejection, Duration)> for PerVerdictTtl {
+impl moka::Expiry<VerificationKey, Verdict> for PerVerdictTtl {
     fn expire_after_create(
         &self,
         _key: &VerificationKey,
-        value: &(Rejection, Duration),
+        value: &Verdict,
         _created_at: std::time::Instant,
     ) -> Option<Duration> {
-        Some(value.1)
+        Some(value.ttl)
     }
+}
+
+/// A seeded hash of a credential's canonical text.
+fn hash_canonical(seed: &RandomState, credential: &str) -> u64 {
+    let mut hasher = seed.build_hasher();
+    for_canonical_chunks(credential, |chunk| hasher.write(chunk));
+    hasher.finish()
 }

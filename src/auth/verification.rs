@@ -14,9 +14,11 @@ use moka::Expiry;
 use super::{Caller, Payer};
 use crate::types::TokenDigest;
 
-/// A token digest and the route it was verified for (a hash of method and path):
-/// the facilitator verifies a token against one `paymentRequired`.
-pub(crate) type VerificationKey = (TokenDigest, u64);
+/// A keyed hash of the token's canonical text and the route it was verified for (a
+/// hash of method and path): the facilitator verifies a token against one
+/// `paymentRequired`. Two tokens may share a hash: every hit is checked against the
+/// full token (`Authenticator::cached`), so a collision costs a miss, never a mix-up.
+pub(crate) type VerificationKey = (u64, u64);
 
 /// A token that may pay: who pays, with which plan, for how long to trust it.
 #[derive(Clone)]

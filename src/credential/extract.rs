@@ -130,21 +130,48 @@ pub fn find_credential<'h>(
 /// ```
 pub fn canonical_digest(credential: &str) -> TokenDigest {
     use sha2::{Digest, Sha256};
-    let text = credential.trim().trim_end_matches('=');
     let mut hasher = Sha256::new();
-    // Mapped through a small buffer: no allocation per request.
+    for_canonical_chunks(credential, |chunk| hasher.update(chunk));
+    TokenDigest::from_bytes(hasher.finalize().into())
+}
+
+/// Feeds the canonical text of a credential (see [`canonical_digest`]) to `sink` in
+/// chunks, through a small stack buffer: no allocation per request.
+pub(crate) fn for_canonical_chunks(credential: &str, mut sink: impl FnMut(&[u8])) {
+    let text = canonical_trim(credential);
+    if !text.bytes().any(|b| b == b'+' || b == b'/') {
+        // Already URL-safe (what the SDKs' encoder writes): no copy at all.
+        sink(text.as_bytes());
+        return;
+    }
     let mut buf = [0u8; 256];
     for chunk in text.as_bytes().chunks(buf.len()) {
         for (out, &b) in buf.iter_mut().zip(chunk) {
-            *out = match b {
-                b'+' => b'-',
-                b'/' => b'_',
-                other => other,
-            };
+            *out = canonical_byte(b);
         }
-        hasher.update(&buf[..chunk.len()]);
+        sink(&buf[..chunk.len()]);
     }
-    TokenDigest::from_bytes(hasher.finalize().into())
+}
+
+/// Whether two credential texts are spellings of one token (see [`canonical_digest`]).
+pub(crate) fn same_canonical(a: &str, b: &str) -> bool {
+    let (a, b) = (canonical_trim(a), canonical_trim(b));
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .all(|(x, y)| canonical_byte(x) == canonical_byte(y))
+}
+
+fn canonical_trim(credential: &str) -> &str {
+    credential.trim().trim_end_matches('=')
+}
+
+fn canonical_byte(b: u8) -> u8 {
+    match b {
+        b'+' => b'-',
+        b'/' => b'_',
+        other => other,
+    }
 }
 
 /// The credential text of one header, or `None` when it carries none.
@@ -189,6 +216,21 @@ fn classify(raw: &str) -> Result<Credential, TokenError> {
             token: AccessToken::new(raw),
             payload,
         })
+    }
+}
+
+#[cfg(test)]
+mod canonical_tests {
+    use super::*;
+
+    #[test]
+    fn spellings_of_one_token_are_the_same_and_others_are_not() {
+        assert!(same_canonical("ab+/cd==", " ab-_cd "));
+        assert!(!same_canonical("ab+/cd", "ab+/ce"));
+        assert!(!same_canonical("ab", "abc"));
+        let mut chunks = Vec::new();
+        for_canonical_chunks(&"x+".repeat(300), |c| chunks.extend_from_slice(c));
+        assert_eq!(chunks, "x-".repeat(300).as_bytes());
     }
 }
 

@@ -113,6 +113,7 @@ pub(crate) struct LayerConfig {
     pub(crate) verification_capacity: u64,
     pub(crate) verification_bytes: u64,
     pub(crate) max_verifications: usize,
+    pub(crate) collide_token_hashes: bool,
     pub(crate) balance_ttl: Duration,
     pub(crate) balance_capacity: u64,
     pub(crate) balance_recheck: Duration,
@@ -166,6 +167,7 @@ impl PaymentLayerBuilder {
                 verification_capacity: 100_000,
                 verification_bytes: DEFAULT_VERIFICATION_BYTES,
                 max_verifications: DEFAULT_CONCURRENT_VERIFICATIONS,
+                collide_token_hashes: false,
                 balance_ttl: Duration::from_secs(30),
                 balance_capacity: 100_000,
                 balance_recheck: Duration::from_secs(1),
@@ -264,6 +266,15 @@ impl PaymentLayerBuilder {
     /// facilitator at most `n` calls in parallel.
     pub fn max_concurrent_verifications(mut self, n: usize) -> Self {
         self.config.max_verifications = n;
+        self
+    }
+
+    /// Test hook: gives every token the same verification-cache hash, so tests can
+    /// prove that tokens sharing a hash are never confused. Never use it in production:
+    /// it turns every request after the first into an uncached verification.
+    #[doc(hidden)]
+    pub fn collide_token_hashes_for_tests(mut self) -> Self {
+        self.config.collide_token_hashes = true;
         self
     }
 

@@ -16,15 +16,15 @@ use super::context::{ChargeOverride, PaymentContext};
 use super::rejection::{into_response, PAYMENT_RESPONSE};
 use super::route::{Route, RouteCache};
 use crate::auth::{
-    single_use_key, AuthConfig, Authenticator, Caller, Payer, SingleUseClaim, VerificationKey,
-    Verified,
+    single_use_key, AuthConfig, Authenticator, Caller, Lookup, Payer, SingleUseClaim,
+    VerificationKey, Verified,
 };
 use crate::backend::PaymentBackend;
 use crate::balance::{chargeable, BalanceCache, PlanCache, Reservation};
 use crate::credential::{self, Credential, TokenError};
 use crate::rejection::Rejection;
 use crate::settle::{Charge, ChargeMethod, PendingCharge, PendingCharges, PendingFull};
-use crate::types::{Credits, PlanCreditsConfig, PlanId, TokenDigest};
+use crate::types::{Credits, PlanCreditsConfig, PlanId};
 
 /// Routes kept with a prebuilt `PaymentRequired` (paths come from callers: bounded).
 const ROUTE_CAPACITY: usize = 4_096;
@@ -95,6 +95,7 @@ impl Gate {
                 verification_bytes: config.verification_bytes,
                 max_verifications: config.max_verifications,
                 no_credits_ttl: config.balance_recheck,
+                collide_hashes: config.collide_token_hashes,
             }),
             plans: PlanCache::new(config.plan_ttl, PLAN_CAPACITY),
             balances: BalanceCache::new(
@@ -147,14 +148,15 @@ impl Gate {
         parts: &Parts,
         route: &Arc<Route>,
     ) -> Result<Admission, Rejection> {
-        let key: VerificationKey = tracing::debug_span!("nvm.extract")
-            .in_scope(|| credential_key(&parts.headers, &self.config.token_headers))
-            .map(|digest| (digest, route.id))?;
+        let text = tracing::debug_span!("nvm.extract")
+            .in_scope(|| credential_text(&parts.headers, &self.config.token_headers))?;
+        let key = self.auth.key(text, route.id);
         let requested = self.config.credits.for_request(parts);
-        let (verified, verify_request_id) = match self.auth.cached(&key).await {
-            Some(verified) => (verified, None),
-            // Boxed: the rare verification must not weigh on every request's future.
-            None => Box::pin(self.verify_once(parts, route, key, requested)).await?,
+        // Boxed: the rare verification must not weigh on every request's future.
+        let (verified, verify_request_id) = match self.auth.cached(&key, text).await {
+            Lookup::Hit(verified) => (verified, None),
+            Lookup::Miss => Box::pin(self.verify_once(parts, route, key, text, requested)).await?,
+            Lookup::Collision => Box::pin(self.verify_uncached(parts, route, requested)).await?,
         };
         let caller = verified.caller;
         let plan = self.credits_config(&caller.plan_id).await?;
@@ -209,15 +211,34 @@ impl Gate {
         parts: &Parts,
         route: &Route,
         key: VerificationKey,
+        text: &str,
         requested: Credits,
     ) -> Result<(Verified, Option<String>), Rejection> {
         let mut fresh_id = None;
-        let verify = self.authenticate(&parts.headers, route, key.0, requested, &mut fresh_id);
+        let verify = self.authenticate(&parts.headers, route, requested, &mut fresh_id);
         let verified = tracing::Instrument::instrument(
-            self.auth.verify_once(key, verify),
-            tracing::debug_span!("nvm.verify", token = %key.0),
+            self.auth.verify_once(key, text, verify),
+            tracing::debug_span!("nvm.verify"),
         )
         .await?;
+        match verified {
+            Some(verified) => Ok((verified, fresh_id)),
+            None => self.verify_uncached(parts, route, requested).await,
+        }
+    }
+
+    /// A token whose cache hash another token holds: verified for this request alone.
+    /// (Only a forced hash collision gets here; it costs a verify, never a mix-up.)
+    async fn verify_uncached(
+        &self,
+        parts: &Parts,
+        route: &Route,
+        requested: Credits,
+    ) -> Result<(Verified, Option<String>), Rejection> {
+        let mut fresh_id = None;
+        let verified = self
+            .authenticate(&parts.headers, route, requested, &mut fresh_id)
+            .await?;
         Ok((verified, fresh_id))
     }
 
@@ -226,7 +247,6 @@ impl Gate {
         &self,
         headers: &HeaderMap,
         route: &Route,
-        digest: TokenDigest,
         requested: Credits,
         fresh_request_id: &mut Option<String>,
     ) -> Result<Verified, Rejection> {
@@ -286,7 +306,8 @@ impl Gate {
                 subscriber,
                 plan_id,
                 agent_id,
-                token_digest: digest,
+                // The one SHA-256 of the token: computed once per verification.
+                token_digest: credential.digest(),
                 credential,
             }),
             ttl,
@@ -398,15 +419,14 @@ fn new_request_id() -> String {
         .to_string()
 }
 
-/// The verification key of the request's credential: the canonical digest of the text
-/// [`credential::extract_credential`] would decode (one scanner, [`credential::find_credential`]),
-/// found without decoding it. Every base64 spelling of one token gets one key.
-fn credential_key(
-    headers: &HeaderMap,
+/// The credential text of the request, as [`credential::extract_credential`] would
+/// decode it (one scanner, [`credential::find_credential`]), found without decoding it.
+fn credential_text<'h>(
+    headers: &'h HeaderMap,
     names: &[http::HeaderName],
-) -> Result<TokenDigest, Rejection> {
+) -> Result<&'h str, Rejection> {
     match credential::find_credential(headers, names) {
-        Ok(Some(text)) => Ok(credential::canonical_digest(text)),
+        Ok(Some(text)) => Ok(text),
         Ok(None) => Err(Rejection::no_credential()),
         Err(TokenError::TooLarge { .. }) => Err(Rejection::credential_too_large()),
         Err(_) => Err(Rejection::credential_not_ascii()),
@@ -434,7 +454,7 @@ mod tests {
     }
 
     #[test]
-    fn the_key_is_the_digest_of_the_credential_extract_reads_in_any_spelling() {
+    fn the_text_is_the_credential_extract_reads() {
         let names = credential::default_token_headers();
         let jwt = "eyJhbGciOiJFZERTQSJ9.eyJzdWIiOiJ4In0.c2ln";
         for h in [
@@ -449,14 +469,9 @@ mod tests {
             ]),
         ] {
             let extracted = credential::extract_credential(&h, &names).unwrap().unwrap();
-            assert_eq!(credential_key(&h, &names).unwrap(), extracted.digest());
+            let text = credential_text(&h, &names).unwrap();
+            assert_eq!(credential::canonical_digest(text), extracted.digest());
         }
-        let padded = headers(&[("payment-signature", "eyJh+/x==")]);
-        let url_safe = headers(&[("payment-signature", "eyJh-_x")]);
-        assert_eq!(
-            credential_key(&padded, &names).unwrap(),
-            credential_key(&url_safe, &names).unwrap()
-        );
         for h in [
             headers(&[]),
             headers(&[("authorization", "Basic dXNlcg==")]),
@@ -465,13 +480,13 @@ mod tests {
             assert!(credential::extract_credential(&h, &names)
                 .unwrap()
                 .is_none());
-            let kind = credential_key(&h, &names).unwrap_err().kind;
+            let kind = credential_text(&h, &names).unwrap_err().kind;
             assert_eq!(kind, RejectionKind::PaymentRequired);
         }
         let huge = headers(&[("authorization", &format!("Basic {}", "a".repeat(9000)))]);
         assert!(credential::extract_credential(&huge, &names).is_err());
         assert_eq!(
-            credential_key(&huge, &names).unwrap_err().kind,
+            credential_text(&huge, &names).unwrap_err().kind,
             RejectionKind::MalformedToken
         );
     }

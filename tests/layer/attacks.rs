@@ -561,3 +561,55 @@ async fn unread_streams_do_not_use_up_the_pending_charge_bound() {
         "each stream read to its end is charged"
     );
 }
+
+// ---------- the cache's fast hash: a collision costs a miss, never a mix-up ----------
+
+#[tokio::test]
+async fn tokens_whose_cache_hashes_collide_are_never_confused() {
+    let alice = "0x6666666666666666666666666666666666666666";
+    let bob = "0x7777777777777777777777777777777777777777";
+    let backend = MockBackend::new(1_000);
+    for holder in [alice, bob] {
+        backend
+            .holders
+            .lock()
+            .unwrap()
+            .insert(holder.parse().unwrap(), Credits::from(10u64));
+    }
+    // Every token gets the same verification-cache hash.
+    let layer = builder(backend.clone())
+        .collide_token_hashes_for_tests()
+        .build()
+        .unwrap();
+    let inner = Inner::ok();
+    let forged = x402_token(PLAN, Some(AGENT), "0xforged");
+    for _ in 0..3 {
+        for token in [x402_from(alice), x402_from(bob)] {
+            let r = layer
+                .layer(inner.service())
+                .oneshot(x402_request(token))
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+        }
+        let r = layer
+            .layer(inner.service())
+            .oneshot(x402_request(forged.clone()))
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status(),
+            StatusCode::PAYMENT_REQUIRED,
+            "never admitted as another"
+        );
+    }
+    assert_eq!(inner.calls(), 6);
+    // Each paid for its own three requests (2 credits each), never for the other's.
+    for holder in [alice, bob] {
+        assert_eq!(
+            backend.balance_of(&holder.parse().unwrap()),
+            Credits::from(4u64),
+            "{holder}"
+        );
+    }
+}
