@@ -353,6 +353,7 @@ impl Gate {
             return Response::from_parts(parts, PaymentBody::inner(body));
         }
         self.routes.remember(&admission.route);
+        let admission_route = admission.route.clone();
         let reserved = admission.reservation.amount();
         let credits = match parts.extensions.remove::<ChargeOverride>() {
             None => reserved,
@@ -366,7 +367,7 @@ impl Gate {
             charge: Charge {
                 backend: self.backend.clone(),
                 method: admission.method,
-                payment_required: admission.route.payment_required.clone(),
+                payment_required: admission_route.payment_required.clone(),
                 caller: admission.caller,
                 request_id: admission.context.request_id().to_owned(),
                 credits,
@@ -386,6 +387,13 @@ impl Gate {
             ChargeTiming::BeforeResponse => {
                 // A client that hangs up mid-charge cannot cancel it: see run_to_completion.
                 if let Some(outcome) = pending.run_to_completion().await {
+                    if spent_elsewhere(&outcome) {
+                        // The token paid for another request (another replica, a
+                        // restart): withhold the work, as payments-py 1.18 does.
+                        tracing::warn!(request_id = %outcome.request_id,
+                            "single-use token already spent at the backend: response withheld");
+                        return self.reject(Rejection::single_use_spent(), &admission_route);
+                    }
                     if let Some(value) = outcome.receipt.as_ref().and_then(receipt_header) {
                         parts.headers.insert(PAYMENT_RESPONSE, value);
                     }
@@ -431,6 +439,19 @@ fn credential_text<'h>(
         Err(TokenError::TooLarge { .. }) => Err(Rejection::credential_too_large()),
         Err(_) => Err(Rejection::credential_not_ascii()),
     }
+}
+
+/// The backend refused the charge because the single-use token was already consumed
+/// (`BCK.X402.0059`, in the refusal or the error).
+fn spent_elsewhere(outcome: &crate::settle::SettleOutcome) -> bool {
+    const SPENT: &str = "BCK.X402.0059";
+    outcome.status == crate::settle::SettleStatus::Failed
+        && (outcome.reason.as_deref().is_some_and(|r| r.contains(SPENT))
+            || outcome
+                .receipt
+                .as_ref()
+                .and_then(|r| r.error_reason.as_deref())
+                .is_some_and(|r| r.contains(SPENT)))
 }
 
 fn receipt_header(receipt: &crate::types::SettleResponse) -> Option<HeaderValue> {

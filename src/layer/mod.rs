@@ -41,7 +41,8 @@
 //!   in a `payment-response` header. If the backend refuses the charge the handler's
 //!   response is still returned (the work is done), with the backend's refusal in
 //!   `payment-response` (`success: false`) when it answered one, and the outcome is
-//!   reported as `Failed`.
+//!   reported as `Failed` — except for a single-use token the backend says was already
+//!   spent (`BCK.X402.0059`): that response is withheld and the caller gets 402.
 //! - `OnBodyEnd`: when the body has delivered its last frame (streams and SSE pass
 //!   through unbuffered). A client that goes away before the end is **not** charged.
 //! - `Background`: on a task spawned as soon as the response head is ready.

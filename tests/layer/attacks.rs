@@ -89,26 +89,66 @@ async fn a_spent_v3_token_is_refused_even_when_the_spent_set_is_full() {
 }
 
 #[tokio::test]
-async fn a_v3_token_whose_settle_was_refused_is_not_admitted_again() {
+async fn a_v3_token_the_backend_already_consumed_gets_402_and_no_work() {
     let backend = MockBackend::new(1_000);
-    // The backend already consumed this nonce (spent elsewhere).
+    // Spent elsewhere: another replica, or this process before a restart.
     backend.spent_nonces.lock().unwrap().insert("used".into());
-    let layer = builder(backend.clone()).build().unwrap();
+    let (hook, mut outcomes) = outcomes();
+    let layer = builder(backend.clone()).on_settle(hook).build().unwrap();
     let inner = Inner::ok();
     let token = x402_v3("used");
-    let (hook, mut outcomes) = outcomes();
-    let layer_with_hook = builder(backend.clone()).on_settle(hook).build().unwrap();
-    drop(layer);
-    let first = layer_with_hook
+    let first = layer
         .layer(inner.service())
         .oneshot(x402_request(token.clone()))
         .await
         .unwrap();
-    assert_eq!(first.status(), 200, "the work was done before the refusal");
-    let outcome = outcomes.recv().await.unwrap();
-    assert_eq!(outcome.status, nvm_payments::SettleStatus::Failed);
+    assert_eq!(first.status(), StatusCode::PAYMENT_REQUIRED);
+    let body = body_json(first.into_body()).await;
+    assert_eq!(body["error"], "invalid_token", "{body}");
+    assert_eq!(
+        outcomes.recv().await.unwrap().status,
+        nvm_payments::SettleStatus::Failed
+    );
     for _ in 0..3 {
-        let replay = layer_with_hook
+        let replay = layer
+            .layer(inner.service())
+            .oneshot(x402_request(token.clone()))
+            .await
+            .unwrap();
+        assert_eq!(replay.status(), StatusCode::PAYMENT_REQUIRED);
+    }
+    assert_eq!(
+        inner.calls(),
+        1,
+        "the handler ran once, its answer withheld"
+    );
+    assert_eq!(backend.charge_calls(), 1, "replays never reach settle");
+}
+
+#[tokio::test]
+async fn a_v3_token_whose_background_charge_failed_is_not_admitted_again() {
+    let backend = MockBackend::new(1_000);
+    backend.spent_nonces.lock().unwrap().insert("used".into());
+    let (hook, mut outcomes) = outcomes();
+    let layer = builder(backend.clone())
+        .charge_timing(ChargeTiming::Background)
+        .on_settle(hook)
+        .build()
+        .unwrap();
+    let inner = Inner::ok();
+    let token = x402_v3("used");
+    let first = layer
+        .layer(inner.service())
+        .oneshot(x402_request(token.clone()))
+        .await
+        .unwrap();
+    assert_eq!(first.status(), 200, "the response left before the charge");
+    assert_eq!(
+        outcomes.recv().await.unwrap().status,
+        nvm_payments::SettleStatus::Failed
+    );
+    for _ in 0..3 {
+        let replay = layer
             .layer(inner.service())
             .oneshot(x402_request(token.clone()))
             .await
