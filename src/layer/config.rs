@@ -34,13 +34,19 @@ pub enum ChargeTiming {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ChargeVia {
-    /// x402 tokens are settled (`POST /api/v1/x402/settle`), bearer tokens redeemed
-    /// (`POST /api/v1/protocol/plans/redeem`). The default.
+    /// Accept only what the configured backend can charge. x402 tokens are settled
+    /// (`POST /api/v1/x402/settle`). Bearer JWTs are redeemed on a custom backend (the
+    /// devserver, a self-hosted one) and refused with `invalid_token` on the hosted
+    /// environments (sandbox, live, staging), which no longer mount redeem
+    /// (docs/wire-notes.md §3.7): a bearer caller is never served and then left
+    /// uncharged. The default.
     #[default]
     Auto,
-    /// Settle only: bearer tokens are refused with `invalid_token`, because the live
-    /// backend no longer mounts redeem (docs/wire-notes.md §3.7).
+    /// Settle only: bearer tokens are refused with `invalid_token` whatever the backend.
     Settle,
+    /// x402 tokens settled and bearer tokens redeemed whatever the backend: the legacy
+    /// path, for a hosted backend that still mounts redeem.
+    SettleOrRedeem,
     /// Redeem every request from the payer's balance (legacy backends, the devserver).
     Redeem,
 }
@@ -102,6 +108,17 @@ impl CreditsPerRequest {
 }
 
 /// The checked configuration the layer runs with.
+impl LayerConfig {
+    /// Whether bearer credentials can be charged (redeemed) on this backend.
+    pub(crate) fn redeems_bearer(&self) -> bool {
+        match self.via {
+            ChargeVia::Settle => false,
+            ChargeVia::SettleOrRedeem | ChargeVia::Redeem => true,
+            ChargeVia::Auto => self.environment == Environment::Custom,
+        }
+    }
+}
+
 pub(crate) struct LayerConfig {
     pub(crate) environment: Environment,
     pub(crate) plan_ids: Vec<PlanId>,

@@ -284,7 +284,7 @@ impl Gate {
                 )
             }
             Credential::Bearer { token } => {
-                if self.config.via == ChargeVia::Settle {
+                if !self.config.redeems_bearer() {
                     return Err(Rejection::x402_only());
                 }
                 let (claims, ttl) = self.auth.bearer(&*self.backend, token).await?;

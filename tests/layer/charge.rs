@@ -546,3 +546,47 @@ async fn a_client_that_hangs_up_during_the_charge_does_not_cancel_it() {
     assert_eq!(backend.charged_ids(), 1);
     assert_eq!(backend.settle_calls.load(Ordering::SeqCst), 1);
 }
+
+/// The default accepts only what the backend can charge: the hosted backends no longer
+/// mount redeem, so a bearer caller there is refused before the handler instead of
+/// being served and never charged.
+#[tokio::test]
+async fn by_default_bearer_tokens_are_refused_where_redeem_does_not_exist() {
+    let on = |env: nvm_payments::Environment, via: Option<ChargeVia>| {
+        let backend = MockBackend::new(100);
+        let mut b = nvm_payments::PaymentLayer::builder_with_backend(backend.clone(), env)
+            .plan_id(plan())
+            .agent_id(agent())
+            .credits(2u64);
+        if let Some(via) = via {
+            b = b.charge_via(via);
+        }
+        (backend, b.build().unwrap())
+    };
+    let hosted = nvm_payments::Environment::Sandbox;
+    let (backend, layer) = on(hosted, None);
+    let inner = Inner::ok();
+    let r = layer
+        .layer(inner.service())
+        .oneshot(bearer_request(bearer(PLAN, Some(AGENT))))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 402);
+    assert_eq!(body_json(r.into_body()).await["error"], "invalid_token");
+    assert_eq!((inner.calls(), backend.charge_calls()), (0, 0));
+
+    // Opting in to the legacy path, or a custom backend (the devserver): redeemed.
+    for (env, via) in [
+        (hosted, Some(ChargeVia::SettleOrRedeem)),
+        (nvm_payments::Environment::Custom, None),
+    ] {
+        let (backend, layer) = on(env, via);
+        let r = layer
+            .layer(Inner::ok().service())
+            .oneshot(bearer_request(bearer(PLAN, Some(AGENT))))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{env:?} {via:?}");
+        assert_eq!(backend.redeem_calls.load(Ordering::SeqCst), 1);
+    }
+}

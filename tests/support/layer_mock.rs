@@ -624,7 +624,7 @@ impl Inner {
 }
 
 pub fn builder(backend: Arc<MockBackend>) -> nvm_payments::layer::PaymentLayerBuilder {
-    PaymentLayer::builder_with_backend(backend, Environment::Sandbox)
+    PaymentLayer::builder_with_backend(backend, Environment::Custom)
         .plan_id(plan())
         .agent_id(agent())
         .credits(2u64)
