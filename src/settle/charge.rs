@@ -227,7 +227,9 @@ impl PendingCharge {
         if let Some(claim) = single_use {
             claim.spend();
         }
-        let span = tracing::info_span!(
+        // A debug span: at `info` a settled charge costs no span and no log line; the
+        // failed and unknown ones carry their request id themselves (log_outcome).
+        let span = tracing::debug_span!(
             "nvm.settle",
             token = %charge.caller.token_digest,
             request_id = %charge.request_id,
@@ -328,16 +330,18 @@ impl Drop for DetachOnDrop {
 
 fn log_outcome(outcome: &SettleOutcome) {
     match outcome.status {
-        SettleStatus::Settled => tracing::info!(
+        SettleStatus::Settled => tracing::debug!(
             plan = %outcome.plan_id, subscriber = %outcome.subscriber,
             attempts = outcome.attempts, "charge settled"
         ),
         SettleStatus::Failed => tracing::warn!(
+            request_id = %outcome.request_id,
             plan = %outcome.plan_id, subscriber = %outcome.subscriber,
             attempts = outcome.attempts, reason = outcome.reason.as_deref().unwrap_or(""),
             "charge failed: nothing was charged"
         ),
         SettleStatus::Unknown => tracing::error!(
+            request_id = %outcome.request_id,
             plan = %outcome.plan_id, subscriber = %outcome.subscriber,
             attempts = outcome.attempts, reason = outcome.reason.as_deref().unwrap_or(""),
             "charge outcome unknown: reconcile by request id"
