@@ -27,6 +27,15 @@ fn post(path: &str, header: Option<(&str, String)>) -> Request<TestBody> {
     b.body(Full::new(Bytes::new())).unwrap()
 }
 
+/// One request through a fresh service of `layer` over `inner`.
+async fn send(
+    layer: &nvm_payments::PaymentLayer,
+    inner: &Inner,
+    request: Request<TestBody>,
+) -> Response<nvm_payments::layer::PaymentBody<TestBody>> {
+    layer.layer(inner.service()).oneshot(request).await.unwrap()
+}
+
 async fn error_code(response: Response<nvm_payments::layer::PaymentBody<TestBody>>) -> String {
     body_json(response.into_body())
         .await
@@ -48,28 +57,21 @@ async fn a_spent_v3_token_is_refused_even_when_the_spent_set_is_full() {
     let inner = Inner::ok();
     // Fill the set: 7 tokens, each paid once, then the attacker's token.
     for n in 0..7 {
-        let response = layer
-            .layer(inner.service())
-            .oneshot(x402_request(x402_v3(&format!("filler-{n}"))))
-            .await
-            .unwrap();
+        let response = send(
+            &layer,
+            &inner,
+            x402_request(x402_v3(&format!("filler-{n}"))),
+        )
+        .await;
         assert_eq!(response.status(), 200);
     }
     let token = x402_v3("attacker");
-    let first = layer
-        .layer(inner.service())
-        .oneshot(x402_request(token.clone()))
-        .await
-        .unwrap();
+    let first = send(&layer, &inner, x402_request(token.clone())).await;
     assert_eq!(first.status(), 200);
     assert_eq!(layer.cache_sizes().await.spent_single_use_tokens, 8);
 
     for _ in 0..5 {
-        let replay = layer
-            .layer(inner.service())
-            .oneshot(x402_request(token.clone()))
-            .await
-            .unwrap();
+        let replay = send(&layer, &inner, x402_request(token.clone())).await;
         assert_eq!(replay.status(), StatusCode::PAYMENT_REQUIRED);
         assert_eq!(error_code(replay).await, "invalid_token");
     }
@@ -79,11 +81,7 @@ async fn a_spent_v3_token_is_refused_even_when_the_spent_set_is_full() {
 
     // A new token while the set is full of tokens spent within the verification TTL:
     // "retry later", never admitted unguarded.
-    let fresh = layer
-        .layer(inner.service())
-        .oneshot(x402_request(x402_v3("fresh")))
-        .await
-        .unwrap();
+    let fresh = send(&layer, &inner, x402_request(x402_v3("fresh"))).await;
     assert_eq!(fresh.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(inner.calls(), 8);
 }
@@ -97,11 +95,7 @@ async fn a_v3_token_the_backend_already_consumed_gets_402_and_no_work() {
     let layer = builder(backend.clone()).on_settle(hook).build().unwrap();
     let inner = Inner::ok();
     let token = x402_v3("used");
-    let first = layer
-        .layer(inner.service())
-        .oneshot(x402_request(token.clone()))
-        .await
-        .unwrap();
+    let first = send(&layer, &inner, x402_request(token.clone())).await;
     assert_eq!(first.status(), StatusCode::PAYMENT_REQUIRED);
     let body = body_json(first.into_body()).await;
     assert_eq!(body["error"], "invalid_token", "{body}");
@@ -110,11 +104,7 @@ async fn a_v3_token_the_backend_already_consumed_gets_402_and_no_work() {
         nvm_payments::SettleStatus::Failed
     );
     for _ in 0..3 {
-        let replay = layer
-            .layer(inner.service())
-            .oneshot(x402_request(token.clone()))
-            .await
-            .unwrap();
+        let replay = send(&layer, &inner, x402_request(token.clone())).await;
         assert_eq!(replay.status(), StatusCode::PAYMENT_REQUIRED);
     }
     assert_eq!(
@@ -137,22 +127,14 @@ async fn a_v3_token_whose_background_charge_failed_is_not_admitted_again() {
         .unwrap();
     let inner = Inner::ok();
     let token = x402_v3("used");
-    let first = layer
-        .layer(inner.service())
-        .oneshot(x402_request(token.clone()))
-        .await
-        .unwrap();
+    let first = send(&layer, &inner, x402_request(token.clone())).await;
     assert_eq!(first.status(), 200, "the response left before the charge");
     assert_eq!(
         outcomes.recv().await.unwrap().status,
         nvm_payments::SettleStatus::Failed
     );
     for _ in 0..3 {
-        let replay = layer
-            .layer(inner.service())
-            .oneshot(x402_request(token.clone()))
-            .await
-            .unwrap();
+        let replay = send(&layer, &inner, x402_request(token.clone())).await;
         assert_eq!(replay.status(), StatusCode::PAYMENT_REQUIRED);
     }
     assert_eq!(
@@ -178,16 +160,13 @@ async fn three_spellings_of_one_v3_token_sent_at_once_are_served_once() {
         STANDARD.encode(&compact),
         STANDARD.encode(&spaced),
     ];
-    let responses = futures_util::future::join_all(spellings.iter().map(|t| {
-        layer
-            .layer(inner.service())
-            .oneshot(x402_request(t.clone()))
-    }))
+    let responses = futures_util::future::join_all(
+        spellings
+            .iter()
+            .map(|t| send(&layer, &inner, x402_request(t.clone()))),
+    )
     .await;
-    let served = responses
-        .iter()
-        .filter(|r| r.as_ref().unwrap().status() == 200)
-        .count();
+    let served = responses.iter().filter(|r| r.status() == 200).count();
     assert_eq!(served, 1);
     assert_eq!(inner.calls(), 1);
     assert_eq!(backend.charge_calls(), 1);
@@ -197,11 +176,7 @@ async fn three_spellings_of_one_v3_token_sent_at_once_are_served_once() {
     );
     // And one after the other.
     for t in &spellings {
-        let replay = layer
-            .layer(inner.service())
-            .oneshot(x402_request(t.clone()))
-            .await
-            .unwrap();
+        let replay = send(&layer, &inner, x402_request(t.clone())).await;
         assert_eq!(replay.status(), StatusCode::PAYMENT_REQUIRED);
     }
     assert_eq!(inner.calls(), 1);
@@ -322,11 +297,7 @@ async fn verify_refusing_the_agents_own_key_is_an_outage_logged_at_error() {
     let logs = Logs::default();
     let guard = logs.capture();
     let token = valid_x402();
-    let r = layer
-        .layer(inner.service())
-        .oneshot(x402_request(token.clone()))
-        .await
-        .unwrap();
+    let r = send(&layer, &inner, x402_request(token.clone())).await;
     drop(guard);
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(r.headers().contains_key("retry-after"));
@@ -341,11 +312,7 @@ async fn verify_refusing_the_agents_own_key_is_an_outage_logged_at_error() {
 
     // The key is fixed: the same token is verified again at once, not remembered as bad.
     *backend.verify_mode.lock().unwrap() = VerifyMode::BySignature;
-    let r = layer
-        .layer(inner.service())
-        .oneshot(x402_request(token))
-        .await
-        .unwrap();
+    let r = send(&layer, &inner, x402_request(token)).await;
     assert_eq!(r.status(), 200);
     assert_eq!(backend.verifies(), 2);
 }
@@ -357,18 +324,10 @@ async fn verify_answering_404_is_a_misconfiguration_not_a_bad_token() {
     });
     let layer = builder(backend.clone()).build().unwrap();
     let inner = Inner::ok();
-    let r = layer
-        .layer(inner.service())
-        .oneshot(x402_request(valid_x402()))
-        .await
-        .unwrap();
+    let r = send(&layer, &inner, x402_request(valid_x402())).await;
     assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(error_code(r).await, "payment_misconfigured");
-    let again = layer
-        .layer(inner.service())
-        .oneshot(x402_request(valid_x402()))
-        .await
-        .unwrap();
+    let again = send(&layer, &inner, x402_request(valid_x402())).await;
     assert_eq!(again.status(), StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(
         backend.verifies(),
@@ -386,34 +345,24 @@ async fn a_failing_jwks_is_fetched_once_per_back_off_window() {
     *backend.jwks_down.lock().unwrap() = true;
     let layer = builder(backend.clone()).build().unwrap();
     let inner = Inner::ok();
-    let responses = futures_util::future::join_all((0..10).map(|n| {
-        layer
-            .layer(inner.service())
-            .oneshot(bearer_request(bearer_valid_for(3600 + n)))
-    }))
+    let responses = futures_util::future::join_all(
+        (0..10).map(|n| send(&layer, &inner, bearer_request(bearer_valid_for(3600 + n)))),
+    )
     .await;
     for r in responses {
-        assert_eq!(r.unwrap().status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
     }
     assert_eq!(backend.jwks_calls.load(Ordering::SeqCst), 1);
 
     // Within the window: refused without another fetch.
-    let r = layer
-        .layer(inner.service())
-        .oneshot(bearer_request(bearer_valid_for(7200)))
-        .await
-        .unwrap();
+    let r = send(&layer, &inner, bearer_request(bearer_valid_for(7200))).await;
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(backend.jwks_calls.load(Ordering::SeqCst), 1);
 
     // After it, the issuer is back: one fetch, served.
     *backend.jwks_down.lock().unwrap() = false;
     tokio::time::advance(Duration::from_millis(1_100)).await;
-    let r = layer
-        .layer(inner.service())
-        .oneshot(bearer_request(bearer_valid_for(7300)))
-        .await
-        .unwrap();
+    let r = send(&layer, &inner, bearer_request(bearer_valid_for(7300))).await;
     assert_eq!(r.status(), 200);
     assert_eq!(backend.jwks_calls.load(Ordering::SeqCst), 2);
     assert_eq!(inner.calls(), 1);
@@ -477,11 +426,7 @@ async fn the_verification_cache_stays_within_its_byte_budget_with_8_kib_tokens()
         .unwrap();
     let inner = Inner::ok();
     for n in 0..100 {
-        let r = layer
-            .layer(inner.service())
-            .oneshot(x402_request(big_token(n)))
-            .await
-            .unwrap();
+        let r = send(&layer, &inner, x402_request(big_token(n))).await;
         assert_eq!(r.status(), 200);
     }
     let sizes = layer.cache_sizes().await;
@@ -500,18 +445,15 @@ async fn requests_that_cannot_be_charged_leave_no_route_and_no_verification() {
     let token = valid_x402();
     for n in 0..50 {
         let path = format!("/junk/{n}");
-        let r = layer
-            .layer(not_found.service())
-            .oneshot(post(&path, Some(("payment-signature", token.clone()))))
-            .await
-            .unwrap();
+        let r = send(
+            &layer,
+            &not_found,
+            post(&path, Some(("payment-signature", token.clone()))),
+        )
+        .await;
         assert_eq!(r.status(), StatusCode::NOT_FOUND);
         // Unauthenticated junk never even reaches the handler.
-        let r = layer
-            .layer(not_found.service())
-            .oneshot(post(&format!("/anon/{n}"), None))
-            .await
-            .unwrap();
+        let r = send(&layer, &not_found, post(&format!("/anon/{n}"), None)).await;
         assert_eq!(r.status(), StatusCode::PAYMENT_REQUIRED);
     }
     let sizes = layer.cache_sizes().await;
@@ -520,11 +462,7 @@ async fn requests_that_cannot_be_charged_leave_no_route_and_no_verification() {
     assert_eq!(backend.charge_calls(), 0);
 
     let ok = Inner::ok();
-    let r = layer
-        .layer(ok.service())
-        .oneshot(x402_request(token))
-        .await
-        .unwrap();
+    let r = send(&layer, &ok, x402_request(token)).await;
     assert_eq!(r.status(), 200);
     let sizes = layer.cache_sizes().await;
     assert_eq!((sizes.routes, sizes.verifications), (1, 1), "{sizes:?}");
@@ -546,11 +484,7 @@ async fn a_non_subscribers_genuine_token_is_remembered_as_refused_for_a_moment()
         .unwrap();
     let inner = Inner::ok();
     for _ in 0..5 {
-        let r = layer
-            .layer(inner.service())
-            .oneshot(x402_request(x402_from(broke)))
-            .await
-            .unwrap();
+        let r = send(&layer, &inner, x402_request(x402_from(broke))).await;
         assert_eq!(r.status(), StatusCode::PAYMENT_REQUIRED);
         assert_eq!(error_code(r).await, "insufficient_balance");
     }
@@ -571,11 +505,7 @@ async fn unread_streams_do_not_use_up_the_pending_charge_bound() {
     let inner = Inner::ok();
     let mut unread = Vec::new();
     for _ in 0..2 {
-        let r = layer
-            .layer(inner.service())
-            .oneshot(x402_request(valid_x402()))
-            .await
-            .unwrap();
+        let r = send(&layer, &inner, x402_request(valid_x402())).await;
         assert_eq!(r.status(), 200);
         unread.push(r);
     }
@@ -584,11 +514,7 @@ async fn unread_streams_do_not_use_up_the_pending_charge_bound() {
         0,
         "nothing is sent while streams are unread"
     );
-    let third = layer
-        .layer(inner.service())
-        .oneshot(x402_request(valid_x402()))
-        .await
-        .unwrap();
+    let third = send(&layer, &inner, x402_request(valid_x402())).await;
     assert_eq!(third.status(), 200, "other callers are not refused");
     unread.push(third);
     for r in unread {
@@ -625,18 +551,10 @@ async fn tokens_whose_cache_hashes_collide_are_never_confused() {
     let forged = x402_token(PLAN, Some(AGENT), "0xforged");
     for _ in 0..3 {
         for token in [x402_from(alice), x402_from(bob)] {
-            let r = layer
-                .layer(inner.service())
-                .oneshot(x402_request(token))
-                .await
-                .unwrap();
+            let r = send(&layer, &inner, x402_request(token)).await;
             assert_eq!(r.status(), 200);
         }
-        let r = layer
-            .layer(inner.service())
-            .oneshot(x402_request(forged.clone()))
-            .await
-            .unwrap();
+        let r = send(&layer, &inner, x402_request(forged.clone())).await;
         assert_eq!(
             r.status(),
             StatusCode::PAYMENT_REQUIRED,
