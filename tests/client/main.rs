@@ -8,5 +8,6 @@ mod support;
 
 mod config_helpers;
 mod faults;
+mod lenient;
 mod props;
 mod wire;
