@@ -17,6 +17,7 @@
 
 mod agents;
 mod api_key;
+mod delegations;
 mod error;
 mod options;
 mod plans;
@@ -29,10 +30,13 @@ use std::sync::Arc;
 use http::HeaderValue;
 
 pub use agents::Agents;
+pub use delegations::Delegations;
 pub use error::{ApiError, Error};
 pub use options::{Environment, PaymentOptions};
 pub use plans::{ListOptions, Page, Plans, SortOrder};
-pub use x402::{build_payment_required, PaymentRequiredOptions, JWKS_PATH, X402};
+pub use x402::{
+    build_payment_required, PaymentRequiredOptions, X402TokenOptions, JWKS_PATH, X402,
+};
 
 use crate::types::Address;
 use transport::Transport;
@@ -155,6 +159,11 @@ impl Payments {
     /// Agents: registration, lookup, plan links.
     pub fn agents(&self) -> Agents<'_> {
         Agents { payments: self }
+    }
+
+    /// Delegations: create and list them, and the saved payment methods they charge.
+    pub fn delegations(&self) -> Delegations<'_> {
+        Delegations { payments: self }
     }
 
     /// x402 access tokens and the facilitator (verify, settle), and legacy tokens.

@@ -137,7 +137,7 @@ impl ListOptions {
 }
 
 /// Percent-encodes everything but RFC 3986 unreserved characters.
-fn encode_query_value(v: &str) -> String {
+pub(crate) fn encode_query_value(v: &str) -> String {
     let mut out = String::with_capacity(v.len());
     for b in v.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {

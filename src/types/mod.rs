@@ -13,6 +13,7 @@
 
 mod agent;
 mod credits;
+mod delegation;
 mod ids;
 mod plan;
 mod result;
@@ -21,6 +22,7 @@ pub mod serde_util;
 mod x402;
 
 pub use agent::*;
+pub use delegation::*;
 pub use credits::{Credits, ParseCreditsError};
 pub use ids::{Address, AgentId, ParseIdError, PlanId};
 pub use plan::*;

@@ -49,6 +49,16 @@ pub struct PaymentScheme {
     pub extra: Option<SchemeExtra>,
 }
 
+impl DelegationConfig {
+    /// Spend through an existing delegation (the preferred form).
+    pub fn existing(delegation_id: impl Into<String>) -> Self {
+        DelegationConfig {
+            delegation_id: Some(delegation_id.into()),
+            other: Map::new(),
+        }
+    }
+}
+
 impl PaymentScheme {
     /// The agent named in `extra`, if any.
     pub fn agent_id(&self) -> Option<&AgentId> {
@@ -160,6 +170,12 @@ pub struct PermissionsRequest {
     /// Delegation to spend through.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delegation_config: Option<DelegationConfig>,
+    /// The resource a v3 token is bound to (`{"url": …}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource: Option<PaymentResource>,
+    /// `2` or `3`; the backend mints v2 when left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_version: Option<u8>,
 }
 
 /// Response of `POST /api/v1/x402/permissions`.

@@ -745,3 +745,132 @@ async fn per_call_organisation_header() {
     assert!(p.for_organization("  ").is_err());
     assert!(p.for_organization("bad\nvalue").is_err());
 }
+
+#[tokio::test]
+async fn delegations_and_payment_methods() {
+    let stub = Stub::default();
+    stub.json(
+        "POST /api/v1/delegation/create",
+        201,
+        r#"{"delegationId":"3f1c0a52-0000-4000-8000-000000000000"}"#,
+    );
+    stub.json(
+        "GET /api/v1/delegation",
+        200,
+        r#"[{"id":"d-1","spendingLimitCents":5000,"spentCents":"n/a","currency":"usd","status":"active"}]"#,
+    );
+    stub.json(
+        "GET /api/v1/payment-methods",
+        200,
+        r#"[{"id":"pm_123","type":"card","brand":"visa","last4":"4242","expMonth":12,"expYear":2030,"provider":"stripe"}]"#,
+    );
+    let p = client(&stub).await;
+    let mut req = CreateDelegationRequest::new("stripe", 5_000, 86_400, "usd");
+    req.provider_payment_method_id = Some("pm_123".into());
+    req.plan_id = Some(plan());
+    let created = p.delegations().create_delegation(&req).await.unwrap();
+    assert_eq!(created.delegation_id, "3f1c0a52-0000-4000-8000-000000000000");
+    assert_golden(&stub.last(), "create_delegation");
+    assert_authenticated(&stub.last());
+
+    let list = p.delegations().list_delegations().await.unwrap();
+    assert_eq!(list[0].id, "d-1");
+    assert_eq!(list[0].spending_limit_cents, Some(5000));
+    assert_eq!(list[0].spent_cents, None, "unreadable reads as None");
+    assert_eq!(stub.last().path_and_query, "/api/v1/delegation");
+    assert_authenticated(&stub.last());
+
+    let methods = p
+        .delegations()
+        .list_payment_methods(Some("stripe"))
+        .await
+        .unwrap();
+    assert_eq!(methods[0].last4, "4242");
+    assert_eq!(methods[0].kind.as_deref(), Some("card"));
+    assert_eq!(
+        stub.last().path_and_query,
+        "/api/v1/payment-methods?provider=stripe"
+    );
+    assert_authenticated(&stub.last());
+
+    let blank = CreateDelegationRequest::new("stripe", 1, 1, " ");
+    assert!(matches!(
+        p.delegations().create_delegation(&blank).await,
+        Err(Error::InvalidArgument {
+            field: "currency",
+            ..
+        })
+    ));
+}
+
+#[tokio::test]
+async fn token_request_carries_delegation_version_resource_and_verb() {
+    use nvm_payments::client::X402TokenOptions;
+    let stub = Stub::default();
+    stub.json(
+        "POST /api/v1/x402/permissions",
+        201,
+        r#"{"accessToken":"dG9rZW4"}"#,
+    );
+    let p = client(&stub).await;
+    let opts = X402TokenOptions {
+        agent_id: Some(agent()),
+        scheme: Some(SCHEME_CARD_DELEGATION.into()),
+        delegation: Some(DelegationConfig::existing(
+            "3f1c0a52-0000-4000-8000-000000000000",
+        )),
+        token_version: Some(3),
+        resource_url: Some("https://agent.example/ask".into()),
+        http_verb: Some("post".into()),
+        ..Default::default()
+    };
+    p.x402()
+        .get_x402_access_token_for(&plan(), opts.clone())
+        .await
+        .unwrap();
+    assert_golden(&stub.last(), "permissions_v3_card");
+    assert_authenticated(&stub.last());
+    let sent = stub.seen().len();
+
+    // Refused locally, before any call: a card token without a delegation, a blank
+    // delegation id, a version the backend does not mint.
+    for (bad, field) in [
+        (
+            X402TokenOptions {
+                delegation: None,
+                ..opts.clone()
+            },
+            "delegation",
+        ),
+        (
+            X402TokenOptions {
+                delegation: Some(DelegationConfig::existing("  ")),
+                ..opts.clone()
+            },
+            "delegation.delegation_id",
+        ),
+        (
+            X402TokenOptions {
+                token_version: Some(4),
+                ..opts.clone()
+            },
+            "token_version",
+        ),
+    ] {
+        match p.x402().get_x402_access_token_for(&plan(), bad).await {
+            Err(Error::InvalidArgument { field: f, .. }) => assert_eq!(f, field),
+            other => panic!("{field}: {other:?}"),
+        }
+    }
+    assert_eq!(stub.seen().len(), sent, "nothing was sent");
+
+    // A crypto token may go without a delegation (as payments-py allows).
+    p.x402()
+        .get_x402_access_token_for(&plan(), X402TokenOptions::default())
+        .await
+        .unwrap();
+    let body = stub.last().json();
+    assert!(body.get("delegationConfig").is_none());
+    assert!(body.get("tokenVersion").is_none());
+    assert_eq!(body["accepted"]["scheme"], "nvm:erc4337");
+}

@@ -105,6 +105,8 @@ async fn permissions_mint_an_official_envelope() {
             delegation_id: Some("3f1c0a52-0000-4000-8000-000000000000".into()),
             other: Default::default(),
         }),
+        resource: None,
+        token_version: None,
     };
     let sub = w.server.payments(&w.subscriber);
     let tok = sub
@@ -718,4 +720,30 @@ async fn delegations_are_recorded_and_listed() {
     assert_eq!(resp.status(), 201);
     let body: Value = resp.json().await.unwrap();
     assert!(body["accessToken"].as_str().is_some_and(|t| !t.is_empty()));
+}
+
+#[tokio::test]
+async fn client_delegations_round_trip() {
+    use nvm_payments::types::CreateDelegationRequest;
+    let w = World::new().await;
+    let sub = w.server.payments(&w.subscriber);
+    let created = sub
+        .delegations()
+        .create_delegation(&CreateDelegationRequest::new("stripe", 2_500, 3_600, "usd"))
+        .await
+        .unwrap();
+    let list = sub.delegations().list_delegations().await.unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].id, created.delegation_id);
+    assert_eq!(list[0].spending_limit_cents, Some(2_500));
+    assert_eq!(list[0].currency.as_deref(), Some("usd"));
+    // Another account sees none of them.
+    let owner = w.server.payments(&w.builder);
+    assert!(owner.delegations().list_delegations().await.unwrap().is_empty());
+    assert!(sub
+        .delegations()
+        .list_payment_methods(Some("stripe"))
+        .await
+        .unwrap()
+        .is_empty());
 }
