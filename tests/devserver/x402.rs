@@ -747,3 +747,104 @@ async fn client_delegations_round_trip() {
         .unwrap()
         .is_empty());
 }
+
+#[tokio::test]
+async fn v3_tokens_carry_a_nonce_and_settle_once() {
+    use nvm_payments::client::X402TokenOptions;
+    let (w, plan, agent) = setup(10).await;
+    let sub = w.server.payments(&w.subscriber);
+    sub.plans().order_plan(&plan).await.unwrap();
+    let tok = sub
+        .x402()
+        .get_x402_access_token_for(
+            &plan,
+            X402TokenOptions {
+                agent_id: Some(agent.clone()),
+                token_version: Some(3),
+                resource_url: Some("https://agent.example/ask".into()),
+                http_verb: Some("post".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+        .access_token;
+    let env: Value = serde_json::from_slice(&STANDARD.decode(tok.expose()).unwrap()).unwrap();
+    let nonce = env["payload"]["authorization"]["nonce"].as_str().unwrap();
+    assert_eq!(nonce.len(), 64, "32 random bytes, hex: {nonce}");
+    assert!(nonce.bytes().all(|b| b.is_ascii_hexdigit()));
+    assert_eq!(env["accepted"]["extra"]["httpVerb"], "POST");
+    assert_eq!(env["resource"]["url"], "https://agent.example/ask");
+
+    // Two v3 tokens never share a nonce.
+    let other = token_v3(&sub, &plan).await;
+    let other: Value = serde_json::from_slice(&STANDARD.decode(other.expose()).unwrap()).unwrap();
+    assert_ne!(other["payload"]["authorization"]["nonce"], nonce);
+
+    let owner = w.server.payments(&w.builder);
+    let pr = required(&plan, Some(&agent));
+    // Verify never consumes it.
+    for _ in 0..2 {
+        let v = owner
+            .x402()
+            .verify_permissions(&pr, &tok, Some(c(1)))
+            .await
+            .unwrap();
+        assert!(v.is_valid);
+    }
+    let first = owner
+        .x402()
+        .settle_permissions(&pr, &tok, Some(c(1)), Some("r-1"))
+        .await
+        .unwrap();
+    assert!(first.success);
+    // A retry of that settle answers the same; any other settle is refused.
+    let retry = owner
+        .x402()
+        .settle_permissions(&pr, &tok, Some(c(1)), Some("r-1"))
+        .await
+        .unwrap();
+    assert_eq!(retry, first);
+    for id in [Some("r-2"), None] {
+        let again = owner
+            .x402()
+            .settle_permissions(&pr, &tok, Some(c(1)), id)
+            .await
+            .unwrap();
+        assert!(!again.success);
+        assert!(
+            again
+                .error_reason
+                .as_deref()
+                .unwrap_or_default()
+                .starts_with("BCK.X402.0059"),
+            "{again:?}"
+        );
+    }
+    assert_eq!(w.balance(&plan, &w.subscriber).await, c(9));
+
+    // An edited nonce breaks the signature.
+    let mut forged = env.clone();
+    forged["payload"]["authorization"]["nonce"] = json!("00".repeat(32));
+    let forged = AccessToken::new(STANDARD.encode(serde_json::to_vec(&forged).unwrap()));
+    let err = owner
+        .x402()
+        .settle_permissions(&pr, &forged, Some(c(1)), None)
+        .await
+        .unwrap_err();
+    assert_eq!(api_code(&err).map(|(_, code)| code).as_deref(), Some("BCK.X402.0005"));
+}
+
+async fn token_v3(p: &nvm_payments::Payments, plan: &PlanId) -> AccessToken {
+    p.x402()
+        .get_x402_access_token_for(
+            plan,
+            nvm_payments::client::X402TokenOptions {
+                token_version: Some(3),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+        .access_token
+}

@@ -11,7 +11,7 @@ use super::{agent_id, created, plan_id, Params};
 use crate::devserver::accounts::Caller;
 use crate::devserver::error::{ApiError, JsonBody};
 use crate::devserver::ledger::{Charge, InvalidReason};
-use crate::devserver::x402_token::{self, TokenDecodeError};
+use crate::devserver::x402_token::{self, TokenDecodeError, TokenVersion};
 use crate::devserver::DevServerState;
 use crate::types::{
     AccessToken, AgentId, Credits, PaymentRequired, PermissionsRequest, PermissionsResponse,
@@ -35,7 +35,18 @@ pub(crate) async fn permissions(
             return Err(ApiError::agent_not_found());
         }
     }
-    let access_token = state.x402().mint(&req.accepted, &caller);
+    let version = match req.token_version {
+        None | Some(2) => TokenVersion::V2,
+        Some(3) => TokenVersion::V3 {
+            resource_url: req.resource.map(|r| r.url).filter(|u| !u.is_empty()),
+        },
+        Some(other) => {
+            return Err(ApiError::validation(format!(
+                "tokenVersion must be 2 or 3, not {other}"
+            )))
+        }
+    };
+    let access_token = state.x402().mint(&req.accepted, &caller, version);
     Ok(created(PermissionsResponse { access_token }))
 }
 
@@ -78,6 +89,12 @@ fn charge<'a>(
             .map(|a| (a.plan_id.clone(), a.agent_id().cloned()))
             .collect(),
         requested: max_amount.unwrap_or(Credits::ZERO),
+        nonce: token
+            .payload
+            .authorization
+            .nonce
+            .as_deref()
+            .filter(|n| !n.is_empty()),
     }
 }
 
