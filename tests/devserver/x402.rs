@@ -761,7 +761,8 @@ async fn v3_tokens_carry_a_nonce_and_settle_once() {
             X402TokenOptions {
                 agent_id: Some(agent.clone()),
                 token_version: Some(3),
-                resource_url: Some("https://agent.example/ask".into()),
+                // The resource of `required()`, so verify's resource check passes.
+                resource_url: Some("/ask".into()),
                 http_verb: Some("post".into()),
                 ..Default::default()
             },
@@ -774,7 +775,7 @@ async fn v3_tokens_carry_a_nonce_and_settle_once() {
     assert_eq!(nonce.len(), 64, "32 random bytes, hex: {nonce}");
     assert!(nonce.bytes().all(|b| b.is_ascii_hexdigit()));
     assert_eq!(env["accepted"]["extra"]["httpVerb"], "POST");
-    assert_eq!(env["resource"]["url"], "https://agent.example/ask");
+    assert_eq!(env["resource"]["url"], "/ask");
 
     // Two v3 tokens never share a nonce.
     let other = token_v3(&sub, &plan).await;
@@ -847,4 +848,125 @@ async fn token_v3(p: &nvm_payments::Payments, plan: &PlanId) -> AccessToken {
         .await
         .unwrap()
         .access_token
+}
+
+#[tokio::test]
+async fn v3_resource_and_endpoint_allow_list_are_enforced_at_verify() {
+    use nvm_payments::client::X402TokenOptions;
+    let w = World::new().await;
+    let plan = w.free_plan(get_dynamic_credits_config(c(10), c(1), c(3))).await;
+    let owner = w.server.payments(&w.builder);
+    let agent = owner
+        .agents()
+        .register_agent(
+            AgentMetadata::named("strict"),
+            nvm_payments::types::AgentApiAttributes::with_endpoints(vec![
+                nvm_payments::Endpoint::new("post", "https://agent.example/items/:id"),
+            ]),
+            vec![plan.clone()],
+        )
+        .await
+        .unwrap();
+    let sub = w.server.payments(&w.subscriber);
+    sub.plans().order_plan(&plan).await.unwrap();
+    let mint = |url: &'static str, verb: &'static str| {
+        let sub = sub.clone();
+        let plan = plan.clone();
+        let agent = agent.clone();
+        async move {
+            sub.x402()
+                .get_x402_access_token_for(
+                    &plan,
+                    X402TokenOptions {
+                        agent_id: Some(agent),
+                        token_version: Some(3),
+                        resource_url: Some(url.into()),
+                        http_verb: Some(verb.into()),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .unwrap()
+                .access_token
+        }
+    };
+    let pr_for = |url: &str| {
+        build_payment_required(
+            std::slice::from_ref(&plan),
+            Environment::Custom,
+            &PaymentRequiredOptions {
+                endpoint: Some(url.into()),
+                agent_id: Some(agent.clone()),
+                http_verb: Some("POST".into()),
+                ..Default::default()
+            },
+        )
+    };
+
+    // Bound to an allowed endpoint: valid, whatever the route's query string.
+    let tok = mint("https://agent.example/items/7", "post").await;
+    let v = owner
+        .x402()
+        .verify_permissions(&pr_for("https://agent.example/items/7?page=2"), &tok, Some(c(1)))
+        .await
+        .unwrap();
+    assert!(v.is_valid);
+
+    // Another resource than the route's: BCK.X402.0013.
+    let err = owner
+        .x402()
+        .verify_permissions(&pr_for("https://agent.example/items/8"), &tok, Some(c(1)))
+        .await
+        .unwrap_err();
+    assert_eq!(api_code(&err), Some((400, "BCK.X402.0013".to_owned())));
+
+    // A resource outside the agent's endpoints, or the wrong verb: BCK.PROTOCOL.0031.
+    for (url, verb) in [
+        ("https://agent.example/admin", "post"),
+        ("https://agent.example/items/7", "get"),
+    ] {
+        let tok = mint(url, verb).await;
+        let err = owner
+            .x402()
+            .verify_permissions(&pr_for(url), &tok, Some(c(1)))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            api_code(&err),
+            Some((400, "BCK.PROTOCOL.0031".to_owned())),
+            "{url} {verb}"
+        );
+    }
+
+    // A v2 token (no resource.url) skips both checks, as on the platform.
+    let v2 = token(&w, &plan, Some(&agent)).await;
+    let v = owner
+        .x402()
+        .verify_permissions(&pr_for("https://agent.example/admin"), &v2, Some(c(1)))
+        .await
+        .unwrap();
+    assert!(v.is_valid);
+}
+
+#[tokio::test]
+async fn malformed_nevermined_version_is_a_400_on_every_route() {
+    let w = World::new().await;
+    for version in ["v1", "1", "1.x", ""] {
+        let resp = http()
+            .get(w.url("/"))
+            .header("nevermined-version", version)
+            .send()
+            .await
+            .unwrap();
+        expect_envelope(resp, 400, "BCK.COMMON.0002").await;
+    }
+    let resp = http()
+        .get(w.url("/"))
+        .header("nevermined-version", "1.1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let resp = http().get(w.url("/")).send().await.unwrap();
+    assert_eq!(resp.status(), 200, "an absent header is fine");
 }
