@@ -6,8 +6,8 @@ use super::plans::{check_credits_plan, check_time_plan, ListOptions};
 use super::transport::Auth;
 use super::{Error, Payments};
 use crate::types::{
-    AccessLimit, Agent, AgentApiAttributes, AgentList, AgentId, AgentMetadata, AgentPlanSpec, AgentSpec,
-    NvmApiResult, PlanCreditsConfig, PlanId, PlanList, PlanMetadata, PlanPriceConfig,
+    AccessLimit, Agent, AgentApiAttributes, AgentId, AgentList, AgentMetadata, AgentPlanSpec,
+    AgentSpec, NvmApiResult, PlanCreditsConfig, PlanId, PlanList, PlanMetadata, PlanPriceConfig,
     RegisterAgentAndPlanRequest, RegisterAgentAndPlanResponse, RegisterAgentRequest,
     RegisterAgentResponse, UpdateAgentRequest,
 };

@@ -34,9 +34,7 @@ pub use delegations::Delegations;
 pub use error::{ApiError, Error};
 pub use options::{Environment, PaymentOptions};
 pub use plans::{ListOptions, Page, Plans, SortOrder};
-pub use x402::{
-    build_payment_required, PaymentRequiredOptions, X402TokenOptions, JWKS_PATH, X402,
-};
+pub use x402::{build_payment_required, PaymentRequiredOptions, X402TokenOptions, JWKS_PATH, X402};
 
 use crate::types::Address;
 use transport::Transport;

@@ -7,9 +7,10 @@ use jsonwebtoken::jwk::JwkSet;
 use super::transport::Auth;
 use super::{Environment, Error, Payments};
 use crate::types::{
-    AccessToken, AgentAccessCredentials, DelegationConfig, SCHEME_CARD_DELEGATION, AgentId, Credits, PaymentRequired, PaymentResource,
-    PaymentScheme, PermissionsRequest, PermissionsResponse, PlanId, SchemeExtra, SettleRequest,
-    SettleResponse, VerifyRequest, VerifyResponse, SCHEME_ERC4337, X402_VERSION,
+    AccessToken, AgentAccessCredentials, AgentId, Credits, DelegationConfig, PaymentRequired,
+    PaymentResource, PaymentScheme, PermissionsRequest, PermissionsResponse, PlanId, SchemeExtra,
+    SettleRequest, SettleResponse, VerifyRequest, VerifyResponse, SCHEME_CARD_DELEGATION,
+    SCHEME_ERC4337, X402_VERSION,
 };
 
 /// Where a backend serves the public keys of legacy bearer access tokens (a JWKS).
@@ -67,9 +68,7 @@ impl X402TokenOptions {
         plan_id: &PlanId,
         environment: Environment,
     ) -> Result<PermissionsRequest, Error> {
-        let scheme = self
-            .scheme
-            .unwrap_or_else(|| SCHEME_ERC4337.to_owned());
+        let scheme = self.scheme.unwrap_or_else(|| SCHEME_ERC4337.to_owned());
         if let Some(v) = self.token_version.filter(|v| !matches!(v, 2 | 3)) {
             return Err(Error::InvalidArgument {
                 field: "token_version",
@@ -77,7 +76,11 @@ impl X402TokenOptions {
             });
         }
         match &self.delegation {
-            Some(d) if d.delegation_id.as_deref().is_some_and(|id| id.trim().is_empty()) => {
+            Some(d)
+                if d.delegation_id
+                    .as_deref()
+                    .is_some_and(|id| id.trim().is_empty()) =>
+            {
                 return Err(Error::InvalidArgument {
                     field: "delegation.delegation_id",
                     reason: "must not be blank".to_owned(),

@@ -108,7 +108,9 @@ mod tests {
             "post",
             "https://a.example/agents/:agentId/tasks",
         )];
-        assert!(allowed_endpoint(&eps, "https://a.example/agents/7/tasks?q=1", Some("POST")).is_ok());
+        assert!(
+            allowed_endpoint(&eps, "https://a.example/agents/7/tasks?q=1", Some("POST")).is_ok()
+        );
         assert!(allowed_endpoint(&eps, "https://a.example/agents/7/tasks", None).is_ok());
         let refused = allowed_endpoint(&eps, "https://a.example/agents/7/tasks", Some("GET"));
         assert_eq!(refused.unwrap_err().code, "BCK.PROTOCOL.0031");

@@ -11,8 +11,8 @@ use axum::{Extension, Json, Router};
 use http::{Method, StatusCode, Uri};
 use serde_json::json;
 
-use super::handlers::{agents, delegation, dev, info, plans, x402};
 use super::error::ApiError;
+use super::handlers::{agents, delegation, dev, info, plans, x402};
 use super::{faults, stats, DevServerState};
 use crate::client::JWKS_PATH;
 

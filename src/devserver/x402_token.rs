@@ -12,8 +12,8 @@ use sha2::Sha256;
 
 use super::hex::{hex, unhex};
 use crate::types::{
-    AccessToken, Address, PaymentResource, PaymentScheme, SchemeExtra, TokenAuthorization, TokenPayload,
-    X402TokenPayload, NETWORK_BASE_SEPOLIA, SCHEME_ERC4337, X402_VERSION,
+    AccessToken, Address, PaymentResource, PaymentScheme, SchemeExtra, TokenAuthorization,
+    TokenPayload, X402TokenPayload, NETWORK_BASE_SEPOLIA, SCHEME_ERC4337, X402_VERSION,
 };
 
 /// Tokens longer than this are refused before decoding.
@@ -147,7 +147,7 @@ impl X402Signer {
             token.resource.as_ref(),
         )
         .verify_slice(&bytes)
-            .is_ok()
+        .is_ok()
     }
 }
 
@@ -237,7 +237,12 @@ mod tests {
         let from: Address = "0x00000000000000000000000000000000000000aa"
             .parse()
             .unwrap();
-        let token = decode(signer.mint(&scheme(Some("7")), &from, TokenVersion::V2).expose()).unwrap();
+        let token = decode(
+            signer
+                .mint(&scheme(Some("7")), &from, TokenVersion::V2)
+                .expose(),
+        )
+        .unwrap();
         let mut edited = token.clone();
         edited.accepted.extra = Some(SchemeExtra {
             version: Some("1".into()),

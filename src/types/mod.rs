@@ -22,8 +22,8 @@ pub mod serde_util;
 mod x402;
 
 pub use agent::*;
-pub use delegation::*;
 pub use credits::{Credits, ParseCreditsError};
+pub use delegation::*;
 pub use ids::{Address, AgentId, ParseIdError, PlanId};
 pub use plan::*;
 pub use result::*;

@@ -53,12 +53,21 @@ async fn verify_with_odd_payer_and_agent_request_decodes() {
         .await
         .expect("a verify the SDKs accept decodes");
     assert!(v.is_valid);
-    assert_eq!(v.payer, None, "a payer that is not an address reads as None");
+    assert_eq!(
+        v.payer, None,
+        "a payer that is not an address reads as None"
+    );
     assert_eq!(v.agent_request_id.as_deref(), Some("arId-7"));
     let request = v.agent_request.expect("the agent request is kept");
     assert_eq!(request.agent_request_id, "arId-7");
-    assert_eq!(request.agent_id, None, "a non-decimal agent id reads as None");
-    assert_eq!(request.balance, None, "a balance with a non-decimal plan id");
+    assert_eq!(
+        request.agent_id, None,
+        "a non-decimal agent id reads as None"
+    );
+    assert_eq!(
+        request.balance, None,
+        "a balance with a non-decimal plan id"
+    );
     assert_eq!(request.url_matching.as_deref(), Some("/ask"));
 }
 
@@ -112,7 +121,11 @@ async fn settle_with_odd_amounts_decodes() {
 #[tokio::test]
 async fn settle_still_requires_success() {
     let stub = Stub::default();
-    stub.json("POST /api/v1/x402/settle", 200, r#"{"creditsRedeemed":"2"}"#);
+    stub.json(
+        "POST /api/v1/x402/settle",
+        200,
+        r#"{"creditsRedeemed":"2"}"#,
+    );
     let p = client(&stub).await;
     let pr = p
         .x402()

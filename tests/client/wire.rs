@@ -599,7 +599,11 @@ fn invalid_keys_fail_at_construction() {
 #[tokio::test]
 async fn every_request_says_its_content_type() {
     let stub = Stub::default();
-    stub.json("GET /api/v1/protocol/plans/101/balance/0x2222222222222222222222222222222222222222", 200, BALANCE);
+    stub.json(
+        "GET /api/v1/protocol/plans/101/balance/0x2222222222222222222222222222222222222222",
+        200,
+        BALANCE,
+    );
     stub.json("POST /api/v1/protocol/plans/101/order", 201, OK_TX);
     stub.json("DELETE /api/v1/protocol/agents/202/plan/101", 200, "{}");
     stub.json("POST /api/v1/protocol/plans/burn", 201, OK_TX);
@@ -669,7 +673,10 @@ async fn listings_take_sort_and_organisation_options() {
     );
 
     // The public listings sort too, but carry no orgId (the SDKs send none there).
-    p.agents().get_agent_plans(&agent(), opts.clone()).await.unwrap();
+    p.agents()
+        .get_agent_plans(&agent(), opts.clone())
+        .await
+        .unwrap();
     assert_eq!(
         stub.last().path_and_query,
         "/api/v1/protocol/agents/202/plans?page=2&offset=20&pageSize=20&sortBy=created%20at&sortOrder=asc"
@@ -685,7 +692,11 @@ async fn listings_take_sort_and_organisation_options() {
 #[tokio::test]
 async fn updates_agent_metadata_and_omits_empty_endpoints() {
     let stub = Stub::default();
-    stub.json("PUT /api/v1/protocol/agents/202", 200, r#"{"success":true}"#);
+    stub.json(
+        "PUT /api/v1/protocol/agents/202",
+        200,
+        r#"{"success":true}"#,
+    );
     stub.json(
         "POST /api/v1/protocol/agents",
         201,
@@ -719,21 +730,30 @@ async fn updates_agent_metadata_and_omits_empty_endpoints() {
         .await
         .unwrap();
     assert_golden(&stub.last(), "register_agent_no_endpoints");
-    assert!(stub.last().json()["agentApiAttributes"].get("endpoints").is_none());
+    assert!(stub.last().json()["agentApiAttributes"]
+        .get("endpoints")
+        .is_none());
 }
 
 #[tokio::test]
 async fn per_call_organisation_header() {
     let stub = Stub::default();
     stub.json("GET /api/v1/protocol/plans", 200, r#"{"plans":[]}"#);
-    stub.json("GET /api/v1/protocol/plans/101/balance/0x2222222222222222222222222222222222222222", 200, BALANCE);
+    stub.json(
+        "GET /api/v1/protocol/plans/101/balance/0x2222222222222222222222222222222222222222",
+        200,
+        BALANCE,
+    );
     let p = client(&stub).await;
     p.plans().get_plans(Page::default()).await.unwrap();
     assert!(stub.last().headers.get("x-current-org-id").is_none());
 
     let org = p.for_organization("org-42").unwrap();
     org.plans().get_plans(Page::default()).await.unwrap();
-    assert_eq!(stub.last().headers.get("x-current-org-id").unwrap(), "org-42");
+    assert_eq!(
+        stub.last().headers.get("x-current-org-id").unwrap(),
+        "org-42"
+    );
     assert_authenticated(&stub.last());
     // Public calls carry no organisation, like no key.
     org.plans().get_plan_balance(&plan(), None).await.unwrap();
@@ -769,7 +789,10 @@ async fn delegations_and_payment_methods() {
     req.provider_payment_method_id = Some("pm_123".into());
     req.plan_id = Some(plan());
     let created = p.delegations().create_delegation(&req).await.unwrap();
-    assert_eq!(created.delegation_id, "3f1c0a52-0000-4000-8000-000000000000");
+    assert_eq!(
+        created.delegation_id,
+        "3f1c0a52-0000-4000-8000-000000000000"
+    );
     assert_golden(&stub.last(), "create_delegation");
     assert_authenticated(&stub.last());
 

@@ -247,7 +247,12 @@ async fn client_lists_own_agents_and_updates_metadata() {
     // Someone else's listing is empty.
     let other = w.server.payments(&w.subscriber);
     assert_eq!(
-        other.agents().get_agents(Page::default()).await.unwrap().total,
+        other
+            .agents()
+            .get_agents(Page::default())
+            .await
+            .unwrap()
+            .total,
         0
     );
 

@@ -739,7 +739,12 @@ async fn client_delegations_round_trip() {
     assert_eq!(list[0].currency.as_deref(), Some("usd"));
     // Another account sees none of them.
     let owner = w.server.payments(&w.builder);
-    assert!(owner.delegations().list_delegations().await.unwrap().is_empty());
+    assert!(owner
+        .delegations()
+        .list_delegations()
+        .await
+        .unwrap()
+        .is_empty());
     assert!(sub
         .delegations()
         .list_payment_methods(Some("stripe"))
@@ -833,7 +838,10 @@ async fn v3_tokens_carry_a_nonce_and_settle_once() {
         .settle_permissions(&pr, &forged, Some(c(1)), None)
         .await
         .unwrap_err();
-    assert_eq!(api_code(&err).map(|(_, code)| code).as_deref(), Some("BCK.X402.0005"));
+    assert_eq!(
+        api_code(&err).map(|(_, code)| code).as_deref(),
+        Some("BCK.X402.0005")
+    );
 }
 
 async fn token_v3(p: &nvm_payments::Payments, plan: &PlanId) -> AccessToken {
@@ -854,7 +862,9 @@ async fn token_v3(p: &nvm_payments::Payments, plan: &PlanId) -> AccessToken {
 async fn v3_resource_and_endpoint_allow_list_are_enforced_at_verify() {
     use nvm_payments::client::X402TokenOptions;
     let w = World::new().await;
-    let plan = w.free_plan(get_dynamic_credits_config(c(10), c(1), c(3))).await;
+    let plan = w
+        .free_plan(get_dynamic_credits_config(c(10), c(1), c(3)))
+        .await;
     let owner = w.server.payments(&w.builder);
     let agent = owner
         .agents()
@@ -907,7 +917,11 @@ async fn v3_resource_and_endpoint_allow_list_are_enforced_at_verify() {
     let tok = mint("https://agent.example/items/7", "post").await;
     let v = owner
         .x402()
-        .verify_permissions(&pr_for("https://agent.example/items/7?page=2"), &tok, Some(c(1)))
+        .verify_permissions(
+            &pr_for("https://agent.example/items/7?page=2"),
+            &tok,
+            Some(c(1)),
+        )
         .await
         .unwrap();
     assert!(v.is_valid);

@@ -82,7 +82,11 @@ fn check_resource(
     token: &X402TokenPayload,
     payment_required: &PaymentRequired,
 ) -> Result<(), ApiError> {
-    let Some(url) = token.resource.as_ref().map(|r| r.url.as_str()).filter(|u| !u.is_empty())
+    let Some(url) = token
+        .resource
+        .as_ref()
+        .map(|r| r.url.as_str())
+        .filter(|u| !u.is_empty())
     else {
         return Ok(());
     };

@@ -95,7 +95,11 @@ impl Holdings {
     fn pay(&mut self, plan: &PlanRecord, buyer: &Address) -> Result<(), ApiError> {
         // Registration refuses a price without a token (validate_plan), so the zero
         // address here only stands in for a record made some other way.
-        let token = plan.price.token_address.clone().unwrap_or_else(Address::zero);
+        let token = plan
+            .price
+            .token_address
+            .clone()
+            .unwrap_or_else(Address::zero);
         let total = plan.price.total();
         let held = self.token_balance(buyer, &token);
         let Some(left) = held.checked_sub(total) else {
