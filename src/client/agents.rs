@@ -2,14 +2,14 @@
 
 use http::Method;
 
-use super::plans::{check_credits_plan, check_time_plan, Page};
+use super::plans::{check_credits_plan, check_time_plan, ListOptions};
 use super::transport::Auth;
 use super::{Error, Payments};
 use crate::types::{
-    AccessLimit, Agent, AgentApiAttributes, AgentId, AgentMetadata, AgentPlanSpec, AgentSpec,
-    NvmApiResult, PlanCreditsConfig, PlanId, PlanList, PlanMetadata, PlanPriceConfig,
+    AccessLimit, Agent, AgentApiAttributes, AgentId, AgentList, AgentMetadata, AgentPlanSpec,
+    AgentSpec, NvmApiResult, PlanCreditsConfig, PlanId, PlanList, PlanMetadata, PlanPriceConfig,
     RegisterAgentAndPlanRequest, RegisterAgentAndPlanResponse, RegisterAgentRequest,
-    RegisterAgentResponse,
+    RegisterAgentResponse, UpdateAgentRequest,
 };
 
 /// Agent operations, borrowed from [`Payments::agents`].
@@ -94,11 +94,42 @@ impl Agents<'_> {
             .await
     }
 
-    /// Plans that give access to an agent.
-    pub async fn get_agent_plans(self, agent_id: &AgentId, page: Page) -> Result<PlanList, Error> {
+    /// The caller's own agents (or an organisation's, with [`ListOptions::org_id`]).
+    /// Takes a [`Page`](super::Page) or [`ListOptions`].
+    pub async fn get_agents(self, options: impl Into<ListOptions>) -> Result<AgentList, Error> {
+        let path = format!("/api/v1/protocol/agents?{}", options.into().query(true));
+        self.transport()
+            .call::<(), _>(Method::GET, &path, None, Auth::Key)
+            .await
+    }
+
+    /// Replaces an agent's metadata and API attributes (agent owner only).
+    pub async fn update_agent_metadata(
+        self,
+        agent_id: &AgentId,
+        metadata: AgentMetadata,
+        api: AgentApiAttributes,
+    ) -> Result<NvmApiResult, Error> {
+        let body = UpdateAgentRequest {
+            metadata_attributes: metadata,
+            agent_api_attributes: api,
+        };
+        let path = format!("/api/v1/protocol/agents/{agent_id}");
+        self.transport()
+            .call(Method::PUT, &path, Some(&body), Auth::Key)
+            .await
+    }
+
+    /// Plans that give access to an agent. Takes a [`Page`](super::Page) or
+    /// [`ListOptions`] (`orgId` is not sent here).
+    pub async fn get_agent_plans(
+        self,
+        agent_id: &AgentId,
+        options: impl Into<ListOptions>,
+    ) -> Result<PlanList, Error> {
         let path = format!(
-            "/api/v1/protocol/agents/{agent_id}/plans?page={}&offset={}&pageSize={}",
-            page.page, page.size, page.size
+            "/api/v1/protocol/agents/{agent_id}/plans?{}",
+            options.into().query(false)
         );
         self.transport()
             .call::<(), _>(Method::GET, &path, None, Auth::Public)

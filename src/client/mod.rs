@@ -17,6 +17,7 @@
 
 mod agents;
 mod api_key;
+mod delegations;
 mod error;
 mod options;
 mod plans;
@@ -29,10 +30,11 @@ use std::sync::Arc;
 use http::HeaderValue;
 
 pub use agents::Agents;
+pub use delegations::Delegations;
 pub use error::{ApiError, Error};
 pub use options::{Environment, PaymentOptions};
-pub use plans::{Page, Plans};
-pub use x402::{build_payment_required, PaymentRequiredOptions, JWKS_PATH, X402};
+pub use plans::{ListOptions, Page, Plans, SortOrder};
+pub use x402::{build_payment_required, PaymentRequiredOptions, X402TokenOptions, JWKS_PATH, X402};
 
 use crate::types::Address;
 use transport::Transport;
@@ -43,6 +45,7 @@ pub struct Payments {
     inner: Arc<Inner>,
 }
 
+#[derive(Clone)]
 struct Inner {
     transport: Transport,
     account: Address,
@@ -156,9 +159,40 @@ impl Payments {
         Agents { payments: self }
     }
 
+    /// Delegations: create and list them, and the saved payment methods they charge.
+    pub fn delegations(&self) -> Delegations<'_> {
+        Delegations { payments: self }
+    }
+
     /// x402 access tokens and the facilitator (verify, settle), and legacy tokens.
     pub fn x402(&self) -> X402<'_> {
         X402 { payments: self }
+    }
+
+    /// A client whose authenticated calls act for organisation `org_id`
+    /// (`X-Current-Org-Id`, the one per-call header the SDKs allow); it shares this
+    /// client's connections. Fails when `org_id` is empty or not a header value.
+    ///
+    /// ```no_run
+    /// # async fn run(payments: nvm_payments::Payments) -> Result<(), nvm_payments::client::Error> {
+    /// use nvm_payments::client::Page;
+    /// let org_plans = payments.for_organization("org-42")?.plans().get_plans(Page::default()).await?;
+    /// # let _ = org_plans; Ok(()) }
+    /// ```
+    pub fn for_organization(&self, org_id: &str) -> Result<Payments, Error> {
+        let org = org_id.trim();
+        let header = HeaderValue::try_from(org)
+            .ok()
+            .filter(|_| !org.is_empty())
+            .ok_or_else(|| Error::InvalidArgument {
+                field: "org_id",
+                reason: "must be a non-empty header value".to_owned(),
+            })?;
+        let mut inner = (*self.inner).clone();
+        inner.transport.organization = Some(header);
+        Ok(Payments {
+            inner: Arc::new(inner),
+        })
     }
 
     pub(crate) fn transport(&self) -> &Transport {

@@ -43,6 +43,112 @@ impl Page {
     }
 }
 
+/// Order of a listing (`sortOrder`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SortOrder {
+    /// `asc`.
+    Asc,
+    /// `desc` (the SDKs' default).
+    Desc,
+}
+
+impl SortOrder {
+    fn as_str(self) -> &'static str {
+        match self {
+            SortOrder::Asc => "asc",
+            SortOrder::Desc => "desc",
+        }
+    }
+}
+
+/// Options of a listing: the page, and the SDKs' `sortBy`, `sortOrder` and `orgId`
+/// (wire-spec §3.1). Unset options are left out of the query, so the backend's
+/// defaults apply. A [`Page`] converts into options with nothing else set.
+///
+/// ```
+/// use nvm_payments::client::{ListOptions, Page, SortOrder};
+/// let opts = ListOptions::from(Page { page: 2, size: 20 })
+///     .sort_by("created")
+///     .sort_order(SortOrder::Asc)
+///     .org_id("org 1");
+/// assert_eq!(opts.page.page, 2);
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListOptions {
+    /// Page number and size.
+    pub page: Page,
+    /// Field to sort by (`created`, …).
+    pub sort_by: Option<String>,
+    /// Sort order.
+    pub sort_order: Option<SortOrder>,
+    /// Organisation whose items to list (user listings only).
+    pub org_id: Option<String>,
+}
+
+impl From<Page> for ListOptions {
+    fn from(page: Page) -> Self {
+        ListOptions {
+            page,
+            ..Default::default()
+        }
+    }
+}
+
+impl ListOptions {
+    /// Sorts by `field`.
+    #[must_use]
+    pub fn sort_by(mut self, field: impl Into<String>) -> Self {
+        self.sort_by = Some(field.into());
+        self
+    }
+
+    /// Sorts in `order`.
+    #[must_use]
+    pub fn sort_order(mut self, order: SortOrder) -> Self {
+        self.sort_order = Some(order);
+        self
+    }
+
+    /// Lists an organisation's items (`orgId`).
+    #[must_use]
+    pub fn org_id(mut self, org: impl Into<String>) -> Self {
+        self.org_id = Some(org.into());
+        self
+    }
+
+    /// The query string; `orgId` only where the SDKs send it (the caller's own plans
+    /// and agents).
+    pub(crate) fn query(&self, with_org: bool) -> String {
+        let mut q = self.page.query();
+        if let Some(field) = &self.sort_by {
+            q.push_str("&sortBy=");
+            q.push_str(&encode_query_value(field));
+        }
+        if let Some(order) = self.sort_order {
+            q.push_str("&sortOrder=");
+            q.push_str(order.as_str());
+        }
+        if let (true, Some(org)) = (with_org, &self.org_id) {
+            q.push_str("&orgId=");
+            q.push_str(&encode_query_value(org));
+        }
+        q
+    }
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters.
+pub(crate) fn encode_query_value(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for b in v.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 impl Plans<'_> {
     fn transport(&self) -> &super::transport::Transport {
         self.payments.transport()
@@ -69,17 +175,26 @@ impl Plans<'_> {
             .await
     }
 
-    /// The caller's own plans.
-    pub async fn get_plans(self, page: Page) -> Result<PlanList, Error> {
-        let path = format!("/api/v1/protocol/plans?{}", page.query());
+    /// The caller's own plans (or an organisation's, with
+    /// [`ListOptions::org_id`]). Takes a [`Page`] or [`ListOptions`].
+    pub async fn get_plans(self, options: impl Into<ListOptions>) -> Result<PlanList, Error> {
+        let path = format!("/api/v1/protocol/plans?{}", options.into().query(true));
         self.transport()
             .call::<(), _>(Method::GET, &path, None, Auth::Key)
             .await
     }
 
-    /// Agents that a plan gives access to.
-    pub async fn get_plan_agents(self, plan_id: &PlanId, page: Page) -> Result<AgentList, Error> {
-        let path = format!("/api/v1/protocol/plans/{plan_id}/agents?{}", page.query());
+    /// Agents that a plan gives access to. Takes a [`Page`] or [`ListOptions`]
+    /// (`orgId` is not sent here).
+    pub async fn get_plan_agents(
+        self,
+        plan_id: &PlanId,
+        options: impl Into<ListOptions>,
+    ) -> Result<AgentList, Error> {
+        let path = format!(
+            "/api/v1/protocol/plans/{plan_id}/agents?{}",
+            options.into().query(false)
+        );
         self.transport()
             .call::<(), _>(Method::GET, &path, None, Auth::Public)
             .await

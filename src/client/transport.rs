@@ -20,6 +20,7 @@ pub(crate) enum Auth {
 }
 
 /// The shared HTTP side of [`Payments`](crate::Payments).
+#[derive(Clone)]
 pub(crate) struct Transport {
     pub(crate) http: reqwest::Client,
     pub(crate) base_url: String,
@@ -84,6 +85,8 @@ impl Transport {
             .http
             .request(method.clone(), url)
             .header(http::header::ACCEPT, "application/json")
+            // Both SDKs send it on every call, bodyless ones included.
+            .header(http::header::CONTENT_TYPE, "application/json")
             .header("nevermined-version", self.version.clone());
         if auth == Auth::Key {
             req = req.header(http::header::AUTHORIZATION, self.authorization.clone());

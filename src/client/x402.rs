@@ -7,9 +7,10 @@ use jsonwebtoken::jwk::JwkSet;
 use super::transport::Auth;
 use super::{Environment, Error, Payments};
 use crate::types::{
-    AccessToken, AgentAccessCredentials, AgentId, Credits, PaymentRequired, PaymentResource,
-    PaymentScheme, PermissionsRequest, PermissionsResponse, PlanId, SchemeExtra, SettleRequest,
-    SettleResponse, VerifyRequest, VerifyResponse, SCHEME_ERC4337, X402_VERSION,
+    AccessToken, AgentAccessCredentials, AgentId, Credits, DelegationConfig, PaymentRequired,
+    PaymentResource, PaymentScheme, PermissionsRequest, PermissionsResponse, PlanId, SchemeExtra,
+    SettleRequest, SettleResponse, VerifyRequest, VerifyResponse, SCHEME_CARD_DELEGATION,
+    SCHEME_ERC4337, X402_VERSION,
 };
 
 /// Where a backend serves the public keys of legacy bearer access tokens (a JWKS).
@@ -40,6 +41,85 @@ pub struct PaymentRequiredOptions {
     pub mime_type: Option<String>,
     /// Scheme (default `nvm:erc4337`).
     pub scheme: Option<String>,
+}
+
+/// Options of [`X402::get_x402_access_token_for`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct X402TokenOptions {
+    /// The agent the token is for.
+    pub agent_id: Option<AgentId>,
+    /// Scheme (default `nvm:erc4337`).
+    pub scheme: Option<String>,
+    /// Network (default: from the scheme and environment, wire-spec §6.1).
+    pub network: Option<String>,
+    /// The delegation to spend through (`delegationConfig`).
+    pub delegation: Option<DelegationConfig>,
+    /// `2` or `3` (`tokenVersion`); left out, the backend mints v2.
+    pub token_version: Option<u8>,
+    /// The URL a v3 token is bound to (top-level `resource.url`).
+    pub resource_url: Option<String>,
+    /// The verb a v3 token is bound to (`accepted.extra.httpVerb`, upper-cased).
+    pub http_verb: Option<String>,
+}
+
+impl X402TokenOptions {
+    fn into_request(
+        self,
+        plan_id: &PlanId,
+        environment: Environment,
+    ) -> Result<PermissionsRequest, Error> {
+        let scheme = self.scheme.unwrap_or_else(|| SCHEME_ERC4337.to_owned());
+        if let Some(v) = self.token_version.filter(|v| !matches!(v, 2 | 3)) {
+            return Err(Error::InvalidArgument {
+                field: "token_version",
+                reason: format!("{v} is not a token version the backend mints (2 or 3)"),
+            });
+        }
+        match &self.delegation {
+            Some(d)
+                if d.delegation_id
+                    .as_deref()
+                    .is_some_and(|id| id.trim().is_empty()) =>
+            {
+                return Err(Error::InvalidArgument {
+                    field: "delegation.delegation_id",
+                    reason: "must not be blank".to_owned(),
+                });
+            }
+            None if scheme == SCHEME_CARD_DELEGATION => {
+                return Err(Error::InvalidArgument {
+                    field: "delegation",
+                    reason: "a nvm:card-delegation token needs a delegation (create one with delegations().create_delegation)".to_owned(),
+                });
+            }
+            _ => {}
+        }
+        let network = self.network.unwrap_or_else(|| {
+            if scheme == SCHEME_ERC4337 {
+                environment.default_network().to_owned()
+            } else {
+                "stripe".to_owned()
+            }
+        });
+        Ok(PermissionsRequest {
+            accepted: PaymentScheme {
+                scheme,
+                network,
+                plan_id: plan_id.clone(),
+                extra: Some(SchemeExtra {
+                    version: None,
+                    agent_id: self.agent_id,
+                    http_verb: self.http_verb.map(|v| v.to_ascii_uppercase()),
+                }),
+            },
+            delegation_config: self.delegation,
+            resource: self.resource_url.map(|url| PaymentResource {
+                url,
+                ..Default::default()
+            }),
+            token_version: self.token_version,
+        })
+    }
 }
 
 /// Builds the official `PaymentRequired` for one or more plans (one `accepts[]` entry
@@ -119,7 +199,34 @@ impl X402<'_> {
                 }),
             },
             delegation_config: None,
+            resource: None,
+            token_version: None,
         };
+        self.get_x402_access_token_with(&body).await
+    }
+
+    /// Mints an x402 access token with the SDKs' newer options: a delegation (sent as
+    /// `delegationConfig`; required for `nvm:card-delegation`, as the TypeScript SDK
+    /// and the hosted backend require it), the token version, and for v3 tokens the
+    /// resource URL and HTTP verb the token is bound to (wire-spec §6.2).
+    ///
+    /// ```no_run
+    /// # async fn run(p: nvm_payments::Payments, plan: nvm_payments::PlanId) -> Result<(), nvm_payments::client::Error> {
+    /// use nvm_payments::client::X402TokenOptions;
+    /// let token = p.x402().get_x402_access_token_for(&plan, X402TokenOptions {
+    ///     token_version: Some(3),
+    ///     resource_url: Some("https://agent.example/ask".into()),
+    ///     http_verb: Some("post".into()),
+    ///     ..Default::default()
+    /// }).await?;
+    /// # let _ = token; Ok(()) }
+    /// ```
+    pub async fn get_x402_access_token_for(
+        self,
+        plan_id: &PlanId,
+        options: X402TokenOptions,
+    ) -> Result<PermissionsResponse, Error> {
+        let body = options.into_request(plan_id, self.payments.environment())?;
         self.get_x402_access_token_with(&body).await
     }
 

@@ -57,6 +57,7 @@ mod hex;
 mod ids;
 mod keys;
 mod ledger;
+mod resource_check;
 mod router;
 mod state;
 mod stats;

@@ -11,6 +11,7 @@ use axum::{Extension, Json, Router};
 use http::{Method, StatusCode, Uri};
 use serde_json::json;
 
+use super::error::ApiError;
 use super::handlers::{agents, delegation, dev, info, plans, x402};
 use super::{faults, stats, DevServerState};
 use crate::client::JWKS_PATH;
@@ -81,6 +82,7 @@ pub(crate) fn build(state: DevServerState) -> Router {
         .route("/dev/ledger/spends", get(dev::spends))
         .fallback(not_found)
         .method_not_allowed_fallback(not_found)
+        .layer(from_fn(check_api_version))
         .layer(from_fn_with_state(state.clone(), faults::inject))
         .layer(from_fn_with_state(state.clone(), stats::count))
         .layer(from_fn(log_request))
@@ -99,6 +101,25 @@ async fn not_found(method: Method, uri: Uri) -> Response {
         })),
     )
         .into_response()
+}
+
+/// The backend answers a malformed `Nevermined-Version` with 400 on every call (TS
+/// `base-payments.ts`); an absent header is fine.
+async fn check_api_version(req: Request, next: Next) -> Response {
+    let malformed = req
+        .headers()
+        .get("nevermined-version")
+        .is_some_and(|v| !v.to_str().is_ok_and(is_api_version));
+    if malformed {
+        return ApiError::validation("Nevermined-Version must be MAJOR.MINOR, such as 1.1")
+            .into_response();
+    }
+    next.run(req).await
+}
+
+fn is_api_version(v: &str) -> bool {
+    matches!(v.trim().split_once('.'), Some((a, b)) if !a.is_empty() && !b.is_empty()
+        && a.bytes().all(|c| c.is_ascii_digit()) && b.bytes().all(|c| c.is_ascii_digit()))
 }
 
 /// One line per request: method, path (never the query or headers, which may carry

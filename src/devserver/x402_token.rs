@@ -12,8 +12,8 @@ use sha2::Sha256;
 
 use super::hex::{hex, unhex};
 use crate::types::{
-    AccessToken, Address, PaymentScheme, SchemeExtra, TokenAuthorization, TokenPayload,
-    X402TokenPayload, NETWORK_BASE_SEPOLIA, SCHEME_ERC4337, X402_VERSION,
+    AccessToken, Address, PaymentResource, PaymentScheme, SchemeExtra, TokenAuthorization,
+    TokenPayload, X402TokenPayload, NETWORK_BASE_SEPOLIA, SCHEME_ERC4337, X402_VERSION,
 };
 
 /// Tokens longer than this are refused before decoding.
@@ -36,6 +36,16 @@ pub(crate) enum TokenDecodeError {
     NotAPayload(String),
 }
 
+/// Which token to mint (wire-spec §6.2, `tokenVersion`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum TokenVersion {
+    /// Reusable; the backend's default.
+    V2,
+    /// Single-use: a fresh `payload.authorization.nonce` (32 random bytes, hex), the
+    /// requested verb in `accepted.extra.httpVerb`, and the resource it is bound to.
+    V3 { resource_url: Option<String> },
+}
+
 /// Signs and checks tokens with the server's secret.
 pub(crate) struct X402Signer {
     secret: [u8; 32],
@@ -48,16 +58,43 @@ impl X402Signer {
         X402Signer { secret }
     }
 
-    fn mac(&self, accepted: &PaymentScheme, authorization: &TokenAuthorization) -> Hmac<Sha256> {
+    fn mac(
+        &self,
+        accepted: &PaymentScheme,
+        authorization: &TokenAuthorization,
+        resource: Option<&PaymentResource>,
+    ) -> Hmac<Sha256> {
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.secret)
             .expect("HMAC takes a key of any length");
-        mac.update(&canonical(accepted, authorization));
+        mac.update(&canonical(accepted, authorization, resource));
         mac
     }
 
     /// Mints a token for `from` paying with `requested` (scheme, network, plan, agent).
-    pub(crate) fn mint(&self, requested: &PaymentScheme, from: &Address) -> AccessToken {
+    pub(crate) fn mint(
+        &self,
+        requested: &PaymentScheme,
+        from: &Address,
+        version: TokenVersion,
+    ) -> AccessToken {
         let agent_id = requested.agent_id().cloned();
+        let (nonce, http_verb, resource) = match version {
+            TokenVersion::V2 => (None, None, None),
+            TokenVersion::V3 { resource_url } => {
+                let mut bytes = [0u8; 32];
+                rand::rngs::OsRng.fill_bytes(&mut bytes);
+                let verb = requested
+                    .extra
+                    .as_ref()
+                    .and_then(|e| e.http_verb.as_deref())
+                    .map(str::to_ascii_uppercase);
+                let resource = resource_url.map(|url| PaymentResource {
+                    url,
+                    ..Default::default()
+                });
+                (Some(hex(&bytes)), verb, resource)
+            }
+        };
         let accepted = PaymentScheme {
             scheme: non_empty(&requested.scheme, SCHEME_ERC4337),
             network: non_empty(&requested.network, NETWORK_BASE_SEPOLIA),
@@ -65,18 +102,21 @@ impl X402Signer {
             extra: Some(SchemeExtra {
                 version: Some("1".to_owned()),
                 agent_id,
-                http_verb: None,
+                http_verb,
             }),
         };
         let authorization = TokenAuthorization {
             from: from.clone(),
             session_keys_provider: Some("zerodev".to_owned()),
             session_keys: vec![],
-            nonce: None,
+            nonce,
         };
         let signature = format!(
             "0x{}",
-            hex(&self.mac(&accepted, &authorization).finalize().into_bytes())
+            hex(&self
+                .mac(&accepted, &authorization, resource.as_ref())
+                .finalize()
+                .into_bytes())
         );
         let token = X402TokenPayload {
             x402_version: X402_VERSION,
@@ -86,7 +126,7 @@ impl X402Signer {
                 authorization,
             },
             extensions: Default::default(),
-            resource: None,
+            resource,
         };
         let json = serde_json::to_vec(&token).unwrap_or_default();
         AccessToken::new(STANDARD.encode(json))
@@ -101,9 +141,13 @@ impl X402Signer {
         let Some(bytes) = unhex(sig) else {
             return false;
         };
-        self.mac(&token.accepted, &token.payload.authorization)
-            .verify_slice(&bytes)
-            .is_ok()
+        self.mac(
+            &token.accepted,
+            &token.payload.authorization,
+            token.resource.as_ref(),
+        )
+        .verify_slice(&bytes)
+        .is_ok()
     }
 }
 
@@ -122,8 +166,12 @@ pub(crate) fn decode(token: &str) -> Result<X402TokenPayload, TokenDecodeError> 
 
 /// The signed bytes: compact JSON of `[accepted, authorization]` with sorted keys, read
 /// through the typed structs so that `null` and absent fields sign alike.
-fn canonical(accepted: &PaymentScheme, authorization: &TokenAuthorization) -> Vec<u8> {
-    let value = serde_json::json!([accepted, authorization]);
+fn canonical(
+    accepted: &PaymentScheme,
+    authorization: &TokenAuthorization,
+    resource: Option<&PaymentResource>,
+) -> Vec<u8> {
+    let value = serde_json::json!([accepted, authorization, resource]);
     serde_json::to_vec(&value).unwrap_or_default()
 }
 
@@ -158,7 +206,7 @@ mod tests {
         let from: Address = "0x00000000000000000000000000000000000000aa"
             .parse()
             .unwrap();
-        let token = signer.mint(&scheme(Some("7")), &from);
+        let token = signer.mint(&scheme(Some("7")), &from, TokenVersion::V2);
         let json: serde_json::Value =
             serde_json::from_slice(&STANDARD.decode(token.expose()).unwrap()).unwrap();
         assert_eq!(json["x402Version"], 2);
@@ -189,7 +237,12 @@ mod tests {
         let from: Address = "0x00000000000000000000000000000000000000aa"
             .parse()
             .unwrap();
-        let token = decode(signer.mint(&scheme(Some("7")), &from).expose()).unwrap();
+        let token = decode(
+            signer
+                .mint(&scheme(Some("7")), &from, TokenVersion::V2)
+                .expose(),
+        )
+        .unwrap();
         let mut edited = token.clone();
         edited.accepted.extra = Some(SchemeExtra {
             version: Some("1".into()),
@@ -214,7 +267,7 @@ mod tests {
         let from: Address = "0x00000000000000000000000000000000000000aa"
             .parse()
             .unwrap();
-        let token = signer.mint(&scheme(None), &from);
+        let token = signer.mint(&scheme(None), &from, TokenVersion::V2);
         let raw = STANDARD.decode(token.expose()).unwrap();
         let url = URL_SAFE_NO_PAD.encode(&raw);
         assert!(signer.is_authentic(&decode(&url).unwrap()));

@@ -145,8 +145,12 @@ impl AgentMetadata {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AgentApiAttributes {
-    /// Protected endpoints.
-    #[serde(default, deserialize_with = "null_as_default")]
+    /// Protected endpoints. Left out of the JSON when empty, as the SDKs do.
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub endpoints: Vec<Endpoint>,
     /// Endpoints open to everyone.
     #[serde(default, deserialize_with = "null_as_default")]
@@ -204,6 +208,17 @@ pub struct RegisterAgentRequest {
     /// Plans that give access to the agent.
     #[serde(default, deserialize_with = "null_as_default")]
     pub plans: Vec<PlanId>,
+}
+
+/// Body of `PUT /api/v1/protocol/agents/{agentId}` (update agent metadata).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UpdateAgentRequest {
+    /// The new metadata.
+    pub metadata_attributes: AgentMetadata,
+    /// The new API attributes.
+    #[serde(default)]
+    pub agent_api_attributes: AgentApiAttributes,
 }
 
 /// `data` of the agent registration response.

@@ -13,6 +13,7 @@
 
 mod agent;
 mod credits;
+mod delegation;
 mod ids;
 mod plan;
 mod result;
@@ -22,6 +23,7 @@ mod x402;
 
 pub use agent::*;
 pub use credits::{Credits, ParseCreditsError};
+pub use delegation::*;
 pub use ids::{Address, AgentId, ParseIdError, PlanId};
 pub use plan::*;
 pub use result::*;

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::serde_util::{decimal_u64, null_as_default};
+use super::serde_util::{decimal_u64, lenient, null_as_default};
 use super::{Address, Credits, PlanId};
 
 /// How access to a plan is limited.
@@ -23,8 +23,15 @@ pub enum AccessLimit {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PlanPriceConfig {
-    /// The ERC20 token paid with (zero address: native token or fiat).
-    pub token_address: Address,
+    /// The ERC20 token paid with (zero address: native token or fiat). `None` when a
+    /// response leaves it out or it is not an address (listings may); requests built
+    /// by the helpers always set it.
+    #[serde(
+        default,
+        deserialize_with = "lenient",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub token_address: Option<Address>,
     /// Amounts paid to each receiver, in the token's smallest unit.
     #[serde(default, deserialize_with = "null_as_default")]
     pub amounts: Vec<Credits>,
@@ -270,6 +277,37 @@ pub struct Plan {
     pub registry: PlanRegistry,
 }
 
+/// One plan of a listing. Listings may leave out what the plan object of
+/// [`get_plan`](crate::client::Plans::get_plan) carries, so `registry` is optional
+/// (and `None` when it cannot be read): fetch the plan for its price and credits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListedPlan {
+    /// Plan id (`id` or `planId` on the wire).
+    #[serde(alias = "planId")]
+    pub id: PlanId,
+    /// Names and limits.
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub metadata: PlanObjectMetadata,
+    /// Owner, price and credits, when the listing carries them.
+    #[serde(
+        default,
+        deserialize_with = "lenient",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub registry: Option<PlanRegistry>,
+}
+
+impl From<Plan> for ListedPlan {
+    fn from(plan: Plan) -> Self {
+        ListedPlan {
+            id: plan.id,
+            metadata: plan.metadata,
+            registry: Some(plan.registry),
+        }
+    }
+}
+
 /// A page of plans (`GET /api/v1/protocol/plans`, `GET …/agents/{id}/plans`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -285,7 +323,7 @@ pub struct PlanList {
     pub offset: u64,
     /// The plans.
     #[serde(default, deserialize_with = "null_as_default")]
-    pub plans: Vec<Plan>,
+    pub plans: Vec<ListedPlan>,
 }
 
 /// `PlanBalance` (docs/wire-notes.md §8.1).
@@ -422,7 +460,7 @@ fn zero() -> Address {
 
 fn crypto_price(amount: Credits, receiver: Address, token: Address) -> PlanPriceConfig {
     PlanPriceConfig {
-        token_address: token,
+        token_address: Some(token),
         amounts: vec![amount],
         receivers: vec![receiver],
         contract_address: zero(),

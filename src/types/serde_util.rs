@@ -13,6 +13,43 @@ where
     Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
+/// Reads a field the crate does not depend on: `null`, an absent field (with
+/// `#[serde(default)]`) or a value that does not parse as `T` all read as `None`.
+///
+/// The official SDKs return such fields untyped, so a backend that sends, say, a
+/// `payer` that is not an address must not fail the whole response; an unparsable
+/// value becomes `None`, never a made-up one.
+///
+/// ```
+/// use nvm_payments::types::serde_util::lenient;
+/// #[derive(serde::Deserialize)]
+/// struct Answer {
+///     #[serde(default, deserialize_with = "lenient")]
+///     count: Option<u64>,
+/// }
+/// let a: Answer = serde_json::from_str(r#"{"count": "lots"}"#).unwrap();
+/// assert_eq!(a.count, None);
+/// let a: Answer = serde_json::from_str(r#"{"count": 3}"#).unwrap();
+/// assert_eq!(a.count, Some(3));
+/// ```
+pub fn lenient<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: serde::de::DeserializeOwned,
+{
+    let value = serde_json::Value::deserialize(d)?;
+    if value.is_null() {
+        return Ok(None);
+    }
+    match T::deserialize(value) {
+        Ok(v) => Ok(Some(v)),
+        Err(e) => {
+            tracing::debug!(error = %e, "ignoring an unparsable optional response field");
+            Ok(None)
+        }
+    }
+}
+
 /// A `u64` that goes on the wire as a decimal string and is read from a number or a string.
 pub(crate) mod decimal_u64 {
     use super::*;

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::serde_util::null_as_default;
+use super::serde_util::{lenient, null_as_default};
 use super::{AccessToken, Address, AgentId, Credits, PlanBalance, PlanId};
 
 /// The x402 protocol version this crate speaks.
@@ -47,6 +47,16 @@ pub struct PaymentScheme {
     /// Agent, verb and version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub extra: Option<SchemeExtra>,
+}
+
+impl DelegationConfig {
+    /// Spend through an existing delegation (the preferred form).
+    pub fn existing(delegation_id: impl Into<String>) -> Self {
+        DelegationConfig {
+            delegation_id: Some(delegation_id.into()),
+            other: Map::new(),
+        }
+    }
 }
 
 impl PaymentScheme {
@@ -160,6 +170,12 @@ pub struct PermissionsRequest {
     /// Delegation to spend through.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delegation_config: Option<DelegationConfig>,
+    /// The resource a v3 token is bound to (`{"url": …}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource: Option<PaymentResource>,
+    /// `2` or `3`; the backend mints v2 when left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_version: Option<u8>,
 }
 
 /// Response of `POST /api/v1/x402/permissions`.
@@ -215,11 +231,20 @@ pub struct StartAgentRequest {
     /// Agent name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_name: Option<String>,
-    /// Agent id.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Agent id (`None` when absent or not a decimal id).
+    #[serde(
+        default,
+        deserialize_with = "lenient",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub agent_id: Option<AgentId>,
-    /// The subscriber's balance.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The subscriber's balance (`None` when absent or unreadable, e.g. a plan id that
+    /// is not decimal).
+    #[serde(
+        default,
+        deserialize_with = "lenient",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub balance: Option<PlanBalance>,
     /// Matched endpoint pattern.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -243,8 +268,12 @@ pub struct VerifyResponse {
     /// `invalid_plan`, `invalid_agent`, …).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub invalid_reason: Option<String>,
-    /// The subscriber.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The subscriber (`None` when absent or not an address).
+    #[serde(
+        default,
+        deserialize_with = "lenient",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub payer: Option<Address>,
     /// Network.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -255,8 +284,12 @@ pub struct VerifyResponse {
     /// Matched endpoint pattern.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url_matching: Option<String>,
-    /// Request details with the balance.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Request details with the balance (`None` when absent or unreadable).
+    #[serde(
+        default,
+        deserialize_with = "lenient",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub agent_request: Option<StartAgentRequest>,
 }
 
@@ -270,8 +303,12 @@ pub struct SettleResponse {
     /// Why not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_reason: Option<String>,
-    /// The subscriber.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The subscriber (`None` when absent or not an address).
+    #[serde(
+        default,
+        deserialize_with = "lenient",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub payer: Option<Address>,
     /// Transaction hash (`""` on failure).
     #[serde(default, deserialize_with = "null_as_default")]
@@ -279,11 +316,19 @@ pub struct SettleResponse {
     /// Network (`""` when unknown).
     #[serde(default, deserialize_with = "null_as_default")]
     pub network: String,
-    /// Credits burned.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Credits burned (`None` when absent or not a uint).
+    #[serde(
+        default,
+        deserialize_with = "lenient",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub credits_redeemed: Option<Credits>,
-    /// Balance left.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Balance left (`None` when absent or not a uint).
+    #[serde(
+        default,
+        deserialize_with = "lenient",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub remaining_balance: Option<Credits>,
     /// Transaction of an automatic top-up order.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -9,5 +9,6 @@ mod support;
 
 mod config_helpers;
 mod faults;
+mod lenient;
 mod props;
 mod wire;

@@ -595,3 +595,305 @@ fn invalid_keys_fail_at_construction() {
         assert!(matches!(err, Error::InvalidApiKey(_)), "{err}");
     }
 }
+
+#[tokio::test]
+async fn every_request_says_its_content_type() {
+    let stub = Stub::default();
+    stub.json(
+        "GET /api/v1/protocol/plans/101/balance/0x2222222222222222222222222222222222222222",
+        200,
+        BALANCE,
+    );
+    stub.json("POST /api/v1/protocol/plans/101/order", 201, OK_TX);
+    stub.json("DELETE /api/v1/protocol/agents/202/plan/101", 200, "{}");
+    stub.json("POST /api/v1/protocol/plans/burn", 201, OK_TX);
+    let p = client(&stub).await;
+    p.plans().get_plan_balance(&plan(), None).await.unwrap();
+    p.plans().order_plan(&plan()).await.unwrap();
+    p.agents()
+        .remove_plan_from_agent(&plan(), &agent())
+        .await
+        .unwrap();
+    p.plans().burn_credits(&plan(), c(1)).await.unwrap();
+    let seen = stub.seen();
+    assert_eq!(seen.len(), 4);
+    for s in seen {
+        assert_eq!(
+            s.headers.get("content-type").map(|v| v.to_str().unwrap()),
+            Some("application/json"),
+            "{}",
+            s.path_and_query
+        );
+    }
+}
+
+#[tokio::test]
+async fn listings_take_sort_and_organisation_options() {
+    use nvm_payments::client::{ListOptions, SortOrder};
+    let stub = Stub::default();
+    let empty_plans = r#"{"total":0,"page":1,"offset":10,"plans":[]}"#;
+    let agent_json = r#"{"id":"202","metadata":{"main":{"name":"Agent"}},"registry":{"owner":"0x2222222222222222222222222222222222222222","plans":["101"]}}"#;
+    stub.json("GET /api/v1/protocol/plans", 200, empty_plans);
+    stub.json(
+        "GET /api/v1/protocol/agents",
+        200,
+        &format!(r#"{{"total":1,"page":1,"offset":100,"agents":[{agent_json}]}}"#),
+    );
+    stub.json("GET /api/v1/protocol/agents/202/plans", 200, empty_plans);
+    stub.json(
+        "GET /api/v1/protocol/plans/101/agents",
+        200,
+        r#"{"total":0,"agents":[]}"#,
+    );
+    let p = client(&stub).await;
+    let opts = ListOptions::from(Page { page: 2, size: 20 })
+        .sort_by("created at")
+        .sort_order(SortOrder::Asc)
+        .org_id("org/1");
+
+    p.plans().get_plans(opts.clone()).await.unwrap();
+    assert_eq!(
+        stub.last().path_and_query,
+        "/api/v1/protocol/plans?page=2&offset=20&pageSize=20&sortBy=created%20at&sortOrder=asc&orgId=org%2F1"
+    );
+    assert_authenticated(&stub.last());
+
+    // "List my agents": the caller's own, authenticated.
+    let mine = p.agents().get_agents(opts.clone()).await.unwrap();
+    assert_eq!(mine.agents[0].id, agent());
+    assert_eq!(
+        stub.last().path_and_query,
+        "/api/v1/protocol/agents?page=2&offset=20&pageSize=20&sortBy=created%20at&sortOrder=asc&orgId=org%2F1"
+    );
+    assert_authenticated(&stub.last());
+    p.agents().get_agents(Page::default()).await.unwrap();
+    assert_eq!(
+        stub.last().path_and_query,
+        "/api/v1/protocol/agents?page=1&offset=10&pageSize=10"
+    );
+
+    // The public listings sort too, but carry no orgId (the SDKs send none there).
+    p.agents()
+        .get_agent_plans(&agent(), opts.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        stub.last().path_and_query,
+        "/api/v1/protocol/agents/202/plans?page=2&offset=20&pageSize=20&sortBy=created%20at&sortOrder=asc"
+    );
+    assert_public(&stub.last());
+    p.plans().get_plan_agents(&plan(), opts).await.unwrap();
+    assert_eq!(
+        stub.last().path_and_query,
+        "/api/v1/protocol/plans/101/agents?page=2&offset=20&pageSize=20&sortBy=created%20at&sortOrder=asc"
+    );
+}
+
+#[tokio::test]
+async fn updates_agent_metadata_and_omits_empty_endpoints() {
+    let stub = Stub::default();
+    stub.json(
+        "PUT /api/v1/protocol/agents/202",
+        200,
+        r#"{"success":true}"#,
+    );
+    stub.json(
+        "POST /api/v1/protocol/agents",
+        201,
+        r#"{"data":{"agentId":"202"}}"#,
+    );
+    let p = client(&stub).await;
+    let meta = AgentMetadata {
+        description: Some("now with rain".into()),
+        ..AgentMetadata::named("Weather agent v2")
+    };
+    let api = AgentApiAttributes::with_endpoints(vec![Endpoint::new(
+        "post",
+        "https://agent.example/ask",
+    )]);
+    let done = p
+        .agents()
+        .update_agent_metadata(&agent(), meta, api)
+        .await
+        .unwrap();
+    assert!(done.success);
+    assert_eq!(stub.last().method, "PUT");
+    assert_golden(&stub.last(), "update_agent");
+    assert_authenticated(&stub.last());
+
+    p.agents()
+        .register_agent(
+            AgentMetadata::named("Open agent"),
+            AgentApiAttributes::default(),
+            vec![plan()],
+        )
+        .await
+        .unwrap();
+    assert_golden(&stub.last(), "register_agent_no_endpoints");
+    assert!(stub.last().json()["agentApiAttributes"]
+        .get("endpoints")
+        .is_none());
+}
+
+#[tokio::test]
+async fn per_call_organisation_header() {
+    let stub = Stub::default();
+    stub.json("GET /api/v1/protocol/plans", 200, r#"{"plans":[]}"#);
+    stub.json(
+        "GET /api/v1/protocol/plans/101/balance/0x2222222222222222222222222222222222222222",
+        200,
+        BALANCE,
+    );
+    let p = client(&stub).await;
+    p.plans().get_plans(Page::default()).await.unwrap();
+    assert!(stub.last().headers.get("x-current-org-id").is_none());
+
+    let org = p.for_organization("org-42").unwrap();
+    org.plans().get_plans(Page::default()).await.unwrap();
+    assert_eq!(
+        stub.last().headers.get("x-current-org-id").unwrap(),
+        "org-42"
+    );
+    assert_authenticated(&stub.last());
+    // Public calls carry no organisation, like no key.
+    org.plans().get_plan_balance(&plan(), None).await.unwrap();
+    assert!(stub.last().headers.get("x-current-org-id").is_none());
+    // The original client is unchanged.
+    p.plans().get_plans(Page::default()).await.unwrap();
+    assert!(stub.last().headers.get("x-current-org-id").is_none());
+
+    assert!(p.for_organization("  ").is_err());
+    assert!(p.for_organization("bad\nvalue").is_err());
+}
+
+#[tokio::test]
+async fn delegations_and_payment_methods() {
+    let stub = Stub::default();
+    stub.json(
+        "POST /api/v1/delegation/create",
+        201,
+        r#"{"delegationId":"3f1c0a52-0000-4000-8000-000000000000"}"#,
+    );
+    stub.json(
+        "GET /api/v1/delegation",
+        200,
+        r#"[{"id":"d-1","spendingLimitCents":5000,"spentCents":"n/a","currency":"usd","status":"active"}]"#,
+    );
+    stub.json(
+        "GET /api/v1/payment-methods",
+        200,
+        r#"[{"id":"pm_123","type":"card","brand":"visa","last4":"4242","expMonth":12,"expYear":2030,"provider":"stripe"}]"#,
+    );
+    let p = client(&stub).await;
+    let mut req = CreateDelegationRequest::new("stripe", 5_000, 86_400, "usd");
+    req.provider_payment_method_id = Some("pm_123".into());
+    req.plan_id = Some(plan());
+    let created = p.delegations().create_delegation(&req).await.unwrap();
+    assert_eq!(
+        created.delegation_id,
+        "3f1c0a52-0000-4000-8000-000000000000"
+    );
+    assert_golden(&stub.last(), "create_delegation");
+    assert_authenticated(&stub.last());
+
+    let list = p.delegations().list_delegations().await.unwrap();
+    assert_eq!(list[0].id, "d-1");
+    assert_eq!(list[0].spending_limit_cents, Some(5000));
+    assert_eq!(list[0].spent_cents, None, "unreadable reads as None");
+    assert_eq!(stub.last().path_and_query, "/api/v1/delegation");
+    assert_authenticated(&stub.last());
+
+    let methods = p
+        .delegations()
+        .list_payment_methods(Some("stripe"))
+        .await
+        .unwrap();
+    assert_eq!(methods[0].last4, "4242");
+    assert_eq!(methods[0].kind.as_deref(), Some("card"));
+    assert_eq!(
+        stub.last().path_and_query,
+        "/api/v1/payment-methods?provider=stripe"
+    );
+    assert_authenticated(&stub.last());
+
+    let blank = CreateDelegationRequest::new("stripe", 1, 1, " ");
+    assert!(matches!(
+        p.delegations().create_delegation(&blank).await,
+        Err(Error::InvalidArgument {
+            field: "currency",
+            ..
+        })
+    ));
+}
+
+#[tokio::test]
+async fn token_request_carries_delegation_version_resource_and_verb() {
+    use nvm_payments::client::X402TokenOptions;
+    let stub = Stub::default();
+    stub.json(
+        "POST /api/v1/x402/permissions",
+        201,
+        r#"{"accessToken":"dG9rZW4"}"#,
+    );
+    let p = client(&stub).await;
+    let opts = X402TokenOptions {
+        agent_id: Some(agent()),
+        scheme: Some(SCHEME_CARD_DELEGATION.into()),
+        delegation: Some(DelegationConfig::existing(
+            "3f1c0a52-0000-4000-8000-000000000000",
+        )),
+        token_version: Some(3),
+        resource_url: Some("https://agent.example/ask".into()),
+        http_verb: Some("post".into()),
+        ..Default::default()
+    };
+    p.x402()
+        .get_x402_access_token_for(&plan(), opts.clone())
+        .await
+        .unwrap();
+    assert_golden(&stub.last(), "permissions_v3_card");
+    assert_authenticated(&stub.last());
+    let sent = stub.seen().len();
+
+    // Refused locally, before any call: a card token without a delegation, a blank
+    // delegation id, a version the backend does not mint.
+    for (bad, field) in [
+        (
+            X402TokenOptions {
+                delegation: None,
+                ..opts.clone()
+            },
+            "delegation",
+        ),
+        (
+            X402TokenOptions {
+                delegation: Some(DelegationConfig::existing("  ")),
+                ..opts.clone()
+            },
+            "delegation.delegation_id",
+        ),
+        (
+            X402TokenOptions {
+                token_version: Some(4),
+                ..opts.clone()
+            },
+            "token_version",
+        ),
+    ] {
+        match p.x402().get_x402_access_token_for(&plan(), bad).await {
+            Err(Error::InvalidArgument { field: f, .. }) => assert_eq!(f, field),
+            other => panic!("{field}: {other:?}"),
+        }
+    }
+    assert_eq!(stub.seen().len(), sent, "nothing was sent");
+
+    // A crypto token may go without a delegation (as payments-py allows).
+    p.x402()
+        .get_x402_access_token_for(&plan(), X402TokenOptions::default())
+        .await
+        .unwrap();
+    let body = stub.last().json();
+    assert!(body.get("delegationConfig").is_none());
+    assert!(body.get("tokenVersion").is_none());
+    assert_eq!(body["accepted"]["scheme"], "nvm:erc4337");
+}

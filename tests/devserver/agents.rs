@@ -226,3 +226,50 @@ async fn link_and_unlink_plans() {
         .unwrap_err();
     assert_eq!(api_code(&err), Some((404, "BCK.PROTOCOL.0002".into())));
 }
+
+#[tokio::test]
+async fn client_lists_own_agents_and_updates_metadata() {
+    let w = World::new().await;
+    let plan = w.free_plan(get_fixed_credits_config(c(10), c(1))).await;
+    let owner = w.server.payments(&w.builder);
+    let agent = owner
+        .agents()
+        .register_agent(
+            AgentMetadata::named("before"),
+            AgentApiAttributes::default(),
+            vec![plan.clone()],
+        )
+        .await
+        .unwrap();
+    let mine = owner.agents().get_agents(Page::default()).await.unwrap();
+    assert_eq!(mine.total, 1);
+    assert_eq!(mine.agents[0].id, agent);
+    // Someone else's listing is empty.
+    let other = w.server.payments(&w.subscriber);
+    assert_eq!(
+        other
+            .agents()
+            .get_agents(Page::default())
+            .await
+            .unwrap()
+            .total,
+        0
+    );
+
+    let api = AgentApiAttributes::with_endpoints(vec![Endpoint::new(
+        "get",
+        "https://agent.example/items/:id",
+    )]);
+    owner
+        .agents()
+        .update_agent_metadata(&agent, AgentMetadata::named("after"), api)
+        .await
+        .unwrap();
+    let got = owner.agents().get_agent(&agent).await.unwrap();
+    assert_eq!(got.metadata.main.name, "after");
+    let endpoints = got.metadata.agent.expect("api attributes").endpoints;
+    assert_eq!(
+        endpoints,
+        vec![Endpoint::new("GET", "https://agent.example/items/:id")]
+    );
+}

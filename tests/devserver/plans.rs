@@ -107,7 +107,7 @@ async fn register_get_and_list_plans() {
 
     let list = payments
         .plans()
-        .get_plans(Default::default())
+        .get_plans(nvm_payments::client::Page::default())
         .await
         .unwrap();
     assert_eq!(list.total, 1);
@@ -116,7 +116,7 @@ async fn register_get_and_list_plans() {
         .server
         .payments(&w.subscriber)
         .plans()
-        .get_plans(Default::default())
+        .get_plans(nvm_payments::client::Page::default())
         .await
         .unwrap();
     assert_eq!(theirs.total, 0);

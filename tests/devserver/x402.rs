@@ -105,6 +105,8 @@ async fn permissions_mint_an_official_envelope() {
             delegation_id: Some("3f1c0a52-0000-4000-8000-000000000000".into()),
             other: Default::default(),
         }),
+        resource: None,
+        token_version: None,
     };
     let sub = w.server.payments(&w.subscriber);
     let tok = sub
@@ -718,4 +720,267 @@ async fn delegations_are_recorded_and_listed() {
     assert_eq!(resp.status(), 201);
     let body: Value = resp.json().await.unwrap();
     assert!(body["accessToken"].as_str().is_some_and(|t| !t.is_empty()));
+}
+
+#[tokio::test]
+async fn client_delegations_round_trip() {
+    use nvm_payments::types::CreateDelegationRequest;
+    let w = World::new().await;
+    let sub = w.server.payments(&w.subscriber);
+    let created = sub
+        .delegations()
+        .create_delegation(&CreateDelegationRequest::new("stripe", 2_500, 3_600, "usd"))
+        .await
+        .unwrap();
+    let list = sub.delegations().list_delegations().await.unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].id, created.delegation_id);
+    assert_eq!(list[0].spending_limit_cents, Some(2_500));
+    assert_eq!(list[0].currency.as_deref(), Some("usd"));
+    // Another account sees none of them.
+    let owner = w.server.payments(&w.builder);
+    assert!(owner
+        .delegations()
+        .list_delegations()
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(sub
+        .delegations()
+        .list_payment_methods(Some("stripe"))
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+#[tokio::test]
+async fn v3_tokens_carry_a_nonce_and_settle_once() {
+    use nvm_payments::client::X402TokenOptions;
+    let (w, plan, agent) = setup(10).await;
+    let sub = w.server.payments(&w.subscriber);
+    sub.plans().order_plan(&plan).await.unwrap();
+    let tok = sub
+        .x402()
+        .get_x402_access_token_for(
+            &plan,
+            X402TokenOptions {
+                agent_id: Some(agent.clone()),
+                token_version: Some(3),
+                // The resource of `required()`, so verify's resource check passes.
+                resource_url: Some("/ask".into()),
+                http_verb: Some("post".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+        .access_token;
+    let env: Value = serde_json::from_slice(&STANDARD.decode(tok.expose()).unwrap()).unwrap();
+    let nonce = env["payload"]["authorization"]["nonce"].as_str().unwrap();
+    assert_eq!(nonce.len(), 64, "32 random bytes, hex: {nonce}");
+    assert!(nonce.bytes().all(|b| b.is_ascii_hexdigit()));
+    assert_eq!(env["accepted"]["extra"]["httpVerb"], "POST");
+    assert_eq!(env["resource"]["url"], "/ask");
+
+    // Two v3 tokens never share a nonce.
+    let other = token_v3(&sub, &plan).await;
+    let other: Value = serde_json::from_slice(&STANDARD.decode(other.expose()).unwrap()).unwrap();
+    assert_ne!(other["payload"]["authorization"]["nonce"], nonce);
+
+    let owner = w.server.payments(&w.builder);
+    let pr = required(&plan, Some(&agent));
+    // Verify never consumes it.
+    for _ in 0..2 {
+        let v = owner
+            .x402()
+            .verify_permissions(&pr, &tok, Some(c(1)))
+            .await
+            .unwrap();
+        assert!(v.is_valid);
+    }
+    let first = owner
+        .x402()
+        .settle_permissions(&pr, &tok, Some(c(1)), Some("r-1"))
+        .await
+        .unwrap();
+    assert!(first.success);
+    // A retry of that settle answers the same; any other settle is refused.
+    let retry = owner
+        .x402()
+        .settle_permissions(&pr, &tok, Some(c(1)), Some("r-1"))
+        .await
+        .unwrap();
+    assert_eq!(retry, first);
+    for id in [Some("r-2"), None] {
+        let again = owner
+            .x402()
+            .settle_permissions(&pr, &tok, Some(c(1)), id)
+            .await
+            .unwrap();
+        assert!(!again.success);
+        assert!(
+            again
+                .error_reason
+                .as_deref()
+                .unwrap_or_default()
+                .starts_with("BCK.X402.0059"),
+            "{again:?}"
+        );
+    }
+    assert_eq!(w.balance(&plan, &w.subscriber).await, c(9));
+
+    // An edited nonce breaks the signature.
+    let mut forged = env.clone();
+    forged["payload"]["authorization"]["nonce"] = json!("00".repeat(32));
+    let forged = AccessToken::new(STANDARD.encode(serde_json::to_vec(&forged).unwrap()));
+    let err = owner
+        .x402()
+        .settle_permissions(&pr, &forged, Some(c(1)), None)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        api_code(&err).map(|(_, code)| code).as_deref(),
+        Some("BCK.X402.0005")
+    );
+}
+
+async fn token_v3(p: &nvm_payments::Payments, plan: &PlanId) -> AccessToken {
+    p.x402()
+        .get_x402_access_token_for(
+            plan,
+            nvm_payments::client::X402TokenOptions {
+                token_version: Some(3),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+        .access_token
+}
+
+#[tokio::test]
+async fn v3_resource_and_endpoint_allow_list_are_enforced_at_verify() {
+    use nvm_payments::client::X402TokenOptions;
+    let w = World::new().await;
+    let plan = w
+        .free_plan(get_dynamic_credits_config(c(10), c(1), c(3)))
+        .await;
+    let owner = w.server.payments(&w.builder);
+    let agent = owner
+        .agents()
+        .register_agent(
+            AgentMetadata::named("strict"),
+            nvm_payments::types::AgentApiAttributes::with_endpoints(vec![
+                nvm_payments::Endpoint::new("post", "https://agent.example/items/:id"),
+            ]),
+            vec![plan.clone()],
+        )
+        .await
+        .unwrap();
+    let sub = w.server.payments(&w.subscriber);
+    sub.plans().order_plan(&plan).await.unwrap();
+    let mint = |url: &'static str, verb: &'static str| {
+        let sub = sub.clone();
+        let plan = plan.clone();
+        let agent = agent.clone();
+        async move {
+            sub.x402()
+                .get_x402_access_token_for(
+                    &plan,
+                    X402TokenOptions {
+                        agent_id: Some(agent),
+                        token_version: Some(3),
+                        resource_url: Some(url.into()),
+                        http_verb: Some(verb.into()),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .unwrap()
+                .access_token
+        }
+    };
+    let pr_for = |url: &str| {
+        build_payment_required(
+            std::slice::from_ref(&plan),
+            Environment::Custom,
+            &PaymentRequiredOptions {
+                endpoint: Some(url.into()),
+                agent_id: Some(agent.clone()),
+                http_verb: Some("POST".into()),
+                ..Default::default()
+            },
+        )
+    };
+
+    // Bound to an allowed endpoint: valid, whatever the route's query string.
+    let tok = mint("https://agent.example/items/7", "post").await;
+    let v = owner
+        .x402()
+        .verify_permissions(
+            &pr_for("https://agent.example/items/7?page=2"),
+            &tok,
+            Some(c(1)),
+        )
+        .await
+        .unwrap();
+    assert!(v.is_valid);
+
+    // Another resource than the route's: BCK.X402.0013.
+    let err = owner
+        .x402()
+        .verify_permissions(&pr_for("https://agent.example/items/8"), &tok, Some(c(1)))
+        .await
+        .unwrap_err();
+    assert_eq!(api_code(&err), Some((400, "BCK.X402.0013".to_owned())));
+
+    // A resource outside the agent's endpoints, or the wrong verb: BCK.PROTOCOL.0031.
+    for (url, verb) in [
+        ("https://agent.example/admin", "post"),
+        ("https://agent.example/items/7", "get"),
+    ] {
+        let tok = mint(url, verb).await;
+        let err = owner
+            .x402()
+            .verify_permissions(&pr_for(url), &tok, Some(c(1)))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            api_code(&err),
+            Some((400, "BCK.PROTOCOL.0031".to_owned())),
+            "{url} {verb}"
+        );
+    }
+
+    // A v2 token (no resource.url) skips both checks, as on the platform.
+    let v2 = token(&w, &plan, Some(&agent)).await;
+    let v = owner
+        .x402()
+        .verify_permissions(&pr_for("https://agent.example/admin"), &v2, Some(c(1)))
+        .await
+        .unwrap();
+    assert!(v.is_valid);
+}
+
+#[tokio::test]
+async fn malformed_nevermined_version_is_a_400_on_every_route() {
+    let w = World::new().await;
+    for version in ["v1", "1", "1.x", ""] {
+        let resp = http()
+            .get(w.url("/"))
+            .header("nevermined-version", version)
+            .send()
+            .await
+            .unwrap();
+        expect_envelope(resp, 400, "BCK.COMMON.0002").await;
+    }
+    let resp = http()
+        .get(w.url("/"))
+        .header("nevermined-version", "1.1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let resp = http().get(w.url("/")).send().await.unwrap();
+    assert_eq!(resp.status(), 200, "an absent header is fine");
 }

@@ -345,10 +345,10 @@ fn describe_price(price: &PlanPriceConfig) -> String {
         let currency = price.currency.as_deref().unwrap_or("fiat");
         return format!("{total} {currency} (6-decimal units, card) to {to}");
     }
-    if price.token_address.is_zero() {
-        format!("{total} native (wei) to {to}")
-    } else {
-        format!("{total} of token {} to {to}", price.token_address)
+    match &price.token_address {
+        Some(token) if token.is_zero() => format!("{total} native (wei) to {to}"),
+        Some(token) => format!("{total} of token {token} to {to}"),
+        None => format!("{total} of an unnamed token to {to}"),
     }
 }
 

@@ -143,7 +143,7 @@ pub(crate) async fn plans(
         total: plans.len() as u64,
         page: paging.page,
         offset: paging.size,
-        plans: paging.slice(&plans),
+        plans: paging.slice(&plans).into_iter().map(Into::into).collect(),
     }))
 }
 

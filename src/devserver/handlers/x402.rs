@@ -11,7 +11,8 @@ use super::{agent_id, created, plan_id, Params};
 use crate::devserver::accounts::Caller;
 use crate::devserver::error::{ApiError, JsonBody};
 use crate::devserver::ledger::{Charge, InvalidReason};
-use crate::devserver::x402_token::{self, TokenDecodeError};
+use crate::devserver::resource_check;
+use crate::devserver::x402_token::{self, TokenDecodeError, TokenVersion};
 use crate::devserver::DevServerState;
 use crate::types::{
     AccessToken, AgentId, Credits, PaymentRequired, PermissionsRequest, PermissionsResponse,
@@ -35,7 +36,18 @@ pub(crate) async fn permissions(
             return Err(ApiError::agent_not_found());
         }
     }
-    let access_token = state.x402().mint(&req.accepted, &caller);
+    let version = match req.token_version {
+        None | Some(2) => TokenVersion::V2,
+        Some(3) => TokenVersion::V3 {
+            resource_url: req.resource.map(|r| r.url).filter(|u| !u.is_empty()),
+        },
+        Some(other) => {
+            return Err(ApiError::validation(format!(
+                "tokenVersion must be 2 or 3, not {other}"
+            )))
+        }
+    };
+    let access_token = state.x402().mint(&req.accepted, &caller, version);
     Ok(created(PermissionsResponse { access_token }))
 }
 
@@ -63,6 +75,43 @@ fn authentic_token(
     Ok(payload)
 }
 
+/// A token bound to a resource (v3) must name the route's resource and, when the
+/// agent registered endpoints, one of them; other tokens skip both checks.
+fn check_resource(
+    state: &DevServerState,
+    token: &X402TokenPayload,
+    payment_required: &PaymentRequired,
+) -> Result<(), ApiError> {
+    let Some(url) = token
+        .resource
+        .as_ref()
+        .map(|r| r.url.as_str())
+        .filter(|u| !u.is_empty())
+    else {
+        return Ok(());
+    };
+    resource_check::same_resource(url, &payment_required.resource.url)?;
+    let agent = token.accepted.agent_id().or_else(|| {
+        payment_required
+            .accepts
+            .iter()
+            .find(|a| a.plan_id == token.accepted.plan_id)
+            .and_then(|a| a.agent_id())
+    });
+    let Some(agent) = agent else { return Ok(()) };
+    let endpoints = match state.ledger().registry.agent(agent) {
+        Ok(record) => record.api.endpoints.clone(),
+        // An unknown agent is for check_charge to answer (invalid_agent).
+        Err(_) => return Ok(()),
+    };
+    let verb = token
+        .accepted
+        .extra
+        .as_ref()
+        .and_then(|e| e.http_verb.as_deref());
+    resource_check::allowed_endpoint(&endpoints, url, verb)
+}
+
 fn charge<'a>(
     token: &'a X402TokenPayload,
     payment_required: &PaymentRequired,
@@ -78,6 +127,12 @@ fn charge<'a>(
             .map(|a| (a.plan_id.clone(), a.agent_id().cloned()))
             .collect(),
         requested: max_amount.unwrap_or(Credits::ZERO),
+        nonce: token
+            .payload
+            .authorization
+            .nonce
+            .as_deref()
+            .filter(|n| !n.is_empty()),
     }
 }
 
@@ -88,6 +143,7 @@ pub(crate) async fn verify(
     JsonBody(req): JsonBody<VerifyRequest>,
 ) -> Result<Json<VerifyResponse>, ApiError> {
     let token = authentic_token(&state, &req.x402_access_token)?;
+    check_resource(&state, &token, &req.payment_required)?;
     let network = token.accepted.network.clone();
     let payer = token.payload.authorization.from.clone();
     let charge = charge(&token, &req.payment_required, req.max_amount);

@@ -1,7 +1,7 @@
 //! Charges for requests: the checks of verify and settle, settle and redeem (each
 //! idempotent by `agentRequestId`), and the record of every spend.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use serde_json::json;
 
@@ -39,7 +39,12 @@ pub(crate) struct Charge<'a> {
     pub(crate) accepts: Vec<(PlanId, Option<AgentId>)>,
     /// What the caller asked to burn (clamped by the plan).
     pub(crate) requested: Credits,
+    /// The single-use nonce of a v3 token (`payload.authorization.nonce`).
+    pub(crate) nonce: Option<&'a str>,
 }
+
+/// The backend's code for a second settle of a v3 token.
+pub(crate) const TOKEN_ALREADY_USED: &str = "BCK.X402.0059";
 
 /// What a successful check found.
 #[derive(Debug, Clone)]
@@ -83,6 +88,8 @@ pub(crate) struct ChargeLog {
     redemptions: HashMap<String, NvmApiResult>,
     /// Every charge that burned credits (settle, redeem), in order.
     spends: Vec<Spend>,
+    /// v3 nonces already settled, per plan: a second settle is refused.
+    spent_nonces: HashSet<(PlanId, String)>,
 }
 
 impl ChargeLog {
@@ -227,6 +234,27 @@ impl Ledger {
             remaining_balance: None,
             order_tx: None,
         };
+        // After the idempotency lookup: a retry of the settle that spent the token is
+        // answered as before, any other settle of it is refused (payments #428).
+        let single_use = charge.nonce.map(|n| (charge.plan_id.clone(), n.to_owned()));
+        if single_use
+            .as_ref()
+            .is_some_and(|key| self.charges.spent_nonces.contains(key))
+        {
+            // As tests/support/layer_mock.rs answers it: a 200 refusal naming the code.
+            return SettleResponse {
+                success: false,
+                error_reason: Some(format!(
+                    "{TOKEN_ALREADY_USED}: x402 access token already used"
+                )),
+                payer: Some(charge.payer.clone()),
+                transaction: String::new(),
+                network: network.to_owned(),
+                credits_redeemed: None,
+                remaining_balance: None,
+                order_tx: None,
+            };
+        }
         let checked = match self.check_charge(charge, now) {
             Ok(c) => c,
             Err(reason) => return failed(reason),
@@ -266,6 +294,9 @@ impl Ledger {
                 .settlements
                 .insert(id.to_owned(), response.clone());
         }
+        if let Some(key) = single_use {
+            self.charges.spent_nonces.insert(key);
+        }
         response
     }
 }
@@ -293,6 +324,7 @@ mod tests {
             token_agent: None,
             accepts: vec![],
             requested: c(9),
+            nonce: None,
         };
         let first = l.settle(&charge, "n", Some("r1"), 0);
         assert!(first.success);

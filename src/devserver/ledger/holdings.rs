@@ -93,7 +93,13 @@ impl Holdings {
     /// Moves the plan's price from the buyer's dev wallet to its receivers; nothing
     /// moves if the buyer cannot pay.
     fn pay(&mut self, plan: &PlanRecord, buyer: &Address) -> Result<(), ApiError> {
-        let token = plan.price.token_address.clone();
+        // Registration refuses a price without a token (validate_plan), so the zero
+        // address here only stands in for a record made some other way.
+        let token = plan
+            .price
+            .token_address
+            .clone()
+            .unwrap_or_else(Address::zero);
         let total = plan.price.total();
         let held = self.token_balance(buyer, &token);
         let Some(left) = held.checked_sub(total) else {

@@ -301,6 +301,15 @@ fn validate_plan(
     if metadata.name.trim().is_empty() {
         return Err(ApiError::validation("metadataAttributes.name is required"));
     }
+    if price.token_address.is_none() {
+        // The wire type reads a bad address as absent (responses must not fail on it);
+        // a registration needs one, as the backend's validation pipe does.
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "BCK.COMMON.0001",
+            "invalid field `priceConfig.tokenAddress`: must be a 0x address of 40 hex digits",
+        ));
+    }
     if price.amounts.len() != price.receivers.len() {
         return Err(ApiError::validation(
             "priceConfig.amounts and priceConfig.receivers must have the same length",
