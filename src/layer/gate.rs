@@ -22,6 +22,7 @@ use crate::auth::{
 use crate::backend::PaymentBackend;
 use crate::balance::{chargeable, BalanceCache, PlanCache, Reservation};
 use crate::credential::{self, Credential, TokenError};
+use crate::metrics::GateMetrics;
 use crate::rejection::Rejection;
 use crate::settle::{Charge, ChargeMethod, PendingCharge, PendingCharges, PendingFull};
 use crate::types::{Credits, PlanCreditsConfig, PlanId, TokenDigest};
@@ -40,6 +41,7 @@ pub(crate) struct Gate {
     balances: BalanceCache,
     /// Charges in flight, for the bound and for `drain`.
     pub(crate) pending: Arc<PendingCharges>,
+    metrics: GateMetrics,
 }
 
 /// An admitted request: its context, its reservation, how it will be charged.
@@ -104,7 +106,8 @@ impl Gate {
                 config.balance_recheck,
             ),
             pending: Arc::new(PendingCharges::default()),
-            backend,
+            metrics: GateMetrics::register(),
+            backend: crate::metrics::timed(backend),
             config,
         }
     }
@@ -116,7 +119,7 @@ impl Gate {
 
     pub(crate) async fn cache_sizes(&self) -> CacheSizes {
         let auth = self.auth.sizes().await;
-        CacheSizes {
+        let sizes = CacheSizes {
             verifications: auth.verifications,
             verification_bytes: auth.verification_bytes,
             refused_tokens: auth.refused_tokens,
@@ -124,7 +127,10 @@ impl Gate {
             plans: self.plans.len() as u64,
             routes: self.routes.len() as u64,
             spent_single_use_tokens: auth.spent_single_use_tokens,
-        }
+        };
+        self.metrics
+            .cache_sizes(sizes.verifications, sizes.balances, sizes.plans);
+        sizes
     }
 
     pub(crate) fn reject<B>(
@@ -132,6 +138,7 @@ impl Gate {
         rejection: Rejection,
         route: &Route,
     ) -> Response<PaymentBody<B>> {
+        self.metrics.refused(rejection.kind);
         into_response(
             rejection,
             &route.header,
@@ -147,6 +154,18 @@ impl Gate {
         parts: &Parts,
         route: &Arc<Route>,
     ) -> Result<Admission, Rejection> {
+        let admission = self.admit_steps(parts, route).await;
+        if admission.is_ok() {
+            self.metrics.admitted();
+        }
+        admission
+    }
+
+    async fn admit_steps(
+        &self,
+        parts: &Parts,
+        route: &Arc<Route>,
+    ) -> Result<Admission, Rejection> {
         let key: VerificationKey = tracing::debug_span!("nvm.extract")
             .in_scope(|| credential_key(&parts.headers, &self.config.token_headers))
             .map(|digest| (digest, route.id))?;
@@ -154,7 +173,13 @@ impl Gate {
         let (verified, verify_request_id) = match self.auth.cached(&key).await {
             Some(verified) => (verified, None),
             // Boxed: the rare verification must not weigh on every request's future.
-            None => Box::pin(self.verify_once(parts, route, key, requested)).await?,
+            None => {
+                let verified = Box::pin(self.verify_once(parts, route, key, requested)).await;
+                // The caches grow on this path: a cheap moment to report their sizes.
+                #[cfg(feature = "metrics")]
+                Box::pin(self.cache_sizes()).await;
+                verified?
+            }
         };
         let caller = verified.caller;
         let plan = self.credits_config(&caller.plan_id).await?;
