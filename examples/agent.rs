@@ -167,7 +167,9 @@ async fn run() -> Result<(), Box<dyn Error>> {
 
 /// The Prometheus recorder, with buckets for the backend call durations (seconds).
 fn install_recorder() -> Result<PrometheusHandle, Box<dyn Error>> {
-    let buckets = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+    let buckets = [
+        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ];
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(
             Matcher::Full("nvm_backend_call_duration_seconds".into()),

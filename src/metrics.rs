@@ -59,7 +59,8 @@ impl GateMetrics {
             #[cfg(feature = "metrics")]
             admitted: counter!("nvm_requests_admitted_total"),
             #[cfg(feature = "metrics")]
-            refused: KINDS.map(|kind| counter!("nvm_requests_refused_total", "kind" => kind.code())),
+            refused: KINDS
+                .map(|kind| counter!("nvm_requests_refused_total", "kind" => kind.code())),
             #[cfg(feature = "metrics")]
             cached: [
                 gauge!("nvm_cached_verifications"),
@@ -144,8 +145,7 @@ impl ChargeMetrics {
             };
             self.outcomes[index].increment(1);
             if let Some(credits) = burned {
-                self.credits
-                    .increment(credits.to_u64().unwrap_or(u64::MAX));
+                self.credits.increment(credits.to_u64().unwrap_or(u64::MAX));
             }
         }
         #[cfg(not(feature = "metrics"))]
@@ -181,8 +181,8 @@ mod timed {
     use crate::backend::PaymentBackend;
     use crate::client::Error;
     use crate::types::{
-        AccessToken, Address, Credits, NvmApiResult, PaymentRequired, Plan, PlanBalance,
-        PlanId, SettleResponse, VerifyResponse,
+        AccessToken, Address, Credits, NvmApiResult, PaymentRequired, Plan, PlanBalance, PlanId,
+        SettleResponse, VerifyResponse,
     };
 
     /// A backend whose calls are timed, errors included (a timeout is a slow call).

@@ -161,11 +161,7 @@ impl Gate {
         admission
     }
 
-    async fn admit_steps(
-        &self,
-        parts: &Parts,
-        route: &Arc<Route>,
-    ) -> Result<Admission, Rejection> {
+    async fn admit_steps(&self, parts: &Parts, route: &Arc<Route>) -> Result<Admission, Rejection> {
         let key: VerificationKey = tracing::debug_span!("nvm.extract")
             .in_scope(|| credential_key(&parts.headers, &self.config.token_headers))
             .map(|digest| (digest, route.id))?;

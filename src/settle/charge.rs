@@ -258,10 +258,9 @@ impl PendingCharge {
             reason: sent.reason,
         };
         span.in_scope(|| log_outcome(&outcome));
-        pending.metrics.outcome(
-            outcome.status,
-            outcome.is_settled().then_some(burned),
-        );
+        pending
+            .metrics
+            .outcome(outcome.status, outcome.is_settled().then_some(burned));
         in_flight.finish(outcome.status);
         if let Some(hook) = hook {
             hook.on_settle(&outcome);

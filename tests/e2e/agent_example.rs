@@ -11,8 +11,8 @@ use std::time::Duration;
 use nvm_payments::devserver::{DevServer, Fault};
 use nvm_payments::types::{AgentApiAttributes, AgentMetadata, PlanMetadata};
 use nvm_payments::{
-    get_fixed_credits_config, get_native_token_price_config, AgentId, ApiKey, Credits,
-    Endpoint, Payments, PlanId,
+    get_fixed_credits_config, get_native_token_price_config, AgentId, ApiKey, Credits, Endpoint,
+    Payments, PlanId,
 };
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 
@@ -244,9 +244,17 @@ async fn the_agent_serves_prometheus_metrics_on_its_own_port() {
         .to_owned();
 
     let http = reqwest::Client::new();
-    let unpaid = http.post(format!("{base}/ask")).json(&serde_json::json!({})).send();
+    let unpaid = http
+        .post(format!("{base}/ask"))
+        .json(&serde_json::json!({}))
+        .send();
     assert_eq!(unpaid.await.unwrap().status(), 402);
-    world.subscriber.plans().order_plan(&world.plan).await.unwrap();
+    world
+        .subscriber
+        .plans()
+        .order_plan(&world.plan)
+        .await
+        .unwrap();
     let token = world
         .subscriber
         .x402()
@@ -280,5 +288,8 @@ async fn the_agent_serves_prometheus_metrics_on_its_own_port() {
     assert!(!text.contains(token.expose()), "no token in a label");
     let subscriber = world.subscriber.account_address().to_string();
     let lower = text.to_lowercase();
-    assert!(!lower.contains(&subscriber.to_lowercase()), "no address in a label");
+    assert!(
+        !lower.contains(&subscriber.to_lowercase()),
+        "no address in a label"
+    );
 }

@@ -175,7 +175,14 @@ async fn each_refusal_moves_its_kind_by_one() {
     let layer = builder(broke).build().unwrap();
     let token = valid_x402();
     let request = x402_request(token.clone());
-    assert_refused_once(&snapshotter, &layer, request, &token, "insufficient_balance").await;
+    assert_refused_once(
+        &snapshotter,
+        &layer,
+        request,
+        &token,
+        "insufficient_balance",
+    )
+    .await;
 
     let down = MockBackend::new(100);
     *down.verify_mode.lock().unwrap() = VerifyMode::Down;
@@ -192,7 +199,14 @@ async fn each_refusal_moves_its_kind_by_one() {
     let layer = builder(zero).build().unwrap();
     let bearer = bearer(PLAN, Some(AGENT));
     let request = bearer_request(bearer.clone());
-    assert_refused_once(&snapshotter, &layer, request, &bearer, "payment_misconfigured").await;
+    assert_refused_once(
+        &snapshotter,
+        &layer,
+        request,
+        &bearer,
+        "payment_misconfigured",
+    )
+    .await;
 }
 
 async fn charge_with(failures: Vec<Error>) -> (Moved, nvm_payments::SettleOutcome) {
