@@ -288,11 +288,16 @@ fn main() {
 }
 
 /// `n` warm requests on a current-thread runtime, for instruction counts:
-/// `NVM_LAYER_PROFILE_SERVICE` is `x402` (default), `bearer` or `bare`.
+/// `NVM_LAYER_PROFILE_SERVICE` is `x402` (default), `x402_metrics`, `bearer` or `bare`.
 fn profile(n: u64) {
     let rt = current_thread();
-    let guarded = layer(Sink::new()).layer(handler());
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
     let which = std::env::var("NVM_LAYER_PROFILE_SERVICE").unwrap_or_default();
+    let guarded = if which == "x402_metrics" {
+        metrics::with_local_recorder(&recorder, || layer(Sink::new()).layer(handler()))
+    } else {
+        layer(Sink::new()).layer(handler())
+    };
     let elapsed = match which.as_str() {
         "bare" => rt.block_on(drive(handler(), Credential::x402(1), n)),
         "bearer" => {
