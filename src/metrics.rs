@@ -97,6 +97,7 @@ impl GateMetrics {
 }
 
 /// The series of charges: in flight, outcomes, credits.
+#[cfg_attr(not(feature = "metrics"), derive(Default))]
 pub(crate) struct ChargeMetrics {
     #[cfg(feature = "metrics")]
     in_flight: Gauge,
@@ -106,15 +107,14 @@ pub(crate) struct ChargeMetrics {
     credits: Counter,
 }
 
+/// Registers the handles with the recorder current when the layer is built.
+#[cfg(feature = "metrics")]
 impl Default for ChargeMetrics {
     fn default() -> Self {
         ChargeMetrics {
-            #[cfg(feature = "metrics")]
             in_flight: gauge!("nvm_charges_in_flight"),
-            #[cfg(feature = "metrics")]
             outcomes: ["settled", "failed", "unknown"]
                 .map(|outcome| counter!("nvm_charges_total", "outcome" => outcome)),
-            #[cfg(feature = "metrics")]
             credits: counter!("nvm_credits_charged_total"),
         }
     }
