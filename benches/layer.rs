@@ -9,6 +9,9 @@
 //!   sink of `tests/support/sink.rs` (the charge is made and awaited: default
 //!   `ChargeTiming::BeforeResponse`). `bare` is the same service without the layer,
 //!   measured in the same run; the summary prints the added nanoseconds and the ratio.
+//!   `x402_metrics` is `x402` through a layer built with a Prometheus recorder current
+//!   (the `metrics` feature; its handles are registered at build time), against `x402`
+//!   of the same run, whose layer found no recorder.
 //! - `cold_path/first_request`: the first request of a new token and holder
 //!   (decode, verify, balance fetch against the sink, charge).
 //! - `cold_path/coalesce_32`: 32 concurrent first requests with one new token; the
@@ -53,7 +56,8 @@ fn handler() -> impl Service<
 }
 
 fn layer(sink: Arc<Sink>) -> PaymentLayer {
-    PaymentLayer::builder_with_backend(sink, Environment::Sandbox)
+    // Custom: the in-process sink redeems bearer tokens, as the devserver does.
+    PaymentLayer::builder_with_backend(sink, Environment::Custom)
         .plan_id(plan())
         .agent_id(agent())
         .credits(1u64)
@@ -142,10 +146,14 @@ fn hot_path(c: &mut Criterion) {
     let rt = current_thread();
     let sink = Sink::new();
     let guarded = layer(sink.clone()).layer(handler());
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let prometheus = recorder.handle();
+    let metered = metrics::with_local_recorder(&recorder, || layer(Sink::new()).layer(handler()));
     rt.block_on(async {
         // Warm the route, verification, plan and balance caches and the JWKS.
         send(&mut guarded.clone(), x402.request()).await;
         send(&mut guarded.clone(), bearer.request()).await;
+        send(&mut metered.clone(), x402.request()).await;
     });
     sink.calls.reset();
     group.bench_function("bare", |b| {
@@ -153,6 +161,14 @@ fn hot_path(c: &mut Criterion) {
     });
     group.bench_function("x402", |b| {
         b.iter_custom(|iters| rt.block_on(drive(guarded.clone(), x402.clone(), iters)))
+    });
+    group.bench_function("x402_metrics", |b| {
+        b.iter_custom(|iters| {
+            // A server's exporter drains histogram samples every few seconds, off the
+            // request path: here before each timed batch.
+            prometheus.run_upkeep();
+            rt.block_on(drive(metered.clone(), x402.clone(), iters))
+        })
     });
     group.bench_function("bearer", |b| {
         b.iter_custom(|iters| rt.block_on(drive(guarded.clone(), bearer.clone(), iters)))
@@ -274,11 +290,16 @@ fn main() {
 }
 
 /// `n` warm requests on a current-thread runtime, for instruction counts:
-/// `NVM_LAYER_PROFILE_SERVICE` is `x402` (default), `bearer` or `bare`.
+/// `NVM_LAYER_PROFILE_SERVICE` is `x402` (default), `x402_metrics`, `bearer` or `bare`.
 fn profile(n: u64) {
     let rt = current_thread();
-    let guarded = layer(Sink::new()).layer(handler());
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
     let which = std::env::var("NVM_LAYER_PROFILE_SERVICE").unwrap_or_default();
+    let guarded = if which == "x402_metrics" {
+        metrics::with_local_recorder(&recorder, || layer(Sink::new()).layer(handler()))
+    } else {
+        layer(Sink::new()).layer(handler())
+    };
     let elapsed = match which.as_str() {
         "bare" => rt.block_on(drive(handler(), Credential::x402(1), n)),
         "bearer" => {
@@ -302,10 +323,15 @@ fn profile(n: u64) {
 fn summary(since: SystemTime) {
     let mean = |id: &str| criterion_mean_ns("hot_path", id, since);
     println!("\nsummary (time per request as criterion reports it, same run):");
-    for (bare, guarded) in [("bare", "x402"), ("bare", "bearer"), ("bare_mt", "x402_mt")] {
+    for (bare, guarded) in [
+        ("bare", "x402"),
+        ("x402", "x402_metrics"),
+        ("bare", "bearer"),
+        ("bare_mt", "x402_mt"),
+    ] {
         if let (Some(b), Some(g)) = (mean(bare), mean(guarded)) {
             println!(
-                "  {guarded:<8} {g:>9.0} ns vs {bare:<8} {b:>7.0} ns: +{:.0} ns, ratio {:.2}x",
+                "  {guarded:<12} {g:>9.0} ns vs {bare:<8} {b:>7.0} ns: +{:.0} ns, ratio {:.3}x",
                 g - b,
                 g / b
             );

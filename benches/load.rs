@@ -219,7 +219,7 @@ async fn run(duration: Duration, rounds: usize, concurrency: usize, workers: usi
         .access_token;
 
     let sink = Sink::new();
-    let sink_layer = PaymentLayer::builder_with_backend(sink.clone(), Environment::Sandbox)
+    let sink_layer = PaymentLayer::builder_with_backend(sink.clone(), Environment::Custom)
         .plan_id(plan())
         .agent_id(agent())
         .credits(1u64)

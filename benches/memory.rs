@@ -101,7 +101,7 @@ fn child(mode: &str, n: u64) {
     rt.block_on(async {
         let sink = Sink::new();
         let hour = Duration::from_secs(3600);
-        let layer = PaymentLayer::builder_with_backend(sink.clone(), Environment::Sandbox)
+        let layer = PaymentLayer::builder_with_backend(sink.clone(), Environment::Custom)
             .plan_id(plan())
             .agent_id(agent())
             .credits(1u64)

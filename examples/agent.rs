@@ -12,6 +12,7 @@
 //! | `PORT` | port on 127.0.0.1 (default 8080; `0` picks one) |
 //! | `CREDITS` | credits per call (default 1) |
 //! | `SHUTDOWN_GRACE_SECS` | how long in-flight requests may take to finish on shutdown (default 10) |
+//! | `METRICS_PORT` | when set, `GET /metrics` (Prometheus text) on this port of 127.0.0.1, apart from the paid API (`0` picks one) |
 //!
 //! ```sh
 //! cargo run --bin nvm-payments -- dev-server &                        # a local backend
@@ -29,6 +30,7 @@ use std::time::Duration;
 
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use nvm_payments::settle::{SettleOutcome, SettleStatus};
 use nvm_payments::{AgentId, PaymentContext, PaymentLayer, PaymentOptions, Payments, PlanId};
 use serde_json::{json, Value};
@@ -86,6 +88,12 @@ async fn run() -> Result<(), Box<dyn Error>> {
     let port: u16 = env_or("PORT", 8080)?;
     let credits: u64 = env_or("CREDITS", 1)?;
     let grace = Duration::from_secs(env_or("SHUTDOWN_GRACE_SECS", 10)?);
+    let metrics_port: Option<u16> = match std::env::var("METRICS_PORT") {
+        Ok(_) => Some(env_or("METRICS_PORT", 0)?),
+        Err(_) => None,
+    };
+    // Before the layer is built: it registers its series with the recorder it finds.
+    let metrics = metrics_port.map(|_| install_recorder()).transpose()?;
 
     // Charges that did not settle, kept to report them at shutdown.
     let unsettled: Arc<Mutex<Vec<SettleOutcome>>> = Arc::default();
@@ -109,6 +117,9 @@ async fn run() -> Result<(), Box<dyn Error>> {
         .route("/health", get(health));
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     println!("agent listening on http://{}", listener.local_addr()?);
+    if let (Some(port), Some(handle)) = (metrics_port, metrics) {
+        serve_metrics(port, handle).await?;
+    }
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {
@@ -151,6 +162,40 @@ async fn run() -> Result<(), Box<dyn Error>> {
             );
         }
     }
+    Ok(())
+}
+
+/// The Prometheus recorder, with buckets for the backend call durations (seconds).
+fn install_recorder() -> Result<PrometheusHandle, Box<dyn Error>> {
+    let buckets = [
+        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ];
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full("nvm_backend_call_duration_seconds".into()),
+            &buckets,
+        )?
+        .install_recorder()?;
+    Ok(handle)
+}
+
+/// `GET /metrics` on its own listener: unauthenticated, so never on the paid port.
+async fn serve_metrics(port: u16, handle: PrometheusHandle) -> Result<(), Box<dyn Error>> {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    println!("metrics on http://{}/metrics", listener.local_addr()?);
+    let app = Router::new().route(
+        "/metrics",
+        get(move || {
+            let handle = handle.clone();
+            async move {
+                // Upkeep drains histogram samples into their buckets: once per scrape.
+                handle.run_upkeep();
+                handle.render()
+            }
+        }),
+    );
+    // Ends with the process: a scrape in flight at shutdown does not matter.
+    tokio::spawn(async move { axum::serve(listener, app).await });
     Ok(())
 }
 

@@ -11,6 +11,7 @@ pub mod credential;
 #[cfg(feature = "devserver")]
 pub mod devserver;
 pub mod layer;
+mod metrics;
 mod rejection;
 pub mod settle;
 pub mod types;

@@ -22,6 +22,7 @@ use crate::auth::{
 use crate::backend::PaymentBackend;
 use crate::balance::{chargeable, BalanceCache, PlanCache, Reservation};
 use crate::credential::{self, Credential, TokenError};
+use crate::metrics::GateMetrics;
 use crate::rejection::Rejection;
 use crate::settle::{Charge, ChargeMethod, PendingCharge, PendingCharges, PendingFull};
 use crate::types::{Credits, PlanCreditsConfig, PlanId};
@@ -40,6 +41,7 @@ pub(crate) struct Gate {
     balances: BalanceCache,
     /// Charges in flight, for the bound and for `drain`.
     pub(crate) pending: Arc<PendingCharges>,
+    metrics: GateMetrics,
 }
 
 /// An admitted request: its context, its reservation, how it will be charged.
@@ -105,7 +107,8 @@ impl Gate {
                 config.balance_recheck,
             ),
             pending: Arc::new(PendingCharges::default()),
-            backend,
+            metrics: GateMetrics::register(),
+            backend: crate::metrics::timed(backend),
             config,
         }
     }
@@ -117,7 +120,7 @@ impl Gate {
 
     pub(crate) async fn cache_sizes(&self) -> CacheSizes {
         let auth = self.auth.sizes().await;
-        CacheSizes {
+        let sizes = CacheSizes {
             verifications: auth.verifications,
             verification_bytes: auth.verification_bytes,
             refused_tokens: auth.refused_tokens,
@@ -125,7 +128,10 @@ impl Gate {
             plans: self.plans.len() as u64,
             routes: self.routes.len() as u64,
             spent_single_use_tokens: auth.spent_single_use_tokens,
-        }
+        };
+        self.metrics
+            .cache_sizes(sizes.verifications, sizes.balances, sizes.plans);
+        sizes
     }
 
     pub(crate) fn reject<B>(
@@ -133,6 +139,7 @@ impl Gate {
         rejection: Rejection,
         route: &Route,
     ) -> Response<PaymentBody<B>> {
+        self.metrics.refused(rejection.kind);
         into_response(
             rejection,
             &route.header,
@@ -148,6 +155,14 @@ impl Gate {
         parts: &Parts,
         route: &Arc<Route>,
     ) -> Result<Admission, Rejection> {
+        let admission = self.admit_steps(parts, route).await;
+        if admission.is_ok() {
+            self.metrics.admitted();
+        }
+        admission
+    }
+
+    async fn admit_steps(&self, parts: &Parts, route: &Arc<Route>) -> Result<Admission, Rejection> {
         let text = tracing::debug_span!("nvm.extract")
             .in_scope(|| credential_text(&parts.headers, &self.config.token_headers))?;
         let key = self.auth.key(text, route.id);
@@ -155,7 +170,13 @@ impl Gate {
         // Boxed: the rare verification must not weigh on every request's future.
         let (verified, verify_request_id) = match self.auth.cached(&key, text).await {
             Lookup::Hit(verified) => (verified, None),
-            Lookup::Miss => Box::pin(self.verify_once(parts, route, key, text, requested)).await?,
+            Lookup::Miss => {
+                let verified = Box::pin(self.verify_once(parts, route, key, text, requested)).await;
+                // The caches grow on this path: a cheap moment to report their sizes.
+                #[cfg(feature = "metrics")]
+                Box::pin(self.cache_sizes()).await;
+                verified?
+            }
             Lookup::Collision => Box::pin(self.verify_uncached(parts, route, requested)).await?,
         };
         let caller = verified.caller;

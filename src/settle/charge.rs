@@ -175,6 +175,7 @@ impl Charge {
             let in_window = started.elapsed() + backoff <= self.retry.max_elapsed;
             if retryable && attempts < self.retry.max_attempts && in_window {
                 tracing::debug!(attempt = attempts, error = %err, "charge failed; retrying with the same request id");
+                crate::metrics::charge_retried();
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(self.retry.max_backoff);
                 continue;
@@ -220,7 +221,7 @@ impl PendingCharge {
             reservation,
             single_use,
             hook,
-            pending: _,
+            pending,
         } = self;
         // Spent before the first call: a replay arriving while this charge is sent
         // must not be admitted.
@@ -259,6 +260,9 @@ impl PendingCharge {
             reason: sent.reason,
         };
         span.in_scope(|| log_outcome(&outcome));
+        pending
+            .metrics
+            .outcome(outcome.status, outcome.is_settled().then_some(burned));
         in_flight.finish(outcome.status);
         if let Some(hook) = hook {
             hook.on_settle(&outcome);

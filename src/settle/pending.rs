@@ -72,6 +72,7 @@ pub(crate) struct PendingCharges {
     settled: AtomicU64,
     failed: AtomicU64,
     unknown: AtomicU64,
+    pub(crate) metrics: crate::metrics::ChargeMetrics,
 }
 
 impl PendingCharges {
@@ -93,6 +94,7 @@ impl PendingCharges {
         registry.next_key += 1;
         registry.in_flight.insert(key, request_id.to_owned());
         self.count.fetch_add(1, Ordering::Relaxed);
+        self.metrics.entered();
         InFlight {
             charges: self.clone(),
             key,
@@ -102,6 +104,7 @@ impl PendingCharges {
     fn leave(&self, key: u64) {
         if self.lock().in_flight.remove(&key).is_some() {
             self.count.fetch_sub(1, Ordering::Relaxed);
+            self.metrics.left();
         }
         self.left.notify_waiters();
     }

@@ -32,7 +32,7 @@ where
 /// let a: Answer = serde_json::from_str(r#"{"count": 3}"#).unwrap();
 /// assert_eq!(a.count, Some(3));
 /// ```
-pub fn lenient<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+pub(crate) fn lenient<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
 where
     D: Deserializer<'de>,
     T: serde::de::DeserializeOwned,

@@ -10,7 +10,10 @@ use std::time::Duration;
 
 use nvm_payments::devserver::{DevServer, Fault};
 use nvm_payments::types::{AgentApiAttributes, AgentMetadata, PlanMetadata};
-use nvm_payments::{get_fixed_credits_config, get_native_token_price_config, Credits, Endpoint};
+use nvm_payments::{
+    get_fixed_credits_config, get_native_token_price_config, AgentId, ApiKey, Credits, Endpoint,
+    Payments, PlanId,
+};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 
 /// The compiled example: `cargo test` builds examples next to the test binaries; when
@@ -32,9 +35,16 @@ fn agent_binary() -> PathBuf {
     path
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_agent_serves_charges_and_drains_on_sigterm() {
-    let server = DevServer::start().await.unwrap();
+/// A builder with a plan and an agent on the devserver, and a subscriber.
+struct World {
+    /// The builder's key: the agent runs with it.
+    api_key: ApiKey,
+    subscriber: Payments,
+    plan: PlanId,
+    agent: AgentId,
+}
+
+async fn world(server: &DevServer) -> World {
     let builder_account = server.create_account(Some("builder"));
     let builder = server.payments(&builder_account);
     let subscriber = server.payments(&server.create_account(Some("subscriber")));
@@ -59,21 +69,45 @@ async fn the_agent_serves_charges_and_drains_on_sigterm() {
         )
         .await
         .unwrap();
+    World {
+        api_key: builder_account.api_key,
+        subscriber,
+        plan,
+        agent,
+    }
+}
 
-    let mut child = tokio::process::Command::new(agent_binary())
-        .env("NVM_API_KEY", builder_account.api_key.expose())
+/// The agent example's command against `world`, with its output piped.
+fn agent_command(server: &DevServer, world: &World) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(agent_binary());
+    command
+        .env("NVM_API_KEY", world.api_key.expose())
         .env("NVM_BACKEND_URL", server.base_url())
-        .env("NVM_PLAN_ID", plan.to_string())
-        .env("NVM_AGENT_ID", agent.to_string())
+        .env("NVM_PLAN_ID", world.plan.to_string())
+        .env("NVM_AGENT_ID", world.agent.to_string())
         .env("PORT", "0")
         .env("CREDITS", "1")
         .env("SHUTDOWN_GRACE_SECS", "20")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .kill_on_drop(true)
+        .kill_on_drop(true);
+    command
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_serves_charges_and_drains_on_sigterm() {
+    let server = DevServer::start().await.unwrap();
+    let world = world(&server).await;
+    let mut child = agent_command(&server, &world)
         .spawn()
         .expect("start the agent example");
+    let World {
+        api_key,
+        subscriber,
+        plan,
+        agent,
+    } = world;
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
     let mut first = String::new();
     stdout.read_line(&mut first).await.unwrap();
@@ -180,7 +214,82 @@ async fn the_agent_serves_charges_and_drains_on_sigterm() {
         .await
         .unwrap();
     assert!(
-        !stderr.contains(builder_account.api_key.expose()),
+        !stderr.contains(api_key.expose()),
         "the key never reaches the logs"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_serves_prometheus_metrics_on_its_own_port() {
+    let server = DevServer::start().await.unwrap();
+    let world = world(&server).await;
+    let mut child = agent_command(&server, &world)
+        .env("METRICS_PORT", "0")
+        .spawn()
+        .expect("start the agent example");
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).await.unwrap();
+    let base = line
+        .trim()
+        .strip_prefix("agent listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+        .to_owned();
+    line.clear();
+    stdout.read_line(&mut line).await.unwrap();
+    let metrics_url = line
+        .trim()
+        .strip_prefix("metrics on ")
+        .unwrap_or_else(|| panic!("unexpected second line: {line:?}"))
+        .to_owned();
+
+    let http = reqwest::Client::new();
+    let unpaid = http
+        .post(format!("{base}/ask"))
+        .json(&serde_json::json!({}))
+        .send();
+    assert_eq!(unpaid.await.unwrap().status(), 402);
+    world
+        .subscriber
+        .plans()
+        .order_plan(&world.plan)
+        .await
+        .unwrap();
+    let token = world
+        .subscriber
+        .x402()
+        .get_x402_access_token(&world.plan, Some(&world.agent))
+        .await
+        .unwrap()
+        .access_token;
+    let paid = http
+        .post(format!("{base}/ask"))
+        .header("payment-signature", token.expose())
+        .json(&serde_json::json!({"question": "hi"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(paid.status(), 200);
+
+    let not_here = http.get(format!("{base}/metrics")).send().await.unwrap();
+    assert_eq!(not_here.status(), 404, "metrics are not on the paid port");
+    let scrape = http.get(&metrics_url).send().await.unwrap();
+    assert_eq!(scrape.status(), 200);
+    let text = scrape.text().await.unwrap();
+    for series in [
+        "nvm_requests_admitted_total 1",
+        "nvm_requests_refused_total{kind=\"payment_required\"} 1",
+        "nvm_charges_total{outcome=\"settled\"} 1",
+        "nvm_credits_charged_total 1",
+        "nvm_backend_call_duration_seconds_count{operation=\"settle\"} 1",
+    ] {
+        assert!(text.lines().any(|l| l == series), "{series} in:\n{text}");
+    }
+    assert!(!text.contains(token.expose()), "no token in a label");
+    let subscriber = world.subscriber.account_address().to_string();
+    let lower = text.to_lowercase();
+    assert!(
+        !lower.contains(&subscriber.to_lowercase()),
+        "no address in a label"
     );
 }
