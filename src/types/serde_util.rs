@@ -20,18 +20,6 @@ where
 /// `payer` that is not an address must not fail the whole response; an unparsable
 /// value becomes `None`, never a made-up one.
 ///
-/// ```
-/// use nvm_payments::types::serde_util::lenient;
-/// #[derive(serde::Deserialize)]
-/// struct Answer {
-///     #[serde(default, deserialize_with = "lenient")]
-///     count: Option<u64>,
-/// }
-/// let a: Answer = serde_json::from_str(r#"{"count": "lots"}"#).unwrap();
-/// assert_eq!(a.count, None);
-/// let a: Answer = serde_json::from_str(r#"{"count": 3}"#).unwrap();
-/// assert_eq!(a.count, Some(3));
-/// ```
 pub(crate) fn lenient<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
 where
     D: Deserializer<'de>,
@@ -106,4 +94,28 @@ pub(crate) fn from_json_body<T: serde::de::DeserializeOwned>(
         bytes
     };
     serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(bytes))
+}
+
+#[cfg(test)]
+mod lenient_tests {
+    use super::lenient;
+
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        #[serde(default, deserialize_with = "lenient")]
+        count: Option<u64>,
+    }
+
+    #[test]
+    fn unparsable_absent_and_null_read_as_none() {
+        for (json, want) in [
+            (r#"{"count": "lots"}"#, None),
+            (r#"{"count": null}"#, None),
+            ("{}", None),
+            (r#"{"count": 3}"#, Some(3)),
+        ] {
+            let a: Answer = serde_json::from_str(json).unwrap();
+            assert_eq!(a.count, want, "{json}");
+        }
+    }
 }
