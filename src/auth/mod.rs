@@ -15,12 +15,12 @@ mod facilitator;
 mod single_use;
 mod verification;
 
-use std::collections::hash_map::RandomState;
 use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use foldhash::quality::RandomState;
 use tokio::sync::Semaphore;
 
 pub use caller::Caller;
@@ -116,8 +116,8 @@ impl Authenticator {
                 config.verification_ttl,
             )),
             verify_permits: Semaphore::new(config.max_verifications),
-            key_hasher: RandomState::new(),
-            check_hasher: RandomState::new(),
+            key_hasher: RandomState::default(),
+            check_hasher: RandomState::default(),
             config,
         }
     }

@@ -156,7 +156,9 @@ pub(crate) fn for_canonical_chunks(credential: &str, mut sink: impl FnMut(&[u8])
 /// Whether two credential texts are spellings of one token (see [`canonical_digest`]).
 pub(crate) fn same_canonical(a: &str, b: &str) -> bool {
     let (a, b) = (canonical_trim(a), canonical_trim(b));
-    a.len() == b.len()
+    // The usual case, one spelling sent again: a plain (vectorised) comparison.
+    a == b
+        || a.len() == b.len()
         && a.bytes()
             .zip(b.bytes())
             .all(|(x, y)| canonical_byte(x) == canonical_byte(y))
