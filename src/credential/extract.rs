@@ -159,9 +159,9 @@ pub(crate) fn same_canonical(a: &str, b: &str) -> bool {
     // The usual case, one spelling sent again: a plain (vectorised) comparison.
     a == b
         || a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .all(|(x, y)| canonical_byte(x) == canonical_byte(y))
+            && a.bytes()
+                .zip(b.bytes())
+                .all(|(x, y)| canonical_byte(x) == canonical_byte(y))
 }
 
 fn canonical_trim(credential: &str) -> &str {
