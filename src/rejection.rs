@@ -230,6 +230,12 @@ impl Rejection {
 
     // ---- any step ----
 
+    /// 503 for a backend call that failed, logged with the error (never a token).
+    pub(crate) fn backend_failed(err: &crate::client::Error) -> Self {
+        tracing::warn!(error = %err, "payment backend unavailable");
+        Self::unavailable()
+    }
+
     /// 503: the backend could not answer; the caller may retry.
     pub(crate) fn unavailable() -> Self {
         Self::new(

@@ -5,11 +5,6 @@ use crate::client::Error;
 use crate::rejection::{Rejection, RejectionKind};
 use crate::types::AccessToken;
 
-fn unavailable(err: &Error) -> Rejection {
-    tracing::warn!(error = %err, "payment backend unavailable");
-    Rejection::unavailable()
-}
-
 /// A verify that answered an error. Only a verdict on the token is `invalid_token`
 /// (and remembered as such): an x402 error code, or a 4xx about the request's content.
 /// A refusal of the agent's own request (its API key: 401/403 without an x402 code;
@@ -18,7 +13,7 @@ fn unavailable(err: &Error) -> Rejection {
 /// every paying caller is refused until someone fixes them.
 pub(super) fn verify_error(err: Error) -> Rejection {
     let Some(status) = err.status() else {
-        return unavailable(&err);
+        return Rejection::backend_failed(&err);
     };
     let code = err.code().unwrap_or("none").to_owned();
     let about_token = code.starts_with("BCK.X402.");
@@ -33,9 +28,9 @@ pub(super) fn verify_error(err: Error) -> Rejection {
                 "the facilitator has no verify endpoint at this address (backend URL?): paying callers are refused with 500 until it is fixed");
             Rejection::misconfigured()
         }
-        429 => unavailable(&err),
+        429 => Rejection::backend_failed(&err),
         400..=499 => Rejection::facilitator_refused(&code),
-        _ => unavailable(&err),
+        _ => Rejection::backend_failed(&err),
     }
 }
 

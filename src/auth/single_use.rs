@@ -1,6 +1,6 @@
 //! x402 v3 tokens (those with `payload.authorization.nonce`) are consumed by their first
-//! settle (the backend answers `BCK.X402.0059` to a second one): one such token admits at most one request,
-//! whatever happens to its charge and however it is spelled.
+//! settle (the backend answers `BCK.X402.0059` to a second one): one such token admits
+//! at most one request, whatever happens to its charge and however it is spelled.
 //!
 //! Tokens are keyed by what they mean, `(plan, payer, nonce)`, not by their text (the
 //! decoders accept several base64 and JSON spellings of one token). The set of spent

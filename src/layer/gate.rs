@@ -344,8 +344,7 @@ impl Gate {
             .await
             .map_err(|err| {
                 if err.is_transient() {
-                    tracing::warn!(error = %err, "payment backend unavailable");
-                    Rejection::unavailable()
+                    Rejection::backend_failed(&err)
                 } else {
                     tracing::error!(plan = %plan_id, error = %err,
                         "cannot read the plan's credits config: requests with this plan cannot be charged");
