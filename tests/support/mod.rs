@@ -7,6 +7,7 @@
 //!   (devserver tests);
 //! - [`reliability`]: a devserver with an agent sold through a plan, subscribers who
 //!   ordered it, a layer over it, and the ledger's spends (faults, reliability, soak);
+//! - [`python`]: the venv with the stock Python clients (payments-py, x402, mcp);
 //! - [`stub`]: a recording HTTP stub that answers canned JSON (client wire tests);
 //! - [`sink`]: an in-process backend that answers every call at once and counts it,
 //!   and token makers (the benches: `#[path = "../tests/support/sink.rs"] mod support;`).
@@ -16,6 +17,7 @@
 
 pub mod devserver_world;
 pub mod layer_mock;
+pub mod python;
 pub mod reliability;
 pub mod sink;
 pub mod stub;
