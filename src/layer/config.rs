@@ -1,6 +1,7 @@
 //! [`PaymentLayerBuilder`]: every option of the layer, checked once by `build()`.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,7 +12,7 @@ use super::PaymentLayer;
 use crate::backend::PaymentBackend;
 use crate::client::Environment;
 use crate::credential;
-use crate::settle::{OnSettle, PendingFull, RetryPolicy};
+use crate::settle::{ChargeJournal, JournalOpenError, OnSettle, PendingFull, RetryPolicy};
 use crate::types::{AgentId, Credits, PlanId};
 use crate::Payments;
 
@@ -146,6 +147,10 @@ pub(crate) struct LayerConfig {
     pub(crate) pending_full: PendingFull,
     pub(crate) description: Option<String>,
     pub(crate) mime_type: Option<String>,
+    pub(crate) journal_path: Option<PathBuf>,
+    pub(crate) journal_replay: Duration,
+    /// Opened by `build()`.
+    pub(crate) journal: Option<Arc<ChargeJournal>>,
 }
 
 /// Builds a [`PaymentLayer`]; start from [`PaymentLayer::builder`].
@@ -200,6 +205,9 @@ impl PaymentLayerBuilder {
                 pending_full: PendingFull::default(),
                 description: None,
                 mime_type: None,
+                journal_path: None,
+                journal_replay: crate::settle::DEFAULT_REPLAY_INTERVAL,
+                journal: None,
             },
         }
     }
@@ -392,8 +400,56 @@ impl PaymentLayerBuilder {
         self
     }
 
+    /// Writes every charge to a journal file at `path` before the response that makes
+    /// it due is released, and replays unfinished ones with the same request id at
+    /// start-up and every [`journal_replay_interval`](Self::journal_replay_interval):
+    /// a served request is charged once even if the process is killed. The file holds
+    /// subscribers' access tokens until their charges are final (mode `0600`); see the
+    /// README's "Charge journal". One layer per file: `build()` fails with
+    /// `ConfigError { field: "charge_journal", .. }` when it cannot be opened, created
+    /// or locked.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use nvm_payments::{ChargeTiming, PaymentLayer, PaymentOptions, Payments};
+    /// # let key = "local:eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIweDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDEifQ.c2ln";
+    /// # let dir = std::env::temp_dir().join(format!("nvm-doc-journal-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir)?;
+    /// let payments = Payments::new(PaymentOptions::new(key).backend_url("http://127.0.0.1:3001"))?;
+    /// let layer = PaymentLayer::builder(payments)
+    ///     .plan_id("42".parse()?)
+    ///     .charge_journal(dir.join("charges.journal"))
+    ///     .charge_timing(ChargeTiming::Background)
+    ///     .build()?;
+    /// assert_eq!(layer.journal_stats().map(|s| s.unfinished), Some(0));
+    /// # drop(layer); std::fs::remove_dir_all(&dir)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn charge_journal(mut self, path: impl Into<PathBuf>) -> Self {
+        self.config.journal_path = Some(path.into());
+        self
+    }
+
+    /// How often unfinished journal entries are replayed (default 30 s; the first
+    /// pass runs at start-up). Only with [`charge_journal`](Self::charge_journal).
+    pub fn journal_replay_interval(mut self, every: Duration) -> Self {
+        self.config.journal_replay = every;
+        self
+    }
+
     /// Checks the configuration and builds the layer.
-    pub fn build(self) -> Result<PaymentLayer, ConfigError> {
+    pub fn build(mut self) -> Result<PaymentLayer, ConfigError> {
+        self.check()?;
+        if let Some(path) = &self.config.journal_path {
+            let journal = ChargeJournal::open_file(path, self.config.journal_replay)
+                .map_err(|e| journal_error(path, e))?;
+            self.config.journal = Some(journal);
+        }
+        Ok(PaymentLayer::from_parts(self.backend, self.config))
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
         let c = &self.config;
         if c.plan_ids.is_empty() {
             return Err(bad("plan_id", "at least one accepted plan id is required"));
@@ -447,6 +503,17 @@ impl PaymentLayerBuilder {
         c.retry
             .check()
             .map_err(|reason| bad("charge_retry", reason))?;
-        Ok(PaymentLayer::from_parts(self.backend, self.config))
+        if c.journal_replay.is_zero() {
+            return Err(bad("journal_replay_interval", "must be greater than zero"));
+        }
+        Ok(())
     }
+}
+
+/// The journal could not be opened: logged with its cause (the path is not a secret),
+/// named by `ConfigError`.
+fn journal_error(path: &std::path::Path, error: JournalOpenError) -> ConfigError {
+    let reason = error.reason();
+    tracing::error!(path = %path.display(), error = ?error, "cannot open the charge journal");
+    bad("charge_journal", reason)
 }

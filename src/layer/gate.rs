@@ -24,7 +24,9 @@ use crate::balance::{chargeable, BalanceCache, PlanCache, Reservation};
 use crate::credential::{self, Credential, TokenError};
 use crate::metrics::GateMetrics;
 use crate::rejection::Rejection;
-use crate::settle::{Charge, ChargeMethod, PendingCharge, PendingCharges, PendingFull};
+use crate::settle::{
+    Charge, ChargeJournal, ChargeMethod, PendingCharge, PendingCharges, PendingFull, ReplayContext,
+};
 use crate::types::{Credits, PlanCreditsConfig, PlanId};
 
 /// Routes kept with a prebuilt `PaymentRequired` (paths come from callers: bounded).
@@ -41,6 +43,8 @@ pub(crate) struct Gate {
     balances: BalanceCache,
     /// Charges in flight, for the bound and for `drain`.
     pub(crate) pending: Arc<PendingCharges>,
+    /// Where charges are written before they are due (`charge_journal`).
+    pub(crate) journal: Option<Arc<ChargeJournal>>,
     metrics: GateMetrics,
 }
 
@@ -87,6 +91,17 @@ impl Gate {
             super::BackendUnavailable::ServeStale { max_age } => Some(max_age),
             super::BackendUnavailable::FailClosed => None,
         };
+        let backend = crate::metrics::timed(backend);
+        let pending = Arc::new(PendingCharges::default());
+        let journal = config.journal.clone();
+        if let Some(journal) = &journal {
+            journal.attach(ReplayContext {
+                backend: backend.clone(),
+                retry: config.retry,
+                hook: config.on_settle.clone(),
+                pending: pending.clone(),
+            });
+        }
         Gate {
             routes: RouteCache::new(ROUTE_CAPACITY),
             auth: Authenticator::new(AuthConfig {
@@ -106,9 +121,10 @@ impl Gate {
                 stale,
                 config.balance_recheck,
             ),
-            pending: Arc::new(PendingCharges::default()),
+            pending,
+            journal,
             metrics: GateMetrics::register(),
-            backend: crate::metrics::timed(backend),
+            backend,
             config,
         }
     }
@@ -383,7 +399,7 @@ impl Gate {
             }
             Some(ChargeOverride(c)) => admission.plan.redemption_amount(c).min(reserved),
         };
-        let pending = PendingCharge {
+        let mut pending = PendingCharge {
             charge: Charge {
                 backend: self.backend.clone(),
                 method: admission.method,
@@ -397,12 +413,26 @@ impl Gate {
             single_use: admission.single_use,
             hook: self.config.on_settle.clone(),
             pending: self.pending.clone(),
+            journal: None,
         };
-        let timing = if admission.charge_now {
+        let mut timing = if admission.charge_now {
             ChargeTiming::BeforeResponse
         } else {
             self.config.timing
         };
+        if let Some(journal) = &self.journal {
+            journal.ensure_replaying();
+            // Durable before the response is released (or, charged before it, before
+            // the first attempt): docs/guarantees.md, the charge journal.
+            match journal.record(&pending.charge).await {
+                Ok(ticket) => pending.journal = Some(ticket),
+                Err(error) => {
+                    tracing::error!(%error, request_id = %pending.charge.request_id,
+                        "charge journal unavailable: charging before the response instead");
+                    timing = ChargeTiming::BeforeResponse;
+                }
+            }
+        }
         match timing {
             ChargeTiming::BeforeResponse => {
                 // A client that hangs up mid-charge cannot cancel it: see run_to_completion.

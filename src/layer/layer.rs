@@ -11,7 +11,7 @@ use super::gate::{CacheSizes, Gate};
 use super::service::Payment;
 use crate::backend::PaymentBackend;
 use crate::client::Environment;
-use crate::settle::DrainReport;
+use crate::settle::{DrainReport, JournalStats};
 use crate::Payments;
 
 /// A `tower::Layer` that puts a Nevermined payment gate in front of a service.
@@ -67,6 +67,22 @@ impl PaymentLayer {
     /// Charges in flight now (being sent or retried).
     pub fn pending_charges(&self) -> usize {
         self.gate.pending.len()
+    }
+
+    /// The charge journal's counters, when one is configured
+    /// ([`charge_journal`](PaymentLayerBuilder::charge_journal)).
+    pub fn journal_stats(&self) -> Option<JournalStats> {
+        self.gate.journal.as_ref().map(|j| j.stats())
+    }
+
+    /// Replays now every unfinished journal entry that this process is not charging
+    /// already, with its own request id, and answers how many it replayed (0 without a
+    /// journal). Passes also run at start-up and every `journal_replay_interval`.
+    pub async fn replay_charge_journal(&self) -> usize {
+        match &self.gate.journal {
+            Some(journal) => journal.replay_now().await,
+            None => 0,
+        }
     }
 
     /// How many entries each of the layer's caches holds now: every one is capped

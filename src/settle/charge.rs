@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use super::journal::JournalTicket;
 use super::{InFlight, OnSettle, PendingCharges, SettleOutcome, SettleStatus};
 use crate::auth::{Caller, SingleUseClaim};
 use crate::backend::PaymentBackend;
@@ -66,7 +67,8 @@ impl RetryPolicy {
 }
 
 /// The backend call that charges.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub(crate) enum ChargeMethod {
     Settle,
     Redeem,
@@ -84,11 +86,15 @@ pub(crate) struct Charge {
     pub(crate) retry: RetryPolicy,
 }
 
-struct Sent {
-    status: SettleStatus,
-    receipt: Option<SettleResponse>,
-    reason: Option<String>,
-    attempts: u32,
+/// What the backend calls of one charge came to.
+pub(super) struct Sent {
+    pub(super) status: SettleStatus,
+    pub(super) receipt: Option<SettleResponse>,
+    pub(super) reason: Option<String>,
+    pub(super) attempts: u32,
+    /// The backend never gave a final answer (unknown outcome, or unreachable until
+    /// the retry window closed): a journaled charge stays for a replay.
+    pub(super) retry_later: bool,
 }
 
 impl Charge {
@@ -136,7 +142,7 @@ impl Charge {
         }
     }
 
-    async fn send(&self) -> Sent {
+    pub(super) async fn send(&self) -> Sent {
         let started = Instant::now();
         let mut backoff = self.retry.initial_backoff;
         let mut maybe_applied = false;
@@ -150,6 +156,7 @@ impl Charge {
                         receipt: Some(receipt),
                         reason: None,
                         attempts,
+                        retry_later: false,
                     }
                 }
                 Ok(receipt) => {
@@ -163,6 +170,7 @@ impl Charge {
                         ),
                         receipt: Some(receipt),
                         attempts,
+                        retry_later: false,
                     }
                 }
                 Err(err) => err,
@@ -189,6 +197,7 @@ impl Charge {
                 receipt: None,
                 reason: Some(err.to_string()),
                 attempts,
+                retry_later: retryable,
             };
         }
     }
@@ -205,12 +214,17 @@ pub(crate) struct PendingCharge {
     /// The layer's charges in flight: this charge counts there from the moment it is
     /// sent (not while a stream it waits for is being read) until it has ended.
     pub(crate) pending: Arc<PendingCharges>,
+    /// Its entry in the charge journal, when the layer has one and it was written.
+    pub(crate) journal: Option<JournalTicket>,
 }
 
 impl PendingCharge {
     /// Registers the charge among those in flight: it is about to be sent.
-    fn start(self) -> (Self, InFlight) {
+    fn start(mut self) -> (Self, InFlight) {
         let in_flight = self.pending.enter(&self.charge.request_id);
+        if let Some(ticket) = &mut self.journal {
+            ticket.sending();
+        }
         (self, in_flight)
     }
 
@@ -222,6 +236,7 @@ impl PendingCharge {
             single_use,
             hook,
             pending,
+            journal,
         } = self;
         // Spent before the first call: a replay arriving while this charge is sent
         // must not be admitted.
@@ -237,6 +252,9 @@ impl PendingCharge {
             credits = %charge.credits,
         );
         let sent = charge.send().instrument(span.clone()).await;
+        if let Some(ticket) = journal {
+            ticket.end(!sent.retry_later);
+        }
         let burned = sent
             .receipt
             .as_ref()
@@ -332,7 +350,7 @@ impl Drop for DetachOnDrop {
     }
 }
 
-fn log_outcome(outcome: &SettleOutcome) {
+pub(super) fn log_outcome(outcome: &SettleOutcome) {
     match outcome.status {
         SettleStatus::Settled => tracing::debug!(
             plan = %outcome.plan_id, subscriber = %outcome.subscriber,

@@ -1,0 +1,282 @@
+//! The charge journal: a served request's charge written to durable storage before
+//! the response that makes it due is released, marked done when its outcome is final,
+//! and replayed with the **same request id** (the backend's idempotency key) at
+//! start-up and periodically, so a served request is charged once even when the
+//! process is killed (`kill -9`, an out-of-memory kill, a failed deploy).
+//!
+//! Enabled with `PaymentLayerBuilder::charge_journal(path)`. When an entry is written:
+//!
+//! | timing | journaled |
+//! |---|---|
+//! | `BeforeResponse` | before the first settle attempt |
+//! | `Background` | before the response head is released |
+//! | `OnBodyEnd` | before the response head is released; a body the client drops before its end marks it done uncharged, a process killed mid-stream charges it at replay |
+//!
+//! A charge is final when the backend answered it (settled, or refused): its entry is
+//! marked done. A charge whose outcome is unknown, or that could not reach the backend
+//! within its retry window, stays in the journal and is replayed on the next pass
+//! (every `journal_replay_interval`, 30 s by default) and at the next start-up.
+//! A replay never runs beside a charge of the same request id in this process (the
+//! ids being charged are claimed in memory); across processes the backend's
+//! idempotency by `agentRequestId` makes a second charge answer the first.
+//!
+//! What an entry holds is what a settle or a redeem needs: the request id, the method,
+//! the route's `paymentRequired`, **the subscriber's access token**, the plan, the
+//! subscriber and the credits. The token is a secret at rest: the file is created
+//! `0600`, entries never reach logs or `Debug` output, and the file is rewritten
+//! without finished entries when it is opened and whenever finished records outnumber
+//! live ones by four to one (after at least 1 024): a token stays on disk while its
+//! charge is unfinished, plus at most that many finished charges later.
+//!
+//! The store is behind a small internal trait ([`JournalStore`]): the local file
+//! ([`FileJournal`], an append-only log with checksummed records and group commit)
+//! is the one implementation today; a Redis-backed one, so that a surviving replica
+//! replays a dead one's charges, is not there yet.
+//!
+//! ```
+//! use nvm_payments::settle::JournalStats;
+//! let stats = JournalStats::default();
+//! // fsyncs per journaled charge: one fsync is shared by a whole batch under load.
+//! let per_charge = stats.fsyncs as f64 / stats.appended.max(1) as f64;
+//! assert_eq!(per_charge, 0.0);
+//! ```
+
+mod file;
+mod record;
+mod replay;
+
+use std::collections::HashSet;
+use std::fmt;
+use std::io;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_util::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+
+pub(crate) use file::{FileJournal, OpenError};
+pub(crate) use replay::ReplayContext;
+
+use super::{Charge, ChargeMethod};
+use crate::types::{Address, Credits, PaymentRequired, PlanId, TokenDigest};
+
+/// Default pause between two replay passes.
+pub(crate) const DEFAULT_REPLAY_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Counters of a layer's charge journal
+/// ([`PaymentLayer::journal_stats`](crate::PaymentLayer::journal_stats)).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct JournalStats {
+    /// Charges written to the journal (made durable) since it was opened.
+    pub appended: u64,
+    /// `fdatasync` calls made, compactions included: under load one covers many
+    /// charges (group commit), so `fsyncs / appended` is below 1.
+    pub fsyncs: u64,
+    /// Rewrites that dropped finished entries.
+    pub compactions: u64,
+    /// Charges in the journal not final yet (in flight, or waiting for a replay).
+    pub unfinished: u64,
+    /// Charges replayed from the journal (start-up and periodic passes).
+    pub replayed: u64,
+}
+
+/// One journaled charge: everything a settle or a redeem needs, the access token
+/// included (a secret: see the module docs). `Debug` shows only its digest.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct JournalEntry {
+    pub(crate) request_id: String,
+    pub(crate) method: ChargeMethod,
+    pub(crate) payment_required: PaymentRequired,
+    pub(crate) token: String,
+    pub(crate) plan_id: PlanId,
+    pub(crate) subscriber: Address,
+    pub(crate) credits: Credits,
+    /// Unix seconds when it was written, for operators reading a journal's age.
+    pub(crate) written_at: u64,
+}
+
+impl fmt::Debug for JournalEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JournalEntry")
+            .field("request_id", &self.request_id)
+            .field("method", &self.method)
+            .field("token", &TokenDigest::of(self.token.as_bytes()))
+            .field("plan_id", &self.plan_id)
+            .field("subscriber", &self.subscriber)
+            .field("credits", &self.credits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl JournalEntry {
+    fn of(charge: &Charge) -> Self {
+        JournalEntry {
+            request_id: charge.request_id.clone(),
+            method: charge.method,
+            payment_required: PaymentRequired::clone(&charge.payment_required),
+            token: charge.caller.credential.token().expose().to_owned(),
+            plan_id: charge.caller.plan_id.clone(),
+            subscriber: charge.caller.subscriber.clone(),
+            credits: charge.credits,
+            written_at: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        }
+    }
+}
+
+/// Where journal entries are kept. One implementation today (the local file); the
+/// shared store of the replicas work can add another without touching the layer.
+pub(crate) trait JournalStore: Send + Sync + 'static {
+    /// Records `entry`; the future resolves once it would survive a crash.
+    fn append(&self, entry: Arc<JournalEntry>) -> BoxFuture<'static, io::Result<()>>;
+    /// Marks a charge final. Need not be durable: a lost mark costs one replay, which
+    /// the backend answers idempotently.
+    fn finish(&self, request_id: &str);
+    /// Every entry not marked final.
+    fn unfinished(&self) -> Vec<Arc<JournalEntry>>;
+    /// Counters (`replayed` is counted by [`ChargeJournal`]).
+    fn stats(&self) -> JournalStats;
+    /// Where it is, for logs (never an entry).
+    fn describe(&self) -> String;
+}
+
+/// A layer's journal: the store, plus the request ids this process is charging now,
+/// so that a replay never runs beside the original charge of the same id.
+pub(crate) struct ChargeJournal {
+    store: Arc<dyn JournalStore>,
+    claimed: Mutex<HashSet<String>>,
+    replay_every: Duration,
+    replayed: AtomicU64,
+    replayer_started: AtomicBool,
+    replay_context: Mutex<Option<Arc<ReplayContext>>>,
+}
+
+impl ChargeJournal {
+    /// Opens the local file journal at `path` (see [`FileJournal::open`]).
+    pub(crate) fn open_file(path: &Path, replay_every: Duration) -> Result<Arc<Self>, OpenError> {
+        let store = FileJournal::open(path)?;
+        Ok(Self::new(Arc::new(store), replay_every))
+    }
+
+    pub(crate) fn new(store: Arc<dyn JournalStore>, replay_every: Duration) -> Arc<Self> {
+        Arc::new(ChargeJournal {
+            store,
+            claimed: Mutex::default(),
+            replay_every,
+            replayed: AtomicU64::new(0),
+            replayer_started: AtomicBool::new(false),
+            replay_context: Mutex::default(),
+        })
+    }
+
+    fn claimed(&self) -> MutexGuard<'_, HashSet<String>> {
+        // A set of strings, consistent after every statement.
+        self.claimed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Claims `request_id` for a charge in this process; false when one runs already.
+    fn claim(&self, request_id: &str) -> bool {
+        self.claimed().insert(request_id.to_owned())
+    }
+
+    fn release(&self, request_id: &str) {
+        self.claimed().remove(request_id);
+    }
+
+    /// Writes `charge` to the journal and waits until it is durable. The ticket keeps
+    /// its request id claimed until the charge ends (or is dropped before it is due).
+    pub(crate) async fn record(self: &Arc<Self>, charge: &Charge) -> io::Result<JournalTicket> {
+        let entry = Arc::new(JournalEntry::of(charge));
+        let request_id = entry.request_id.clone();
+        // Claimed before it is visible to a replay pass.
+        self.claim(&request_id);
+        match self.store.append(entry).await {
+            Ok(()) => Ok(JournalTicket {
+                journal: self.clone(),
+                request_id,
+                state: TicketState::Due,
+            }),
+            Err(e) => {
+                self.store.finish(&request_id);
+                self.release(&request_id);
+                Err(e)
+            }
+        }
+    }
+
+    pub(crate) fn stats(&self) -> JournalStats {
+        JournalStats {
+            replayed: self.replayed.load(Ordering::Relaxed),
+            ..self.store.stats()
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TicketState {
+    /// Journaled; the charge has not been sent (an `OnBodyEnd` body still streaming).
+    Due,
+    /// Being sent: dropped now (the runtime is shutting down), it stays unfinished.
+    Sending,
+    Ended,
+}
+
+/// A journaled charge of this process. Dropped while `Due` (the response body was
+/// dropped before its end: nothing is owed), its entry is marked done.
+pub(crate) struct JournalTicket {
+    journal: Arc<ChargeJournal>,
+    request_id: String,
+    state: TicketState,
+}
+
+impl JournalTicket {
+    /// The charge is about to be sent.
+    pub(crate) fn sending(&mut self) {
+        self.state = TicketState::Sending;
+    }
+
+    /// The charge ended; `is_final` when the backend answered it, otherwise the entry
+    /// stays for a replay pass.
+    pub(crate) fn end(mut self, is_final: bool) {
+        if is_final {
+            self.journal.store.finish(&self.request_id);
+        }
+        self.state = TicketState::Ended;
+    }
+}
+
+impl Drop for JournalTicket {
+    fn drop(&mut self) {
+        if self.state == TicketState::Due {
+            self.journal.store.finish(&self.request_id);
+        }
+        // After `finish`: a replay pass must not see it unfinished and unclaimed.
+        self.journal.release(&self.request_id);
+    }
+}
+
+#[cfg(test)]
+pub(crate) fn test_entry(request_id: &str) -> JournalEntry {
+    let payment_required: PaymentRequired = serde_json::from_value(serde_json::json!({
+        "x402Version": 2,
+        "resource": {"url": "/ask"},
+        "accepts": [],
+        "extensions": {}
+    }))
+    .unwrap();
+    JournalEntry {
+        request_id: request_id.to_owned(),
+        method: ChargeMethod::Settle,
+        payment_required,
+        token: format!("secret-token-of-{request_id}"),
+        plan_id: "7".parse().unwrap(),
+        subscriber: "0x1111111111111111111111111111111111111111".parse().unwrap(),
+        credits: Credits::from(2u64),
+        written_at: 0,
+    }
+}
