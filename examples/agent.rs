@@ -12,6 +12,8 @@
 //! | `PORT` | port on 127.0.0.1 (default 8080; `0` picks one) |
 //! | `CREDITS` | credits per call (default 1) |
 //! | `SHUTDOWN_GRACE_SECS` | how long in-flight requests may take to finish on shutdown (default 10) |
+//! | `NVM_CHARGE_JOURNAL` | when set, a charge journal file: charges survive a crash and are replayed at the next start (README, "Charge journal") |
+//! | `NVM_CHARGE_TIMING` | `before-response` (default), `body-end` or `background` |
 //! | `METRICS_PORT` | when set, `GET /metrics` (Prometheus text) on this port of 127.0.0.1, apart from the paid API (`0` picks one) |
 //!
 //! ```sh
@@ -32,7 +34,9 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use nvm_payments::settle::{SettleOutcome, SettleStatus};
-use nvm_payments::{AgentId, PaymentContext, PaymentLayer, PaymentOptions, Payments, PlanId};
+use nvm_payments::{
+    AgentId, ChargeTiming, PaymentContext, PaymentLayer, PaymentOptions, Payments, PlanId,
+};
 use serde_json::{json, Value};
 
 fn env_var(name: &str) -> Result<String, String> {
@@ -95,13 +99,24 @@ async fn run() -> Result<(), Box<dyn Error>> {
     // Before the layer is built: it registers its series with the recorder it finds.
     let metrics = metrics_port.map(|_| install_recorder()).transpose()?;
 
+    let timing = match std::env::var("NVM_CHARGE_TIMING").as_deref() {
+        Err(_) | Ok("before-response") => ChargeTiming::BeforeResponse,
+        Ok("body-end") => ChargeTiming::OnBodyEnd,
+        Ok("background") => ChargeTiming::Background,
+        Ok(other) => return Err(format!("NVM_CHARGE_TIMING={other:?} is not valid").into()),
+    };
     // Charges that did not settle, kept to report them at shutdown.
     let unsettled: Arc<Mutex<Vec<SettleOutcome>>> = Arc::default();
     let record = unsettled.clone();
-    let payment = PaymentLayer::builder(payments)
+    let mut builder = PaymentLayer::builder(payments)
         .plan_ids(plans)
         .agent_id(agent)
         .credits(credits)
+        .charge_timing(timing);
+    if let Ok(path) = std::env::var("NVM_CHARGE_JOURNAL") {
+        builder = builder.charge_journal(path);
+    }
+    let payment = builder
         .on_settle(move |outcome: &SettleOutcome| {
             if outcome.status != SettleStatus::Settled {
                 if let Ok(mut list) = record.lock() {

@@ -8,6 +8,7 @@
 //! - [`reliability`]: a devserver with an agent sold through a plan, subscribers who
 //!   ordered it, a layer over it, and the ledger's spends (faults, reliability, soak);
 //! - [`python`]: the venv with the stock Python clients (payments-py, x402, mcp);
+//! - [`temp_dir`]: a temp directory removed on drop (charge journal files);
 //! - [`stub`]: a recording HTTP stub that answers canned JSON (client wire tests);
 //! - [`sink`]: an in-process backend that answers every call at once and counts it,
 //!   and token makers (the benches: `#[path = "../tests/support/sink.rs"] mod support;`).
@@ -21,3 +22,4 @@ pub mod python;
 pub mod reliability;
 pub mod sink;
 pub mod stub;
+pub mod temp_dir;
