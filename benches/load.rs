@@ -18,7 +18,12 @@
 //! - `/paid-each`: the same layer and sink, but each connection pays as its own holder
 //!   (separates contention on one holder's ledger from the per-request work);
 //! - `/paid-devserver`: behind `PaymentLayer` over the devserver, with a real x402 token
-//!   it minted; verify, balance and the settle of every request go over HTTP.
+//!   it minted; verify, balance and the settle of every request go over HTTP;
+//! - `/paid-bg`: `/paid` with `ChargeTiming::Background` (a second sink);
+//! - `/paid-journal` and `/paid-journal-bg`: `/paid` and `/paid-bg` with a charge
+//!   journal (`charge_journal`, a file under `NVM_LOAD_JOURNAL_DIR`, default the system
+//!   temp dir): every charge is made durable (group commit) before its response. The
+//!   report gives fsyncs per journaled request and the journal on / off ratios.
 //!
 //! After a warm-up pass the rows run interleaved, `A B C A B C ...`, for
 //! `NVM_LOAD_ROUNDS` rounds of `NVM_LOAD_SECS` seconds each, so a noisy neighbour hurts
@@ -43,8 +48,10 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use nvm_payments::devserver::DevServer;
 use nvm_payments::types::{AgentApiAttributes, AgentMetadata, Endpoint, PlanMetadata};
+use nvm_payments::settle::JournalStats;
 use nvm_payments::{
-    get_fixed_credits_config, get_free_price_config, Credits, Environment, PaymentLayer,
+    get_fixed_credits_config, get_free_price_config, ChargeTiming, Credits, Environment,
+    PaymentLayer,
 };
 use tokio::net::TcpStream;
 use tokio::sync::Barrier;
@@ -225,6 +232,32 @@ async fn run(duration: Duration, rounds: usize, concurrency: usize, workers: usi
         .credits(1u64)
         .build()
         .unwrap();
+    // Journal on / off, before the response and in the background: a sink of their own.
+    let journal_sink = Sink::new();
+    let journal_dir = std::env::var_os("NVM_LOAD_JOURNAL_DIR")
+        .map_or_else(std::env::temp_dir, std::path::PathBuf::from)
+        .join(format!("nvm-load-journal-{}", std::process::id()));
+    std::fs::create_dir_all(&journal_dir).expect("journal dir");
+    let sink_layer_with = |timing: ChargeTiming, journal: Option<&str>| {
+        let builder = PaymentLayer::builder_with_backend(journal_sink.clone(), Environment::Custom)
+            .plan_id(plan())
+            .agent_id(agent())
+            .credits(1u64)
+            .charge_timing(timing);
+        match journal {
+            Some(name) => builder.charge_journal(journal_dir.join(name)),
+            None => builder,
+        }
+        .build()
+        .unwrap()
+    };
+    let bg_layer = sink_layer_with(ChargeTiming::Background, None);
+    let journal_layer = sink_layer_with(ChargeTiming::BeforeResponse, Some("before.journal"));
+    let journal_bg_layer = sink_layer_with(ChargeTiming::Background, Some("background.journal"));
+    let journals = [
+        ("/paid-journal", journal_layer.clone()),
+        ("/paid-journal-bg", journal_bg_layer.clone()),
+    ];
     let dev_layer = PaymentLayer::builder(owner)
         .plan_id(dev_plan)
         .agent_id(dev_agent)
@@ -235,12 +268,17 @@ async fn run(duration: Duration, rounds: usize, concurrency: usize, workers: usi
         .route("/free", post(answer))
         .route("/paid", post(answer).layer(sink_layer.clone()))
         .route("/paid-each", post(answer).layer(sink_layer))
-        .route("/paid-devserver", post(answer).layer(dev_layer));
+        .route("/paid-devserver", post(answer).layer(dev_layer))
+        .route("/paid-bg", post(answer).layer(bg_layer))
+        .route("/paid-journal", post(answer).layer(journal_layer))
+        .route("/paid-journal-bg", post(answer).layer(journal_bg_layer));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
 
     let sink_token = HeaderValue::try_from(x402_token(&holder(1), None)).unwrap();
+    // Another holder: the journal rows' ledger is not the `/paid` row's.
+    let journal_token = HeaderValue::try_from(x402_token(&holder(1_000_000), None)).unwrap();
     let mut rows = vec![
         Row {
             name: "unprotected",
@@ -266,6 +304,24 @@ async fn run(duration: Duration, rounds: usize, concurrency: usize, workers: usi
             name: "protected, devserver (HTTP settle)",
             path: "/paid-devserver",
             credentials: vec![HeaderValue::try_from(dev_token.expose()).unwrap()],
+            rounds: vec![],
+        },
+        Row {
+            name: "protected, sink, background",
+            path: "/paid-bg",
+            credentials: vec![journal_token.clone()],
+            rounds: vec![],
+        },
+        Row {
+            name: "protected, sink, journal",
+            path: "/paid-journal",
+            credentials: vec![journal_token.clone()],
+            rounds: vec![],
+        },
+        Row {
+            name: "protected, sink, journal, background",
+            path: "/paid-journal-bg",
+            credentials: vec![journal_token],
             rounds: vec![],
         },
     ];
@@ -299,6 +355,10 @@ async fn run(duration: Duration, rounds: usize, concurrency: usize, workers: usi
     }
     sink.calls.reset();
     server.reset_stats();
+    let journal_before: Vec<_> = journals
+        .iter()
+        .map(|(_, layer)| layer.journal_stats().unwrap_or_default())
+        .collect();
 
     for round in 0..rounds {
         for row in rows.iter_mut() {
@@ -322,6 +382,46 @@ async fn run(duration: Duration, rounds: usize, concurrency: usize, workers: usi
     }
 
     report(&rows, &sink, &server);
+    report_journal(&rows, &journals, &journal_before);
+    drop(journals);
+    let _ = std::fs::remove_dir_all(&journal_dir);
+}
+
+/// Journal on / off ratios of the same run, and fsyncs per journaled request.
+fn report_journal(rows: &[Row], journals: &[(&str, PaymentLayer)], before: &[JournalStats]) {
+    let rps = |path: &str| {
+        let row = rows.iter().find(|r| r.path == path)?;
+        let ok: u64 = row.rounds.iter().map(|m| m.ok).sum();
+        let secs: f64 = row.rounds.iter().map(|m| m.elapsed.as_secs_f64()).sum();
+        Some(ok as f64 / secs)
+    };
+    let served = |path: &str| -> u64 {
+        rows.iter()
+            .filter(|r| r.path == path)
+            .flat_map(|r| r.rounds.iter().map(|m| m.ok))
+            .sum()
+    };
+    println!("
+charge journal (same run): req/s with the journal on / off, fsyncs per request");
+    println!("| timing | off req/s | on req/s | on / off | requests | fsyncs | fsyncs per request |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for ((path, layer), before) in journals.iter().zip(before) {
+        let (timing, off) = match *path {
+            "/paid-journal" => ("before response", "/paid"),
+            _ => ("background", "/paid-bg"),
+        };
+        let (Some(on_rps), Some(off_rps)) = (rps(path), rps(off)) else {
+            continue;
+        };
+        let after = layer.journal_stats().unwrap_or_default();
+        let fsyncs = after.fsyncs - before.fsyncs;
+        let n = served(path);
+        println!(
+            "| {timing} | {off_rps:.0} | {on_rps:.0} | {:.3} | {n} | {fsyncs} | {:.4} |",
+            on_rps / off_rps,
+            fsyncs as f64 / n.max(1) as f64
+        );
+    }
 }
 
 fn report(rows: &[Row], sink: &Sink, server: &DevServer) {
