@@ -13,6 +13,11 @@
 //! at the bound), and [`PaymentLayer::drain`](crate::PaymentLayer::drain) waits for
 //! them at shutdown and names those it could not finish ([`DrainReport`]).
 //!
+//! With a charge journal (`PaymentLayerBuilder::charge_journal`), a charge is also
+//! written to durable storage before the response that makes it due is released, and
+//! what a crash left unfinished is replayed with the same request id at start-up and
+//! periodically ([`JournalStats`] counts it).
+//!
 //! ```
 //! use nvm_payments::settle::{SettleOutcome, SettleStatus};
 //! let hook = |outcome: &SettleOutcome| {

@@ -28,6 +28,15 @@
 //! live ones by four to one (after at least 1 024): a token stays on disk while its
 //! charge is unfinished, plus at most that many finished charges later.
 //!
+//! Why an append-only log rather than an embedded store (`redb`, `fjall`): the journal
+//! is write-mostly (one append per charge, one mark when it ends), read only at
+//! start-up, and small (only unfinished charges matter), which is exactly what a log
+//! does well; it needs no new dependency (the checksum is the SHA-256 the crate already
+//! links), and group commit is a loop over a channel, so the cost per request is what
+//! the load bench measures, one `fdatasync` shared by a batch. A B-tree store would
+//! add a dependency with its own write amplification and fsync policy for a table
+//! that never holds more than the charges in flight.
+//!
 //! The store is behind a small internal trait ([`JournalStore`]): the local file
 //! ([`FileJournal`], an append-only log with checksummed records and group commit)
 //! is the one implementation today; a Redis-backed one, so that a surviving replica
