@@ -47,8 +47,8 @@ use http::{HeaderName, HeaderValue, Request};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use nvm_payments::devserver::DevServer;
-use nvm_payments::types::{AgentApiAttributes, AgentMetadata, Endpoint, PlanMetadata};
 use nvm_payments::settle::JournalStats;
+use nvm_payments::types::{AgentApiAttributes, AgentMetadata, Endpoint, PlanMetadata};
 use nvm_payments::{
     get_fixed_credits_config, get_free_price_config, ChargeTiming, Credits, Environment,
     PaymentLayer,
@@ -401,9 +401,13 @@ fn report_journal(rows: &[Row], journals: &[(&str, PaymentLayer)], before: &[Jou
             .flat_map(|r| r.rounds.iter().map(|m| m.ok))
             .sum()
     };
-    println!("
-charge journal (same run): req/s with the journal on / off, fsyncs per request");
-    println!("| timing | off req/s | on req/s | on / off | requests | fsyncs | fsyncs per request |");
+    println!(
+        "
+charge journal (same run): req/s with the journal on / off, fsyncs per request"
+    );
+    println!(
+        "| timing | off req/s | on req/s | on / off | requests | fsyncs | fsyncs per request |"
+    );
     println!("|---|---:|---:|---:|---:|---:|---:|");
     for ((path, layer), before) in journals.iter().zip(before) {
         let (timing, off) = match *path {

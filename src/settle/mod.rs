@@ -34,11 +34,11 @@ mod outcome;
 mod pending;
 
 pub use charge::RetryPolicy;
+pub(crate) use charge::{Charge, ChargeMethod, PendingCharge};
+pub use journal::JournalStats;
 pub(crate) use journal::{
     ChargeJournal, OpenError as JournalOpenError, ReplayContext, DEFAULT_REPLAY_INTERVAL,
 };
-pub use journal::JournalStats;
-pub(crate) use charge::{Charge, ChargeMethod, PendingCharge};
 pub use outcome::{OnSettle, SettleOutcome, SettleStatus};
 pub use pending::{DrainReport, PendingFull};
 pub(crate) use pending::{InFlight, PendingCharges};

@@ -90,7 +90,11 @@ async fn a_killed_agent_charges_every_served_request_once_after_restart() {
     let http = reqwest::Client::new();
     let clients: Vec<_> = (0..CLIENTS)
         .map(|_| {
-            let (http, url, token) = (http.clone(), format!("{base}/ask"), token.expose().to_owned());
+            let (http, url, token) = (
+                http.clone(),
+                format!("{base}/ask"),
+                token.expose().to_owned(),
+            );
             let (served, cut) = (served_tx.clone(), cut_tx.clone());
             tokio::spawn(async move {
                 loop {
@@ -163,7 +167,10 @@ async fn a_killed_agent_charges_every_served_request_once_after_restart() {
         Duration::from_secs(60),
         spent.wait_for(|_| {
             let spends = server.state().spends();
-            let charged: HashSet<_> = spends.iter().filter_map(|s| s.request_id.as_ref()).collect();
+            let charged: HashSet<_> = spends
+                .iter()
+                .filter_map(|s| s.request_id.as_ref())
+                .collect();
             served_ids.iter().all(|id| charged.contains(id))
         }),
     )
@@ -194,17 +201,28 @@ async fn a_killed_agent_charges_every_served_request_once_after_restart() {
     let spends = server.state().spends();
     let mut per_id: HashMap<&str, usize> = HashMap::new();
     for spend in &spends {
-        let id = spend.request_id.as_deref().expect("charged with a request id");
+        let id = spend
+            .request_id
+            .as_deref()
+            .expect("charged with a request id");
         *per_id.entry(id).or_default() += 1;
     }
     for id in &served {
-        assert_eq!(per_id.get(id.as_str()), Some(&1), "request {id} charged once");
+        assert_eq!(
+            per_id.get(id.as_str()),
+            Some(&1),
+            "request {id} charged once"
+        );
     }
     assert!(per_id.values().all(|n| *n == 1), "no request charged twice");
     // Requests cut off by the kill may have been journaled (their handler ran) and
     // charged; no other request is.
     let extra = spends.len() - served.len();
-    assert!(extra <= cut_off, "{extra} charges beyond the {} served, {cut_off} cut off", served.len());
+    assert!(
+        extra <= cut_off,
+        "{extra} charges beyond the {} served, {cut_off} cut off",
+        served.len()
+    );
     let balance = world
         .subscriber
         .plans()
@@ -217,7 +235,9 @@ async fn a_killed_agent_charges_every_served_request_once_after_restart() {
     if extra == 0 {
         assert_eq!(
             balance,
-            initial.checked_sub(Credits::from(served.len() as u64)).unwrap(),
+            initial
+                .checked_sub(Credits::from(served.len() as u64))
+                .unwrap(),
             "initial balance − served × credits"
         );
     }

@@ -42,7 +42,10 @@ async fn a_background_charge_is_durable_before_its_response_and_done_once_settle
         .unwrap();
     assert_eq!(response.status(), 200);
     let stats = layer.journal_stats().unwrap();
-    assert_eq!(stats.appended, 1, "journaled before the response: {stats:?}");
+    assert_eq!(
+        stats.appended, 1,
+        "journaled before the response: {stats:?}"
+    );
     assert_eq!(stats.unfinished, 1, "{stats:?}");
     assert!(stats.fsyncs >= 1, "made durable: {stats:?}");
     permits.add_permits(1);
@@ -114,7 +117,11 @@ async fn a_stream_dropped_before_its_end_is_marked_done_uncharged() {
         .oneshot(x402_request(valid_x402()))
         .await
         .unwrap();
-    assert_eq!(layer.journal_stats().unwrap().unfinished, 1, "due once served");
+    assert_eq!(
+        layer.journal_stats().unwrap().unfinished,
+        1,
+        "due once served"
+    );
     drop(response);
     assert_eq!(layer.journal_stats().unwrap().unfinished, 0);
     assert_eq!(layer.replay_charge_journal().await, 0);
@@ -158,7 +165,11 @@ async fn a_replay_racing_the_original_charge_spends_once() {
         .build()
         .unwrap();
     backend.charge_entered.notified().await; // the replay is at the backend too
-    assert_eq!(backend.charge_calls(), 2, "original and replay both in flight");
+    assert_eq!(
+        backend.charge_calls(),
+        2,
+        "original and replay both in flight"
+    );
     backend.charge_hold.as_ref().unwrap().notify_waiters();
 
     let original = outcomes.recv().await.unwrap();
@@ -180,7 +191,8 @@ async fn a_charge_that_never_reached_the_backend_is_replayed_by_the_next_layer()
     let path = dir.join("charges.journal");
     // The backend is unreachable for the whole retry window of the first layer.
     let down = MockBackend::with(100, |m| {
-        m.charge_failures = std::sync::Mutex::new((0..6).map(|_| (connect_refused(), false)).collect());
+        m.charge_failures =
+            std::sync::Mutex::new((0..6).map(|_| (connect_refused(), false)).collect());
     });
     let (hook, mut outcomes) = outcomes();
     let layer = builder(down.clone())

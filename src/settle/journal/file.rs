@@ -193,9 +193,9 @@ impl JournalStore for FileJournal {
             if sent.is_err() {
                 return Err(io::Error::other("the charge journal's writer has stopped"));
             }
-            written
-                .await
-                .unwrap_or_else(|_| Err(io::Error::other("the charge journal's writer has stopped")))
+            written.await.unwrap_or_else(|_| {
+                Err(io::Error::other("the charge journal's writer has stopped"))
+            })
         })
     }
 
@@ -282,7 +282,9 @@ impl Writer {
                     Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
                 });
             }
-            self.counters.appended.fetch_add(appended, Ordering::Relaxed);
+            self.counters
+                .appended
+                .fetch_add(appended, Ordering::Relaxed);
             if self.dead >= COMPACT_AFTER && self.dead >= 4 * self.frames.len() as u64 {
                 self.compact();
             }
@@ -510,7 +512,10 @@ mod tests {
             FileJournal::open(&dir.file()),
             Err(OpenError::NotAJournal)
         ));
-        assert_eq!(std::fs::read(dir.file()).unwrap(), b"{\"some\": \"config\"}");
+        assert_eq!(
+            std::fs::read(dir.file()).unwrap(),
+            b"{\"some\": \"config\"}"
+        );
     }
 
     #[cfg(unix)]
@@ -547,7 +552,9 @@ mod tests {
         let dir = TempDir::new("compact");
         let journal = FileJournal::open(&dir.file()).unwrap();
         let ids_: Vec<String> = (0..COMPACT_AFTER).map(|i| format!("r{i}")).collect();
-        let writes = ids_.iter().map(|id| journal.append(Arc::new(test_entry(id))));
+        let writes = ids_
+            .iter()
+            .map(|id| journal.append(Arc::new(test_entry(id))));
         for w in futures_util::future::join_all(writes).await {
             w.unwrap();
         }
@@ -559,7 +566,11 @@ mod tests {
         journal.append(Arc::new(test_entry("after"))).await.unwrap();
         assert!(journal.stats().compactions >= 1, "{:?}", journal.stats());
         let scan = scan(&std::fs::read(dir.file()).unwrap());
-        assert!(scan.records.len() <= 3, "{} records left", scan.records.len());
+        assert!(
+            scan.records.len() <= 3,
+            "{} records left",
+            scan.records.len()
+        );
         assert_eq!(ids(&journal), set(&["last", "after"]));
     }
 }

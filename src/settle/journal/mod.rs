@@ -284,7 +284,9 @@ pub(crate) fn test_entry(request_id: &str) -> JournalEntry {
         payment_required,
         token: format!("secret-token-of-{request_id}"),
         plan_id: "7".parse().unwrap(),
-        subscriber: "0x1111111111111111111111111111111111111111".parse().unwrap(),
+        subscriber: "0x1111111111111111111111111111111111111111"
+            .parse()
+            .unwrap(),
         credits: Credits::from(2u64),
         written_at: 0,
     }

@@ -45,7 +45,9 @@ pub(super) enum RecordRef<'a> {
 pub(super) fn frame(record: &RecordRef<'_>) -> Vec<u8> {
     // Serialising plain strings and numbers into a Vec cannot fail.
     let payload = serde_json::to_vec(record).unwrap_or_default();
-    let len = u32::try_from(payload.len()).unwrap_or(u32::MAX).to_le_bytes();
+    let len = u32::try_from(payload.len())
+        .unwrap_or(u32::MAX)
+        .to_le_bytes();
     let mut out = Vec::with_capacity(FRAME_HEAD + payload.len());
     out.extend_from_slice(&len);
     out.extend_from_slice(&check(&len, &payload));
@@ -140,7 +142,10 @@ mod tests {
 
     #[test]
     fn a_truncated_last_record_is_skipped_and_the_rest_kept() {
-        let whole = journal_of(&[RecordRef::Open(&test_entry("a")), RecordRef::Open(&test_entry("b"))]);
+        let whole = journal_of(&[
+            RecordRef::Open(&test_entry("a")),
+            RecordRef::Open(&test_entry("b")),
+        ]);
         let last = frame(&RecordRef::Open(&test_entry("b"))).len();
         // Every cut inside the last record: a write torn at any byte.
         for cut in 1..last {
@@ -153,7 +158,10 @@ mod tests {
 
     #[test]
     fn garbage_after_the_records_is_skipped() {
-        let mut bytes = journal_of(&[RecordRef::Open(&test_entry("a")), RecordRef::Open(&test_entry("b"))]);
+        let mut bytes = journal_of(&[
+            RecordRef::Open(&test_entry("a")),
+            RecordRef::Open(&test_entry("b")),
+        ]);
         let good = bytes.len();
         // A length that fits, then noise; and a length far too large.
         bytes.extend_from_slice(&[40, 0, 0, 0]);

@@ -117,10 +117,10 @@ impl ChargeJournal {
         };
         tracing::debug_span!("nvm.replay", token = %charge.caller.token_digest)
             .in_scope(|| log_outcome(&outcome));
-        context
-            .pending
-            .metrics
-            .outcome(outcome.status, (outcome.status == SettleStatus::Settled).then_some(burned));
+        context.pending.metrics.outcome(
+            outcome.status,
+            (outcome.status == SettleStatus::Settled).then_some(burned),
+        );
         in_flight.finish(outcome.status);
         if let Some(hook) = &context.hook {
             hook.on_settle(&outcome);
