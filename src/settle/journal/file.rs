@@ -218,7 +218,7 @@ impl FileJournal {
             .iter()
             .map(|(id, e)| (id.clone(), frame(&RecordRef::Open(e))))
             .collect();
-        let file = rewrite(path, frames.values())?;
+        let (file, len) = rewrite(path, frames.values())?;
         if !live.is_empty() {
             tracing::info!(path = %path.display(), unfinished = live.len(),
                 "charge journal: unfinished charges found; they will be replayed");
@@ -229,6 +229,8 @@ impl FileJournal {
         let writer = Writer {
             path: path.to_owned(),
             file,
+            len,
+            torn: false,
             frames,
             dead: 0,
             counters: counters.clone(),
@@ -317,6 +319,10 @@ impl JournalStore for FileJournal {
 struct Writer {
     path: PathBuf,
     file: File,
+    /// Bytes of the file up to the end of the last complete write.
+    len: u64,
+    /// A write failed and its part-record could not be cut off yet.
+    torn: bool,
     /// The framed `Open` record of every unfinished entry: what a rewrite keeps.
     frames: HashMap<String, Vec<u8>>,
     /// Records in the file that a rewrite would drop.
@@ -331,9 +337,11 @@ impl Writer {
     fn run(mut self, queue: &Shared) {
         let mut buf = Vec::new();
         let mut waiting = Vec::new();
+        let mut opened = Vec::new();
         // Group commit: everything queued while the last batch was syncing.
         while let Some(batch) = queue.next_batch() {
             buf.clear();
+            opened.clear();
             for op in batch {
                 match op {
                     Op::Open {
@@ -342,6 +350,7 @@ impl Writer {
                         durable,
                     } => {
                         buf.extend_from_slice(&frame);
+                        opened.push(request_id.clone());
                         self.frames.insert(request_id, frame);
                         waiting.push(durable);
                     }
@@ -355,9 +364,16 @@ impl Writer {
             let result = self.write(&buf, !waiting.is_empty());
             if let Err(e) = &result {
                 tracing::error!(path = %self.path.display(), error = %e,
-                    "charge journal: write failed; these charges are not durable");
+                    "charge journal: write failed; these charges are not durable (they are charged before their responses instead)");
+                for id in &opened {
+                    self.frames.remove(id);
+                }
             }
-            let appended = waiting.len() as u64;
+            let appended = if result.is_ok() {
+                waiting.len() as u64
+            } else {
+                0
+            };
             for durable in waiting.drain(..) {
                 let _ = durable.send(match &result {
                     Ok(()) => Ok(()),
@@ -374,19 +390,39 @@ impl Writer {
     }
 
     fn write(&mut self, buf: &[u8], sync: bool) -> io::Result<()> {
-        self.file.write_all(buf)?;
-        if sync {
-            self.file.sync_data()?;
-            self.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
+        // A failed write (a full disk) may have left part of a record: cut it off,
+        // or every record appended after it would be unreadable at recovery.
+        if self.torn {
+            self.file.set_len(self.len)?;
+            self.torn = false;
         }
-        Ok(())
+        let written = self.file.write_all(buf).and_then(|()| {
+            if sync {
+                self.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
+                self.file.sync_data()
+            } else {
+                Ok(())
+            }
+        });
+        match written {
+            Ok(()) => {
+                self.len += buf.len() as u64;
+                Ok(())
+            }
+            Err(e) => {
+                self.torn = self.file.set_len(self.len).is_err();
+                Err(e)
+            }
+        }
     }
 
     /// Rewrites the file with the unfinished entries only.
     fn compact(&mut self) {
         match rewrite(&self.path, self.frames.values()) {
-            Ok(file) => {
+            Ok((file, len)) => {
                 self.file = file;
+                self.len = len;
+                self.torn = false;
                 self.dead = 0;
                 self.counters.compactions.fetch_add(1, Ordering::Relaxed);
                 self.counters.fsyncs.fetch_add(2, Ordering::Relaxed);
@@ -425,8 +461,8 @@ fn read_existing(path: &Path) -> io::Result<Vec<u8>> {
 
 /// Writes a new journal holding `frames` beside `path`, makes it durable, and renames
 /// it over `path` (atomic: a crash leaves the old file or the new one). Returns the new
-/// file opened for appending.
-fn rewrite<'a>(path: &Path, frames: impl Iterator<Item = &'a Vec<u8>>) -> io::Result<File> {
+/// file opened for appending, and its length.
+fn rewrite<'a>(path: &Path, frames: impl Iterator<Item = &'a Vec<u8>>) -> io::Result<(File, u64)> {
     let mut tmp_name = path.as_os_str().to_owned();
     tmp_name.push(".tmp");
     let tmp = PathBuf::from(tmp_name);
@@ -449,7 +485,8 @@ fn rewrite<'a>(path: &Path, frames: impl Iterator<Item = &'a Vec<u8>>) -> io::Re
     drop(out);
     std::fs::rename(&tmp, path)?;
     sync_dir(path)?;
-    private_options().append(true).open(path)
+    let file = private_options().append(true).open(path)?;
+    Ok((file, bytes.len() as u64))
 }
 
 /// Makes the rename durable.
@@ -573,6 +610,35 @@ mod tests {
         journal.append(Arc::new(test_entry("d"))).await.unwrap();
         let scan = scan(&std::fs::read(dir.file()).unwrap());
         assert_eq!(scan.records.len(), 2);
+        assert_eq!(scan.skipped, 0);
+    }
+
+    #[test]
+    fn a_write_that_failed_half_way_is_cut_off_before_the_next_one() {
+        let dir = TempDir::new("torn-write");
+        let (file, len) = rewrite(&dir.file(), std::iter::empty()).unwrap();
+        let mut writer = Writer {
+            path: dir.file(),
+            file,
+            len,
+            torn: false,
+            frames: HashMap::new(),
+            dead: 0,
+            counters: Arc::default(),
+            _lock: File::open(dir.file()).unwrap(),
+        };
+        writer
+            .write(&frame(&RecordRef::Open(&test_entry("a"))), true)
+            .unwrap();
+        // A full disk: half of a record reached the file, the write failed.
+        let half = frame(&RecordRef::Open(&test_entry("b")));
+        writer.file.write_all(&half[..half.len() / 2]).unwrap();
+        writer.torn = true;
+        writer
+            .write(&frame(&RecordRef::Open(&test_entry("c"))), true)
+            .unwrap();
+        let scan = scan(&std::fs::read(dir.file()).unwrap());
+        assert_eq!(scan.records.len(), 2, "a and c, both readable");
         assert_eq!(scan.skipped, 0);
     }
 
