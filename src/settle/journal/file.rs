@@ -369,20 +369,18 @@ impl Writer {
                     self.frames.remove(id);
                 }
             }
-            let appended = if result.is_ok() {
-                waiting.len() as u64
-            } else {
-                0
-            };
+            // Counted before the callers are told: what they read next includes it.
+            if result.is_ok() {
+                self.counters
+                    .appended
+                    .fetch_add(waiting.len() as u64, Ordering::Relaxed);
+            }
             for durable in waiting.drain(..) {
                 let _ = durable.send(match &result {
                     Ok(()) => Ok(()),
                     Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
                 });
             }
-            self.counters
-                .appended
-                .fetch_add(appended, Ordering::Relaxed);
             if self.dead >= COMPACT_AFTER && self.dead >= 4 * self.frames.len() as u64 {
                 self.compact();
             }
