@@ -14,7 +14,7 @@ use super::body::PaymentBody;
 use super::config::{ChargeTiming, ChargeVia, LayerConfig};
 use super::context::{ChargeOverride, PaymentContext};
 use super::rejection::{into_response, PAYMENT_RESPONSE};
-use super::route::{Route, RouteCache};
+use super::route::{self, Route, RouteCache};
 use crate::auth::{
     single_use_key, AuthConfig, Authenticator, Caller, Lookup, Payer, SingleUseClaim,
     VerificationKey, Verified,
@@ -113,9 +113,28 @@ impl Gate {
         }
     }
 
-    pub(crate) fn route(&self, parts: &Parts) -> Arc<Route> {
-        self.routes
-            .get(&self.config, &parts.method, parts.uri.path())
+    /// The route of the request: the table's (no await), or one built for it from the
+    /// accepted plans' terms (read once per plan TTL).
+    pub(crate) async fn route(&self, parts: &Parts) -> Arc<Route> {
+        match self.routes.get(&parts.method, parts.uri.path()) {
+            Ok(route) => route,
+            // Boxed: the rare build must not weigh on every request's future.
+            Err(id) => Box::pin(self.build_route(parts, id)).await,
+        }
+    }
+
+    async fn build_route(&self, parts: &Parts, id: u64) -> Arc<Route> {
+        let mut plans = Vec::with_capacity(self.config.plan_ids.len());
+        for plan_id in &self.config.plan_ids {
+            plans.push(self.plans.priced(plan_id, &*self.backend).await);
+        }
+        Arc::new(route::build(
+            &self.config,
+            &plans,
+            &parts.method,
+            parts.uri.path(),
+            id,
+        ))
     }
 
     pub(crate) async fn cache_sizes(&self) -> CacheSizes {
