@@ -360,10 +360,7 @@ mod tests {
     async fn a_ledger_the_cache_forgets_while_reserved_is_found_again() {
         let backend = Balance(Credits::from(2u64), AtomicUsize::new(0));
         let cache = BalanceCache::new(Duration::from_secs(30), 8, None, Duration::from_secs(1));
-        let key = Arc::new(Payer {
-            plan_id: "1".parse().unwrap(),
-            holder: Address::zero(),
-        });
+        let key = Arc::new(Payer::new("1".parse().unwrap(), Address::zero()));
         let two = Credits::from(2u64);
         let held = cache.reserve(&key, two, &backend).await.unwrap();
         cache.ledgers.invalidate(&key).await;

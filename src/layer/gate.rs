@@ -5,14 +5,13 @@
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine;
 use http::request::Parts;
-use http::{HeaderMap, HeaderValue, Response, StatusCode};
+use http::{HeaderMap, Response, StatusCode};
 
 use super::body::PaymentBody;
 use super::config::{ChargeTiming, ChargeVia, LayerConfig};
 use super::context::{ChargeOverride, PaymentContext};
+use super::receipt::receipt_header;
 use super::rejection::{into_response, PAYMENT_RESPONSE};
 use super::route::{self, Route, RouteCache};
 use crate::auth::{
@@ -338,10 +337,7 @@ impl Gate {
         };
         Ok(Verified {
             single_use,
-            payer: Arc::new(Payer {
-                plan_id: plan_id.clone(),
-                holder: subscriber.clone(),
-            }),
+            payer: Arc::new(Payer::new(plan_id.clone(), subscriber.clone())),
             caller: Arc::new(Caller {
                 subscriber,
                 plan_id,
@@ -491,11 +487,6 @@ fn spent_elsewhere(outcome: &crate::settle::SettleOutcome) -> bool {
                 .as_ref()
                 .and_then(|r| r.error_reason.as_deref())
                 .is_some_and(|r| r.contains(SPENT)))
-}
-
-fn receipt_header(receipt: &crate::types::SettleResponse) -> Option<HeaderValue> {
-    let json = serde_json::to_vec(receipt).ok()?;
-    HeaderValue::try_from(STANDARD.encode(json)).ok()
 }
 
 #[cfg(test)]
