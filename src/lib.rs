@@ -10,6 +10,7 @@ pub mod client;
 pub mod credential;
 #[cfg(feature = "devserver")]
 pub mod devserver;
+mod hashing;
 pub mod layer;
 mod metrics;
 mod rejection;

@@ -32,7 +32,7 @@ use self::bearer::JwksCache;
 use self::single_use::{ClaimRefused, SingleUseTokens};
 use self::verification::VerificationCache;
 use crate::backend::PaymentBackend;
-use crate::credential::{for_canonical_chunks, same_canonical};
+use crate::credential::same_canonical;
 use crate::rejection::{Rejection, RejectionKind};
 use crate::types::{
     AccessToken, AccessTokenClaims, Address, AgentId, Credits, PaymentRequired, PlanId, TokenDigest,
@@ -79,7 +79,7 @@ pub(crate) struct Authenticator {
     /// Verdicts on tokens just given (refused, not a subscriber), so a replay costs no
     /// call; each with how long it holds and a second hash of its token, so a
     /// collision never refuses another token.
-    refused: moka::future::Cache<VerificationKey, Verdict>,
+    refused: moka::future::Cache<VerificationKey, Verdict, crate::hashing::RandomState>,
     /// Seeds of the cache hash and of the verdicts' check hash (random per layer).
     key_hasher: RandomState,
     check_hasher: RandomState,
@@ -107,7 +107,7 @@ impl Authenticator {
             refused: moka::future::Cache::builder()
                 .max_capacity(config.verification_capacity)
                 .expire_after(PerVerdictTtl)
-                .build(),
+                .build_with_hasher(Default::default()),
             jwks: JwksCache::default(),
             single_use: Arc::new(SingleUseTokens::new(
                 usize::try_from(config.verification_capacity).unwrap_or(usize::MAX),
@@ -337,6 +337,6 @@ impl moka::Expiry<VerificationKey, Verdict> for PerVerdictTtl {
 /// A seeded hash of a credential's canonical text.
 fn hash_canonical(seed: &RandomState, credential: &str) -> u64 {
     let mut hasher = seed.build_hasher();
-    for_canonical_chunks(credential, |chunk| hasher.write(chunk));
+    crate::credential::hash_canonical(credential, &mut hasher);
     hasher.finish()
 }

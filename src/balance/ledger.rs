@@ -1,7 +1,6 @@
 //! Balances by payer `(plan, holder)`, each with a local ledger: what the backend said,
 //! minus what was charged since, minus what admitted requests hold.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
@@ -11,6 +10,7 @@ use tokio::time::Instant;
 use super::{BalanceDenied, Reservation};
 use crate::auth::Payer;
 use crate::backend::PaymentBackend;
+use crate::hashing::{HashMap, RandomState};
 use crate::types::Credits;
 
 #[derive(Default)]
@@ -81,7 +81,7 @@ impl Ledger {
 }
 
 pub(crate) struct BalanceCache {
-    ledgers: Cache<Arc<Payer>, Arc<Ledger>>,
+    ledgers: Cache<Arc<Payer>, Arc<Ledger>, RandomState>,
     /// Every ledger handed out, held weakly. A ledger lives as long as a reservation
     /// (or a charge in flight) holds it, whatever moka does: a ledger evicted (idle,
     /// capacity, or refused admission in a full cache) while reservations still count
@@ -112,7 +112,7 @@ impl BalanceCache {
             ledgers: Cache::builder()
                 .max_capacity(capacity)
                 .time_to_idle(idle)
-                .build(),
+                .build_with_hasher(RandomState::default()),
             live: Mutex::new(LiveLedgers::default()),
             ttl,
             stale_max_age,

@@ -5,7 +5,6 @@
 //! Only accepted plans are looked up (the layer refuses others first), so the table is
 //! as small as the configuration; the hot path reads it without awaiting.
 
-use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -14,6 +13,7 @@ use tokio::time::Instant;
 
 use crate::backend::PaymentBackend;
 use crate::client::Error;
+use crate::hashing::HashMap;
 use crate::rejection::Rejection;
 use crate::types::{
     Credits, Plan, PlanCreditsConfig, PlanId, SCHEME_CARD_DELEGATION, SCHEME_ERC4337,
@@ -90,12 +90,12 @@ pub(crate) struct PlanCache {
 impl PlanCache {
     pub(crate) fn new(ttl: Duration, capacity: u64) -> Self {
         PlanCache {
-            fresh: RwLock::new(HashMap::new()),
+            fresh: RwLock::new(HashMap::default()),
             loading: Cache::builder()
                 .max_capacity(capacity)
                 .time_to_live(ttl)
                 .build(),
-            failed: RwLock::new(HashMap::new()),
+            failed: RwLock::new(HashMap::default()),
             ttl,
         }
     }

@@ -9,6 +9,7 @@ use std::fmt::Write;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
+use bytes::Bytes;
 use http::HeaderValue;
 
 use crate::types::SettleResponse;
@@ -17,9 +18,10 @@ use crate::types::SettleResponse;
 /// base64 is always a valid header value).
 pub(crate) fn receipt_header(receipt: &SettleResponse) -> Option<HeaderValue> {
     let json = receipt_json(receipt);
-    let mut encoded = String::with_capacity(json.len().div_ceil(3) * 4);
-    STANDARD.encode_string(json.as_bytes(), &mut encoded);
-    HeaderValue::try_from(encoded).ok()
+    let mut encoded = vec![0u8; base64::encoded_len(json.len(), true)?];
+    let written = STANDARD.encode_slice(json.as_bytes(), &mut encoded).ok()?;
+    encoded.truncate(written);
+    HeaderValue::from_maybe_shared(Bytes::from(encoded)).ok()
 }
 
 fn receipt_json(r: &SettleResponse) -> String {
@@ -61,6 +63,16 @@ fn field(out: &mut String, name: &str, value: &str) {
     out.push_str(",\"");
     out.push_str(name);
     out.push_str("\":\"");
+    if value.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+        escape_into(out, value);
+    } else {
+        // Hashes, networks, addresses: nothing to escape, one copy.
+        out.push_str(value);
+    }
+    out.push('"');
+}
+
+fn escape_into(out: &mut String, value: &str) {
     for c in value.chars() {
         match c {
             '"' => out.push_str("\\\""),
@@ -74,7 +86,6 @@ fn field(out: &mut String, name: &str, value: &str) {
             c => out.push(c),
         }
     }
-    out.push('"');
 }
 
 #[cfg(test)]

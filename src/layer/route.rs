@@ -7,7 +7,6 @@
 //! full, new paths get a route built for the request alone. The lookup is synchronous
 //! and allocation-free.
 
-use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
@@ -20,6 +19,7 @@ use serde::Serialize;
 use super::config::{CreditsPerRequest, LayerConfig};
 use crate::balance::PricedPlan;
 use crate::client::{build_payment_required, PaymentRequiredOptions};
+use crate::hashing::{HashMap, RandomState};
 use crate::types::{Credits, PaymentRequired, PaymentResource, PaymentScheme};
 
 /// `maxTimeoutSeconds` of the header: how long a payment stays usable for one request.
@@ -44,13 +44,13 @@ pub(crate) struct Route {
 pub(crate) struct RouteCache {
     routes: RwLock<HashMap<u64, Arc<Route>>>,
     capacity: usize,
-    hasher: std::collections::hash_map::RandomState,
+    hasher: RandomState,
 }
 
 impl RouteCache {
     pub(crate) fn new(capacity: usize) -> Self {
         RouteCache {
-            routes: RwLock::new(HashMap::new()),
+            routes: RwLock::new(HashMap::default()),
             capacity,
             hasher: Default::default(),
         }
