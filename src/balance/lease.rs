@@ -14,6 +14,8 @@ use crate::auth::Payer;
 use crate::types::Credits;
 
 /// What a replica asks the store, in one atomic step.
+// Read by the stores, which exist with the `redis` feature only.
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
 pub(crate) struct LeaseRequest<'a> {
     pub(crate) payer: &'a Payer,
     /// Credits charged from this replica's lease since its last call: they leave the
@@ -40,6 +42,7 @@ pub(crate) struct LeaseRequest<'a> {
 
 /// The backend balance a replica fetched for the store, if asked to.
 #[derive(Debug, Clone, Copy)]
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
 pub(crate) enum Fetched {
     /// Not asked.
     No,
@@ -56,6 +59,7 @@ pub(crate) enum Fetched {
 
 /// What the store decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
 pub(crate) enum LeaseStatus {
     /// The lease covers the reserved credits, the request and maybe more.
     Granted,

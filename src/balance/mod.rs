@@ -18,7 +18,9 @@ mod ledger;
 mod pricing;
 mod reservation;
 
-pub(crate) use lease::{Fetched, LeaseAnswer, LeaseRequest, LeaseStatus, LeaseStore};
+pub(crate) use lease::LeaseStore;
+#[cfg(feature = "redis")]
+pub(crate) use lease::{Fetched, LeaseAnswer, LeaseRequest, LeaseStatus};
 pub(crate) use ledger::BalanceCache;
 pub(crate) use pricing::{chargeable, PlanCache};
 pub(crate) use reservation::Reservation;
