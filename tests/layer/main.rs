@@ -14,6 +14,7 @@ mod devserver;
 mod metrics;
 mod pending;
 mod props;
+mod replicas;
 mod rejections;
 mod streaming;
 mod token_props;
