@@ -182,8 +182,7 @@ async fn a_redis_restart_mid_run_admits_no_more_than_the_balance_and_service_res
     const BALANCE: u64 = 150;
     let mut redis = RedisServer::start();
     let world = world(1, BALANCE).await;
-    let (apps, _stores, mut rx) =
-        replicas(&world, &redis, 2, Duration::from_millis(600)).await;
+    let (apps, _stores, mut rx) = replicas(&world, &redis, 2, Duration::from_millis(600)).await;
     let token = world.x402(0).await;
 
     // Both replicas hold leases when Redis goes.
@@ -275,5 +274,9 @@ async fn a_v3_token_raced_on_two_replicas_pays_for_one_request() {
     let served = served.await.unwrap().unwrap();
     assert_eq!(served.status(), 200);
     assert_eq!(runs.load(Ordering::SeqCst), 1, "one handler ran");
-    assert_eq!(world.balance(0).await, Credits::from(49u64), "one request paid");
+    assert_eq!(
+        world.balance(0).await,
+        Credits::from(49u64),
+        "one request paid"
+    );
 }

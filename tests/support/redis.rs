@@ -53,7 +53,11 @@ impl RedisServer {
             if ping(self.port) {
                 return;
             }
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 panic!("redis-server exited at start: {status}");
             }
             assert!(Instant::now() < deadline, "redis-server not ready in 20 s");
