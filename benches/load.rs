@@ -255,11 +255,10 @@ async fn run(duration: Duration, rounds: usize, concurrency: usize, workers: usi
         .expect("redis");
     let replica_sink = Sink::new();
     let replica = |shared: bool| {
-        let builder =
-            PaymentLayer::builder_with_backend(replica_sink.clone(), Environment::Custom)
-                .plan_id(plan())
-                .agent_id(agent())
-                .credits(1u64);
+        let builder = PaymentLayer::builder_with_backend(replica_sink.clone(), Environment::Custom)
+            .plan_id(plan())
+            .agent_id(agent())
+            .credits(1u64);
         let builder = if shared {
             builder.shared(store.clone())
         } else {

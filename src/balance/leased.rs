@@ -201,12 +201,15 @@ fn take(s: &mut LedgerState, amount: Credits) -> Result<Credits, BalanceDenied> 
 
 /// The store cannot decide: serve from the lease while it is counted in the store,
 /// else refuse as unavailable (a spent lease is never topped up without the store).
+/// Not after the backend refused a charge (`needs_fetch`): a refused charge gives its
+/// credits back to the lease, which would then serve them again and again for free.
 fn serve_from_lease(
     s: &mut LedgerState,
     amount: Credits,
     why: &str,
 ) -> Result<Credits, BalanceDenied> {
-    let counted = s.is_subscriber && s.lease_until.is_some_and(|t| Instant::now() < t);
+    let counted =
+        s.is_subscriber && !s.needs_fetch && s.lease_until.is_some_and(|t| Instant::now() < t);
     if counted {
         if let Ok(seen) = take(s, amount) {
             return Ok(seen);

@@ -179,24 +179,30 @@ async fn a_large_balance_costs_few_redis_calls() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_restart_mid_run_admits_no_more_than_the_balance_and_service_resumes() {
-    const BALANCE: u64 = 150;
+    const BALANCE: u64 = 40;
     let mut redis = RedisServer::start();
     let world = world(1, BALANCE).await;
-    let (apps, _stores, mut rx) = replicas(&world, &redis, 2, Duration::from_millis(600)).await;
+    let (apps, _stores, mut rx) = replicas(&world, &redis, 2, Duration::from_secs(2)).await;
+    let (a, b) = (&apps[0], &apps[1]);
     let token = world.x402(0).await;
 
-    // Both replicas hold leases when Redis goes.
-    for app in &apps {
-        for _ in 0..20 {
-            let response = app.clone().oneshot(ask(&token)).await.unwrap();
-            assert_eq!(response.status(), 200);
-        }
+    // Both replicas hold leases when Redis loses its data; `a`'s has credits left
+    // (leases grow 2, 5, 11: eight requests leave ten).
+    for app in [a, a, a, a, a, a, a, a, b, b] {
+        assert_eq!(
+            app.clone().oneshot(ask(&token)).await.unwrap().status(),
+            200
+        );
     }
     redis.restart();
 
-    let after = all_spend_down(&apps, &token, 2).await;
-    let served = 40 + after.served.load(Ordering::SeqCst);
-    assert!(after.served.load(Ordering::SeqCst) > 0, "service resumed");
+    // `b` spends all it can, then `a`: were `b` leased the whole backend balance while
+    // `a` still served its old lease, the backend would refuse `a`'s charges.
+    let by_b = all_spend_down(std::slice::from_ref(b), &token, 1).await;
+    let by_a = all_spend_down(std::slice::from_ref(a), &token, 1).await;
+    let after = by_b.served.load(Ordering::SeqCst) + by_a.served.load(Ordering::SeqCst);
+    assert!(after > 0, "service resumed");
+    let served = 10 + after;
     assert!(served as u64 <= BALANCE, "admitted {served} > balance");
     assert_eq!(
         world.balance(0).await,
@@ -279,4 +285,58 @@ async fn a_v3_token_raced_on_two_replicas_pays_for_one_request() {
         Credits::from(49u64),
         "one request paid"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_redis_a_replica_serves_only_its_lease_then_answers_503() {
+    let mut redis = RedisServer::start();
+    let world = world(1, 1_000).await;
+    let store = RedisStore::builder(redis.url())
+        .prefix("replicas-test")
+        .max_lease(4u64)
+        .timeout(Duration::from_millis(200))
+        .connect()
+        .await
+        .unwrap();
+    let (on_settle, mut rx) = crate::support::reliability::outcomes();
+    let layer = world
+        .layer(Duration::from_secs(5))
+        .shared(store)
+        .on_settle(on_settle)
+        .build()
+        .unwrap();
+    let app = app(layer, Arc::new(AtomicUsize::new(0)));
+    let token = world.x402(0).await;
+    for _ in 0..20 {
+        assert_eq!(
+            app.clone().oneshot(ask(&token)).await.unwrap().status(),
+            200
+        );
+    }
+    redis.stop();
+
+    // At most the lease: the request that renews it plus `max_lease` more.
+    let mut served_after = 0;
+    let mut refused = 0;
+    while refused < 3 {
+        match app
+            .clone()
+            .oneshot(ask(&token))
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+        {
+            200 => {
+                assert_eq!(refused, 0, "served again after a 503 without Redis");
+                served_after += 1;
+                assert!(served_after <= 5, "served past the lease without Redis");
+            }
+            503 => refused += 1,
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    let served = 20 + served_after;
+    assert_eq!(world.balance(0).await, Credits::from(1_000 - served as u64));
+    assert_all_settled(&mut rx, served);
 }
