@@ -13,6 +13,19 @@ use futures_util::future::BoxFuture;
 use crate::auth::Payer;
 use crate::types::Credits;
 
+/// The part of a ledger's state only a leased ledger has.
+#[derive(Debug, Default)]
+pub(crate) struct LeaseState {
+    /// The lease is served until here, even when the store cannot be reached (the
+    /// store forgets it a margin later).
+    pub(crate) until: Option<tokio::time::Instant>,
+    /// Credits admitted from the lease since it was granted: the rate the next lease
+    /// is sized on.
+    pub(crate) used: Credits,
+    /// What the payer had beyond this lease at its grant (for `balance_seen`).
+    pub(crate) beyond: Credits,
+}
+
 /// What a replica asks the store, in one atomic step.
 // Read by the stores, which exist with the `redis` feature only.
 #[cfg_attr(not(feature = "redis"), allow(dead_code))]

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::lease::{Fetched, LeaseAnswer, LeaseRequest, LeaseStatus, LeaseStore};
+use super::lease::{Fetched, LeaseAnswer, LeaseRequest, LeaseState, LeaseStatus, LeaseStore};
 use super::ledger::{BalanceCache, Ledger, LedgerState, FAILURE_BACKOFF};
 use super::{BalanceDenied, Reservation};
 use crate::auth::Payer;
@@ -147,12 +147,13 @@ impl BalanceCache {
                 return Applied::Fetch { mark };
             }
             LeaseStatus::Granted => {
-                s.lease_used = Credits::ZERO;
-                s.beyond_lease = answer.available.saturating_sub(answer.held);
+                let lease = lease_of(&mut s);
+                lease.used = Credits::ZERO;
+                lease.beyond = answer.available.saturating_sub(answer.held);
                 Ok(())
             }
             LeaseStatus::Insufficient => {
-                s.beyond_lease = Credits::ZERO;
+                lease_of(&mut s).beyond = Credits::ZERO;
                 let available = answer.available.saturating_sub(s.reserved);
                 Err(BalanceDenied::Insufficient { available })
             }
@@ -164,7 +165,7 @@ impl BalanceCache {
             }
         };
         s.fetched_at = Some(asked_at);
-        s.lease_until = Some(granted_until);
+        lease_of(&mut s).until = Some(granted_until);
         s.is_subscriber = answer.status != LeaseStatus::NotSubscriber;
         s.needs_fetch = false;
         Applied::Done(verdict.and_then(|()| take(&mut s, amount)))
@@ -192,11 +193,16 @@ fn lease_life(store: &dyn LeaseStore) -> Duration {
     ttl - ttl / 20
 }
 
+fn lease_of(s: &mut LedgerState) -> &mut LeaseState {
+    s.lease.get_or_insert_with(Box::default)
+}
+
 /// Reserves from the lease; answers what the payer had (this lease and beyond it).
 fn take(s: &mut LedgerState, amount: Credits) -> Result<Credits, BalanceDenied> {
     let free = s.try_reserve(amount)?;
-    s.lease_used = s.lease_used.saturating_add(amount);
-    Ok(free.saturating_add(s.beyond_lease))
+    let lease = lease_of(s);
+    lease.used = lease.used.saturating_add(amount);
+    Ok(free.saturating_add(lease.beyond))
 }
 
 /// The store cannot decide: serve from the lease while it is counted in the store,
@@ -208,8 +214,12 @@ fn serve_from_lease(
     amount: Credits,
     why: &str,
 ) -> Result<Credits, BalanceDenied> {
-    let counted =
-        s.is_subscriber && !s.needs_fetch && s.lease_until.is_some_and(|t| Instant::now() < t);
+    let counted = s.is_subscriber
+        && !s.needs_fetch
+        && s.lease
+            .as_ref()
+            .and_then(|l| l.until)
+            .is_some_and(|t| Instant::now() < t);
     if counted {
         if let Ok(seen) = take(s, amount) {
             return Ok(seen);
@@ -222,8 +232,6 @@ fn serve_from_lease(
 /// needs fewer and fewer calls), at least one more request, at most `max_extra`. The
 /// store gives less when little is left.
 fn wish(s: &LedgerState, amount: Credits, max_extra: Credits) -> Credits {
-    s.lease_used
-        .saturating_add(s.lease_used)
-        .max(amount)
-        .min(max_extra)
+    let used = s.lease.as_ref().map_or(Credits::ZERO, |l| l.used);
+    used.saturating_add(used).max(amount).min(max_extra)
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use moka::future::Cache;
 use tokio::time::Instant;
 
-use super::lease::LeaseStore;
+use super::lease::{LeaseState, LeaseStore};
 use super::{BalanceDenied, Reservation};
 use crate::auth::Payer;
 use crate::backend::PaymentBackend;
@@ -34,14 +34,9 @@ pub(super) struct LedgerState {
     pub(super) failed_at: Option<Instant>,
     /// With a shared store, the ledger's `fetched` is the lease this replica holds,
     /// `fetched_at` when it was granted and `settled_at_fetch` the charges already
-    /// reported. The lease is served until here, even when the store cannot be reached
-    /// (the store forgets it a margin later).
-    pub(super) lease_until: Option<Instant>,
-    /// Credits admitted from the lease since it was granted: the rate the next lease
-    /// is sized on.
-    pub(super) lease_used: Credits,
-    /// What the payer had beyond this lease at its grant (for `balance_seen`).
-    pub(super) beyond_lease: Credits,
+    /// reported; the rest of the lease is here. Boxed: a ledger of a replica alone
+    /// pays one pointer for it.
+    pub(super) lease: Option<Box<LeaseState>>,
 }
 
 impl LedgerState {
