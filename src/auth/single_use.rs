@@ -256,6 +256,70 @@ mod tests {
         assert_eq!(tokens.claim(key(9)).err(), Some(ClaimRefused::Spent));
     }
 
+    /// A shared store that answers `refuse` (or fails) and records what it was told.
+    struct Store {
+        answer: Result<Result<(), ClaimRefused>, String>,
+        told: Mutex<Vec<&'static str>>,
+    }
+
+    impl SharedClaims for Store {
+        fn claim(&self, _: TokenDigest) -> BoxFuture<'_, Result<Result<(), ClaimRefused>, String>> {
+            self.told.lock().unwrap().push("claim");
+            Box::pin(std::future::ready(self.answer.clone()))
+        }
+        fn spend(&self, _: TokenDigest) {
+            self.told.lock().unwrap().push("spend");
+        }
+        fn release(&self, _: TokenDigest) {
+            self.told.lock().unwrap().push("release");
+        }
+    }
+
+    fn shared(
+        answer: Result<Result<(), ClaimRefused>, String>,
+    ) -> (Arc<SingleUseTokens>, Arc<Store>) {
+        let store = Arc::new(Store {
+            answer,
+            told: Mutex::new(Vec::new()),
+        });
+        let tokens = SingleUseTokens::new(8, Duration::from_secs(60))
+            .with_shared(Some(store.clone() as Arc<dyn SharedClaims>));
+        (Arc::new(tokens), store)
+    }
+
+    #[tokio::test]
+    async fn a_token_claimed_elsewhere_is_refused_and_free_here() {
+        let (tokens, store) = shared(Ok(Err(ClaimRefused::Spent)));
+        let refused = tokens.claim_everywhere(key(1)).await.unwrap().err();
+        assert_eq!(refused, Some(ClaimRefused::Spent));
+        // Not held here, and the other replica's claim was not released.
+        assert!(tokens.lock().in_flight.is_empty());
+        assert_eq!(*store.told.lock().unwrap(), ["claim"]);
+
+        let (tokens, _) = shared(Err("redis down".into()));
+        assert!(
+            tokens.claim_everywhere(key(1)).await.is_err(),
+            "no store, no claim"
+        );
+        assert!(tokens.lock().in_flight.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_shared_claim_is_spent_or_released_there_too() {
+        let (tokens, store) = shared(Ok(Ok(())));
+        tokens
+            .claim_everywhere(key(1))
+            .await
+            .unwrap()
+            .unwrap()
+            .spend();
+        drop(tokens.claim_everywhere(key(2)).await.unwrap().unwrap());
+        assert_eq!(
+            *store.told.lock().unwrap(),
+            ["claim", "spend", "claim", "release"]
+        );
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_claim_dropped_unspent_frees_the_token() {
         let tokens = Arc::new(SingleUseTokens::new(8, Duration::from_secs(60)));
