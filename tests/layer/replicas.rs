@@ -305,7 +305,8 @@ async fn without_redis_a_replica_serves_only_its_lease_then_answers_503() {
         .on_settle(on_settle)
         .build()
         .unwrap();
-    let app = app(layer, Arc::new(AtomicUsize::new(0)));
+    let runs = Arc::new(AtomicUsize::new(0));
+    let app = app(layer, runs.clone());
     let token = world.x402(0).await;
     for _ in 0..20 {
         assert_eq!(
@@ -337,6 +338,11 @@ async fn without_redis_a_replica_serves_only_its_lease_then_answers_503() {
         }
     }
     let served = 20 + served_after;
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        served,
+        "no handler ran for a 503"
+    );
     assert_eq!(world.balance(0).await, Credits::from(1_000 - served as u64));
     assert_all_settled(&mut rx, served);
 }
