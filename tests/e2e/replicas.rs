@@ -90,14 +90,28 @@ async fn two_agent_processes_share_a_balance_and_a_killed_ones_lease_comes_back(
             .send()
     };
 
-    // Both serve, alternately, so both hold leases; the first grows its lease.
-    let mut served = 0u64;
-    for _ in 0..10 {
-        for base in [&doomed_url, &survivor_url] {
-            assert_eq!(ask(base).await.unwrap().status(), 200);
-            served += 1;
-        }
+    // Both serve at once (two clients each), so both hold leases; then the first grows
+    // its lease alone.
+    let mut phase: Vec<_> = Vec::new();
+    for base in [&doomed_url, &survivor_url, &doomed_url, &survivor_url] {
+        let (http, url, token) = (http.clone(), format!("{base}/ask"), token.clone());
+        phase.push(tokio::spawn(async move {
+            for _ in 0..8 {
+                let response = http
+                    .post(&url)
+                    .header("payment-signature", &token)
+                    .json(&serde_json::json!({"question": "hi"}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), 200);
+            }
+        }));
     }
+    for task in phase {
+        task.await.unwrap();
+    }
+    let mut served = 32u64;
     for _ in 0..10 {
         assert_eq!(ask(&doomed_url).await.unwrap().status(), 200);
         served += 1;
