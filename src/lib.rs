@@ -15,6 +15,8 @@ pub mod layer;
 mod metrics;
 mod rejection;
 pub mod settle;
+#[cfg(feature = "redis")]
+pub mod shared;
 pub mod types;
 
 pub use backend::PaymentBackend;

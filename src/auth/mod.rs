@@ -25,11 +25,11 @@ use tokio::sync::Semaphore;
 
 pub use caller::Caller;
 pub(crate) use caller::Payer;
-pub(crate) use single_use::{single_use_key, SingleUseClaim};
+pub(crate) use single_use::{single_use_key, ClaimRefused, SharedClaims, SingleUseClaim};
 pub(crate) use verification::{VerificationKey, Verified};
 
 use self::bearer::JwksCache;
-use self::single_use::{ClaimRefused, SingleUseTokens};
+use self::single_use::SingleUseTokens;
 use self::verification::VerificationCache;
 use crate::backend::PaymentBackend;
 use crate::credential::same_canonical;
@@ -53,6 +53,8 @@ pub(crate) struct AuthConfig {
     pub(crate) no_credits_ttl: Duration,
     /// Test hook: every token gets the same cache hash, to prove collisions are harmless.
     pub(crate) collide_hashes: bool,
+    /// Single-use tokens are claimed there too (replicas sharing a store).
+    pub(crate) shared_claims: Option<Arc<dyn SharedClaims>>,
 }
 
 /// What the verification cache knows of a token on a route.
@@ -109,12 +111,15 @@ impl Authenticator {
                 .expire_after(PerVerdictTtl)
                 .build_with_hasher(Default::default()),
             jwks: JwksCache::default(),
-            single_use: Arc::new(SingleUseTokens::new(
-                usize::try_from(config.verification_capacity).unwrap_or(usize::MAX),
-                // A cached verification lives at most this long: a spent token is
-                // remembered longer than any verification that could admit it again.
-                config.verification_ttl,
-            )),
+            single_use: Arc::new(
+                SingleUseTokens::new(
+                    usize::try_from(config.verification_capacity).unwrap_or(usize::MAX),
+                    // A cached verification lives at most this long: a spent token is
+                    // remembered longer than any verification that could admit it again.
+                    config.verification_ttl,
+                )
+                .with_shared(config.shared_claims.clone()),
+            ),
             verify_permits: Semaphore::new(config.max_verifications),
             key_hasher: RandomState::default(),
             check_hasher: RandomState::default(),
@@ -299,7 +304,15 @@ impl Authenticator {
         token: TokenDigest,
         key: &VerificationKey,
     ) -> Result<SingleUseClaim, Rejection> {
-        match self.single_use.claim(token) {
+        let claimed = self
+            .single_use
+            .claim_everywhere(token)
+            .await
+            .map_err(|why| {
+                tracing::warn!(reason = %why, "shared store unreachable: single-use token refused");
+                Rejection::unavailable()
+            })?;
+        match claimed {
             Ok(claim) => Ok(claim),
             Err(ClaimRefused::Spent) => {
                 self.verifications.invalidate(key).await;

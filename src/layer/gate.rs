@@ -97,14 +97,21 @@ impl Gate {
                 max_verifications: config.max_verifications,
                 no_credits_ttl: config.balance_recheck,
                 collide_hashes: config.collide_token_hashes,
+                shared_claims: config.claims.clone(),
             }),
             plans: PlanCache::new(config.plan_ttl, PLAN_CAPACITY),
-            balances: BalanceCache::new(
-                config.balance_ttl,
-                config.balance_capacity,
-                stale,
-                config.balance_recheck,
-            ),
+            balances: {
+                let cache = BalanceCache::new(
+                    config.balance_ttl,
+                    config.balance_capacity,
+                    stale,
+                    config.balance_recheck,
+                );
+                match &config.leases {
+                    Some(leases) => cache.with_shared(leases.clone()),
+                    None => cache,
+                }
+            },
             pending: Arc::new(PendingCharges::default()),
             metrics: GateMetrics::register(),
             backend: crate::metrics::timed(backend),

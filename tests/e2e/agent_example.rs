@@ -18,7 +18,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 
 /// The compiled example: `cargo test` builds examples next to the test binaries; when
 /// only this test was asked for, build it.
-fn agent_binary() -> PathBuf {
+pub(crate) fn agent_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     let profile_dir = exe
         .parent()
@@ -36,15 +36,15 @@ fn agent_binary() -> PathBuf {
 }
 
 /// A builder with a plan and an agent on the devserver, and a subscriber.
-struct World {
+pub(crate) struct World {
     /// The builder's key: the agent runs with it.
-    api_key: ApiKey,
-    subscriber: Payments,
-    plan: PlanId,
-    agent: AgentId,
+    pub(crate) api_key: ApiKey,
+    pub(crate) subscriber: Payments,
+    pub(crate) plan: PlanId,
+    pub(crate) agent: AgentId,
 }
 
-async fn world(server: &DevServer) -> World {
+pub(crate) async fn world(server: &DevServer) -> World {
     let builder_account = server.create_account(Some("builder"));
     let builder = server.payments(&builder_account);
     let subscriber = server.payments(&server.create_account(Some("subscriber")));
@@ -78,7 +78,7 @@ async fn world(server: &DevServer) -> World {
 }
 
 /// The agent example's command against `world`, with its output piped.
-fn agent_command(server: &DevServer, world: &World) -> tokio::process::Command {
+pub(crate) fn agent_command(server: &DevServer, world: &World) -> tokio::process::Command {
     let mut command = tokio::process::Command::new(agent_binary());
     command
         .env("NVM_API_KEY", world.api_key.expose())

@@ -16,4 +16,5 @@ mod examples;
 mod python_sdk;
 mod reliability_auth;
 mod reliability_charge;
+mod replicas;
 mod soak;

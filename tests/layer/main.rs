@@ -15,6 +15,7 @@ mod metrics;
 mod pending;
 mod props;
 mod rejections;
+mod replicas;
 mod schemes;
 mod streaming;
 mod token_props;
