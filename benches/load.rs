@@ -19,6 +19,11 @@
 //!   (separates contention on one holder's ledger from the per-request work);
 //! - `/paid-devserver`: behind `PaymentLayer` over the devserver, with a real x402 token
 //!   it minted; verify, balance and the settle of every request go over HTTP;
+//! - `/local-a` + `/local-b`: two replicas (two layers over the sink, one holder), the
+//!   connections split between them, each replica with its own ledger;
+//! - `/shared-a` + `/shared-b`: the same two replicas sharing one balance through credit
+//!   leases on a `redis-server` the bench starts on a free port (`tests/support/redis.rs`;
+//!   the bench needs `redis-server`); Redis calls are counted per request served.
 //! - `/paid-bg`: `/paid` with `ChargeTiming::Background` (a second sink);
 //! - `/paid-journal` and `/paid-journal-bg`: `/paid` and `/paid-bg` with a charge
 //!   journal (`charge_journal`, a file under `NVM_LOAD_JOURNAL_DIR`, default the system
@@ -59,6 +64,9 @@ use tokio::sync::Barrier;
 #[path = "../tests/support/sink.rs"]
 mod support;
 use support::{agent, holder, plan, x402_token, Sink};
+#[path = "../tests/support/redis.rs"]
+mod redis_server;
+use nvm_payments::shared::RedisStore;
 
 const VERIFY: &str = "POST /api/v1/x402/verify";
 const SETTLE: &str = "POST /api/v1/x402/settle";
@@ -79,6 +87,8 @@ async fn answer() -> &'static str {
 struct Row {
     name: &'static str,
     path: &'static str,
+    /// Odd connections go here instead (a second replica).
+    also: Option<&'static str>,
     /// Connection `i` sends `credentials[i % len]` (none when empty).
     credentials: Vec<HeaderValue>,
     rounds: Vec<Measured>,
@@ -102,7 +112,7 @@ impl Measured {
 /// `concurrency` keep-alive connections send requests to `path` for `duration`.
 async fn measure(
     addr: SocketAddr,
-    path: &'static str,
+    (path, also): (&'static str, Option<&'static str>),
     credentials: Vec<HeaderValue>,
     concurrency: usize,
     duration: Duration,
@@ -114,6 +124,10 @@ async fn measure(
             let (barrier, start_at) = (barrier.clone(), start_at.clone());
             let credential =
                 (!credentials.is_empty()).then(|| credentials[i % credentials.len()].clone());
+            let path = match also {
+                Some(other) if i % 2 == 1 => other,
+                _ => path,
+            };
             tokio::spawn(async move {
                 let stream = TcpStream::connect(addr).await.expect("connect");
                 stream.set_nodelay(true).unwrap();
@@ -264,7 +278,32 @@ async fn run(duration: Duration, rounds: usize, concurrency: usize, workers: usi
         .credits(1u64)
         .build()
         .unwrap();
+    // Two replicas of one agent, alone or sharing a balance; their own sink so their
+    // backend calls are not counted with the rows above.
+    let redis = redis_server::RedisServer::start();
+    let store = RedisStore::builder(redis.url())
+        .prefix("bench")
+        .connect()
+        .await
+        .expect("redis");
+    let replica_sink = Sink::new();
+    let replica = |shared: bool| {
+        let builder = PaymentLayer::builder_with_backend(replica_sink.clone(), Environment::Custom)
+            .plan_id(plan())
+            .agent_id(agent())
+            .credits(1u64);
+        let builder = if shared {
+            builder.shared(store.clone())
+        } else {
+            builder
+        };
+        builder.build().unwrap()
+    };
     let app = Router::new()
+        .route("/local-a", post(answer).layer(replica(false)))
+        .route("/local-b", post(answer).layer(replica(false)))
+        .route("/shared-a", post(answer).layer(replica(true)))
+        .route("/shared-b", post(answer).layer(replica(true)))
         .route("/free", post(answer))
         .route("/paid", post(answer).layer(sink_layer.clone()))
         .route("/paid-each", post(answer).layer(sink_layer))
@@ -279,22 +318,26 @@ async fn run(duration: Duration, rounds: usize, concurrency: usize, workers: usi
     let sink_token = HeaderValue::try_from(x402_token(&holder(1), None)).unwrap();
     // Another holder: the journal rows' ledger is not the `/paid` row's.
     let journal_token = HeaderValue::try_from(x402_token(&holder(1_000_000), None)).unwrap();
+    let replica_token = HeaderValue::try_from(x402_token(&holder(7), None)).unwrap();
     let mut rows = vec![
         Row {
             name: "unprotected",
             path: "/free",
+            also: None,
             credentials: vec![sink_token.clone()],
             rounds: vec![],
         },
         Row {
             name: "protected, in-process charge sink",
             path: "/paid",
+            also: None,
             credentials: vec![sink_token],
             rounds: vec![],
         },
         Row {
             name: "protected, sink, a holder per connection",
             path: "/paid-each",
+            also: None,
             credentials: (1..=concurrency as u64)
                 .map(|n| HeaderValue::try_from(x402_token(&holder(n), None)).unwrap())
                 .collect(),
@@ -303,6 +346,7 @@ async fn run(duration: Duration, rounds: usize, concurrency: usize, workers: usi
         Row {
             name: "protected, devserver (HTTP settle)",
             path: "/paid-devserver",
+            also: None,
             credentials: vec![HeaderValue::try_from(dev_token.expose()).unwrap()],
             rounds: vec![],
         },
@@ -310,18 +354,35 @@ async fn run(duration: Duration, rounds: usize, concurrency: usize, workers: usi
             name: "protected, sink, background",
             path: "/paid-bg",
             credentials: vec![journal_token.clone()],
+            also: None,
             rounds: vec![],
         },
         Row {
             name: "protected, sink, journal",
             path: "/paid-journal",
             credentials: vec![journal_token.clone()],
+            also: None,
             rounds: vec![],
         },
         Row {
             name: "protected, sink, journal, background",
             path: "/paid-journal-bg",
             credentials: vec![journal_token],
+            also: None,
+            rounds: vec![],
+        },
+        Row {
+            name: "two replicas, each alone",
+            path: "/local-a",
+            also: Some("/local-b"),
+            credentials: vec![replica_token.clone()],
+            rounds: vec![],
+        },
+        Row {
+            name: "two replicas, shared store (Redis)",
+            path: "/shared-a",
+            also: Some("/shared-b"),
+            credentials: vec![replica_token],
             rounds: vec![],
         },
     ];
@@ -340,7 +401,7 @@ async fn run(duration: Duration, rounds: usize, concurrency: usize, workers: usi
     for row in &rows {
         let m = measure(
             addr,
-            row.path,
+            (row.path, row.also),
             row.credentials.clone(),
             concurrency,
             Duration::from_millis(500),
@@ -359,12 +420,13 @@ async fn run(duration: Duration, rounds: usize, concurrency: usize, workers: usi
         .iter()
         .map(|(_, layer)| layer.journal_stats().unwrap_or_default())
         .collect();
+    let redis_before = store.round_trips();
 
     for round in 0..rounds {
         for row in rows.iter_mut() {
             let m = measure(
                 addr,
-                row.path,
+                (row.path, row.also),
                 row.credentials.clone(),
                 concurrency,
                 duration,
@@ -382,9 +444,31 @@ async fn run(duration: Duration, rounds: usize, concurrency: usize, workers: usi
     }
 
     report(&rows, &sink, &server);
+    report_replicas(&rows, store.round_trips() - redis_before);
     report_journal(&rows, &journals, &journal_before);
     drop(journals);
     let _ = std::fs::remove_dir_all(&journal_dir);
+}
+
+/// The shared store's two figures: Redis calls per request at steady state, and the
+/// two replicas' throughput with the store against without.
+fn report_replicas(rows: &[Row], redis_calls: u64) {
+    let find = |path: &str| rows.iter().find(|r| r.path == path);
+    let (Some(local), Some(shared)) = (find("/local-a"), find("/shared-a")) else {
+        return;
+    };
+    let rps = |row: &Row| {
+        let ok: u64 = row.rounds.iter().map(|m| m.ok).sum();
+        let secs: f64 = row.rounds.iter().map(|m| m.elapsed.as_secs_f64()).sum();
+        (ok, ok as f64 / secs)
+    };
+    let (served, shared_rps) = rps(shared);
+    let (_, local_rps) = rps(local);
+    println!(
+        "\ntwo replicas, one holder: shared/alone req/s = {:.3}; Redis calls after warm-up {redis_calls} for {served} requests = 1 per {:.0} requests",
+        shared_rps / local_rps,
+        served as f64 / redis_calls.max(1) as f64
+    );
 }
 
 /// Journal on / off ratios of the same run, and fsyncs per journaled request.
@@ -401,10 +485,7 @@ fn report_journal(rows: &[Row], journals: &[(&str, PaymentLayer)], before: &[Jou
             .flat_map(|r| r.rounds.iter().map(|m| m.ok))
             .sum()
     };
-    println!(
-        "
-charge journal (same run): req/s with the journal on / off, fsyncs per request"
-    );
+    println!("\ncharge journal (same run): req/s with the journal on / off, fsyncs per request");
     println!(
         "| timing | off req/s | on req/s | on / off | requests | fsyncs | fsyncs per request |"
     );

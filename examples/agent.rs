@@ -12,6 +12,8 @@
 //! | `PORT` | port on 127.0.0.1 (default 8080; `0` picks one) |
 //! | `CREDITS` | credits per call (default 1) |
 //! | `SHUTDOWN_GRACE_SECS` | how long in-flight requests may take to finish on shutdown (default 10) |
+//! | `NVM_REDIS_URL` | when set, replicas share balances and single-use tokens through this Redis (README, "Running several replicas") |
+//! | `NVM_REDIS_LEASE_TTL_MS` | how long a replica's credit lease lives in Redis (default 15000) |
 //! | `NVM_CHARGE_JOURNAL` | when set, a charge journal file: charges survive a crash and are replayed at the next start (README, "Charge journal") |
 //! | `NVM_CHARGE_TIMING` | `before-response` (default), `body-end` or `background` |
 //! | `METRICS_PORT` | when set, `GET /metrics` (Prometheus text) on this port of 127.0.0.1, apart from the paid API (`0` picks one) |
@@ -108,7 +110,17 @@ async fn run() -> Result<(), Box<dyn Error>> {
     // Charges that did not settle, kept to report them at shutdown.
     let unsettled: Arc<Mutex<Vec<SettleOutcome>>> = Arc::default();
     let record = unsettled.clone();
-    let mut builder = PaymentLayer::builder(payments)
+    let mut builder = PaymentLayer::builder(payments);
+    // Several replicas share one balance through Redis (README, "Running several replicas").
+    if let Ok(url) = std::env::var("NVM_REDIS_URL") {
+        let lease_ttl = Duration::from_millis(env_or("NVM_REDIS_LEASE_TTL_MS", 15_000)?);
+        let store = nvm_payments::shared::RedisStore::builder(url)
+            .lease_ttl(lease_ttl)
+            .connect()
+            .await?;
+        builder = builder.shared(store);
+    }
+    let mut builder = builder
         .plan_ids(plans)
         .agent_id(agent)
         .credits(credits)

@@ -10,10 +10,13 @@ pub mod client;
 pub mod credential;
 #[cfg(feature = "devserver")]
 pub mod devserver;
+mod hashing;
 pub mod layer;
 mod metrics;
 mod rejection;
 pub mod settle;
+#[cfg(feature = "redis")]
+pub mod shared;
 pub mod types;
 
 pub use backend::PaymentBackend;

@@ -2,6 +2,10 @@
 //! balance the next step charges.
 
 use std::fmt;
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::LazyLock;
+
+use foldhash::quality::RandomState;
 
 use crate::credential::Credential;
 use crate::types::{Address, AgentId, PlanId, TokenDigest};
@@ -33,8 +37,77 @@ impl fmt::Debug for Caller {
 }
 
 /// Whose balance pays: one plan, one holder. The key of the balance step's ledgers.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+///
+/// Its hash is computed once, when the caller is authenticated: hashing the 78-digit
+/// plan id and the address on every request's balance lookup was the largest part of
+/// the reservation's cost (BENCHMARKS.md). The hasher is seeded at random per process,
+/// so callers cannot aim collisions at the ledger tables; equality still compares the
+/// fields.
+#[derive(Debug, Clone)]
 pub(crate) struct Payer {
     pub(crate) plan_id: PlanId,
     pub(crate) holder: Address,
+    hash: u64,
+}
+
+static PAYER_HASHER: LazyLock<RandomState> = LazyLock::new(RandomState::default);
+
+impl Payer {
+    pub(crate) fn new(plan_id: PlanId, holder: Address) -> Self {
+        // `Address` hashes case-insensitively, as it compares.
+        let hash = PAYER_HASHER.hash_one((&plan_id, &holder));
+        Payer {
+            plan_id,
+            holder,
+            hash,
+        }
+    }
+}
+
+impl PartialEq for Payer {
+    fn eq(&self, other: &Self) -> bool {
+        self.hash == other.hash && self.plan_id == other.plan_id && self.holder == other.holder
+    }
+}
+
+impl Eq for Payer {}
+
+impl Hash for Payer {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::hash::BuildHasher;
+
+    use super::*;
+
+    #[test]
+    fn one_payer_in_two_spellings_is_one_key() {
+        let plan: PlanId = "7".parse().unwrap();
+        let lower = Payer::new(
+            plan.clone(),
+            "0x00000000000000000000000000000000000000ab"
+                .parse()
+                .unwrap(),
+        );
+        let upper = Payer::new(
+            plan.clone(),
+            "0x00000000000000000000000000000000000000AB"
+                .parse()
+                .unwrap(),
+        );
+        let other = Payer::new(
+            plan,
+            "0x00000000000000000000000000000000000000ac"
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(lower, upper);
+        let state = std::collections::hash_map::RandomState::new();
+        assert_eq!(state.hash_one(&lower), state.hash_one(&upper));
+        assert_ne!(lower, other);
+    }
 }

@@ -25,14 +25,14 @@ use tokio::sync::Semaphore;
 
 pub use caller::Caller;
 pub(crate) use caller::Payer;
-pub(crate) use single_use::{single_use_key, SingleUseClaim};
+pub(crate) use single_use::{single_use_key, ClaimRefused, SharedClaims, SingleUseClaim};
 pub(crate) use verification::{VerificationKey, Verified};
 
 use self::bearer::JwksCache;
-use self::single_use::{ClaimRefused, SingleUseTokens};
+use self::single_use::SingleUseTokens;
 use self::verification::VerificationCache;
 use crate::backend::PaymentBackend;
-use crate::credential::{for_canonical_chunks, same_canonical};
+use crate::credential::same_canonical;
 use crate::rejection::{Rejection, RejectionKind};
 use crate::types::{
     AccessToken, AccessTokenClaims, Address, AgentId, Credits, PaymentRequired, PlanId, TokenDigest,
@@ -53,6 +53,8 @@ pub(crate) struct AuthConfig {
     pub(crate) no_credits_ttl: Duration,
     /// Test hook: every token gets the same cache hash, to prove collisions are harmless.
     pub(crate) collide_hashes: bool,
+    /// Single-use tokens are claimed there too (replicas sharing a store).
+    pub(crate) shared_claims: Option<Arc<dyn SharedClaims>>,
 }
 
 /// What the verification cache knows of a token on a route.
@@ -79,7 +81,7 @@ pub(crate) struct Authenticator {
     /// Verdicts on tokens just given (refused, not a subscriber), so a replay costs no
     /// call; each with how long it holds and a second hash of its token, so a
     /// collision never refuses another token.
-    refused: moka::future::Cache<VerificationKey, Verdict>,
+    refused: moka::future::Cache<VerificationKey, Verdict, crate::hashing::RandomState>,
     /// Seeds of the cache hash and of the verdicts' check hash (random per layer).
     key_hasher: RandomState,
     check_hasher: RandomState,
@@ -107,14 +109,17 @@ impl Authenticator {
             refused: moka::future::Cache::builder()
                 .max_capacity(config.verification_capacity)
                 .expire_after(PerVerdictTtl)
-                .build(),
+                .build_with_hasher(Default::default()),
             jwks: JwksCache::default(),
-            single_use: Arc::new(SingleUseTokens::new(
-                usize::try_from(config.verification_capacity).unwrap_or(usize::MAX),
-                // A cached verification lives at most this long: a spent token is
-                // remembered longer than any verification that could admit it again.
-                config.verification_ttl,
-            )),
+            single_use: Arc::new(
+                SingleUseTokens::new(
+                    usize::try_from(config.verification_capacity).unwrap_or(usize::MAX),
+                    // A cached verification lives at most this long: a spent token is
+                    // remembered longer than any verification that could admit it again.
+                    config.verification_ttl,
+                )
+                .with_shared(config.shared_claims.clone()),
+            ),
             verify_permits: Semaphore::new(config.max_verifications),
             key_hasher: RandomState::default(),
             check_hasher: RandomState::default(),
@@ -299,7 +304,15 @@ impl Authenticator {
         token: TokenDigest,
         key: &VerificationKey,
     ) -> Result<SingleUseClaim, Rejection> {
-        match self.single_use.claim(token) {
+        let claimed = self
+            .single_use
+            .claim_everywhere(token)
+            .await
+            .map_err(|why| {
+                tracing::warn!(reason = %why, "shared store unreachable: single-use token refused");
+                Rejection::unavailable()
+            })?;
+        match claimed {
             Ok(claim) => Ok(claim),
             Err(ClaimRefused::Spent) => {
                 self.verifications.invalidate(key).await;
@@ -337,6 +350,6 @@ impl moka::Expiry<VerificationKey, Verdict> for PerVerdictTtl {
 /// A seeded hash of a credential's canonical text.
 fn hash_canonical(seed: &RandomState, credential: &str) -> u64 {
     let mut hasher = seed.build_hasher();
-    for_canonical_chunks(credential, |chunk| hasher.write(chunk));
+    crate::credential::hash_canonical(credential, &mut hasher);
     hasher.finish()
 }

@@ -10,11 +10,15 @@
 //! so no verification cached before the spend can admit the token again. When the set
 //! is full of such young tokens, new single-use tokens are refused as "retry later"
 //! rather than admitted unguarded.
+//!
+//! With a store shared by several replicas, a token claimed here is also claimed there
+//! ([`SharedClaims`]): one claim per token across replicas, keyed by the same digest.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
@@ -59,6 +63,18 @@ pub(crate) enum ClaimRefused {
     Full,
 }
 
+/// Single-use claims in a store every replica sees. Spending and releasing are sent
+/// without waiting: a claim left in flight by a lost message expires in the store.
+pub(crate) trait SharedClaims: Send + Sync {
+    /// Claims the token for one request across replicas; `Err` when the store cannot
+    /// answer.
+    fn claim(&self, key: TokenDigest) -> BoxFuture<'_, Result<Result<(), ClaimRefused>, String>>;
+    /// The claimed token was sent with a charge: remember it as spent.
+    fn spend(&self, key: TokenDigest);
+    /// The claimed token was not charged: another request may use it.
+    fn release(&self, key: TokenDigest);
+}
+
 #[derive(Default)]
 struct State {
     in_flight: HashSet<TokenDigest>,
@@ -72,6 +88,7 @@ pub(crate) struct SingleUseTokens {
     state: Mutex<State>,
     capacity: usize,
     min_keep: Duration,
+    shared: Option<Arc<dyn SharedClaims>>,
 }
 
 impl SingleUseTokens {
@@ -82,6 +99,38 @@ impl SingleUseTokens {
             state: Mutex::new(State::default()),
             capacity: capacity.max(1),
             min_keep,
+            shared: None,
+        }
+    }
+
+    /// Claims tokens in a store shared with other replicas as well.
+    pub(crate) fn with_shared(mut self, shared: Option<Arc<dyn SharedClaims>>) -> Self {
+        self.shared = shared;
+        self
+    }
+
+    /// [`claim`](Self::claim) here, then in the shared store when there is one; `Err`
+    /// of the outer result when the store cannot answer (the token is not admitted).
+    pub(crate) async fn claim_everywhere(
+        self: &Arc<Self>,
+        key: TokenDigest,
+    ) -> Result<Result<SingleUseClaim, ClaimRefused>, String> {
+        let claim = match self.claim(key) {
+            Ok(claim) => claim,
+            Err(refused) => return Ok(Err(refused)),
+        };
+        let Some(shared) = &self.shared else {
+            return Ok(Ok(claim));
+        };
+        let mut claim = claim;
+        // Until the store said yes, dropping the claim must not release the store's.
+        claim.shared_held = false;
+        match shared.claim(key).await? {
+            Ok(()) => {
+                claim.shared_held = true;
+                Ok(Ok(claim))
+            }
+            Err(refused) => Ok(Err(refused)),
         }
     }
 
@@ -121,6 +170,7 @@ impl SingleUseTokens {
             tokens: self.clone(),
             key,
             spent: false,
+            shared_held: true,
         })
     }
 
@@ -147,6 +197,8 @@ pub(crate) struct SingleUseClaim {
     tokens: Arc<SingleUseTokens>,
     key: TokenDigest,
     spent: bool,
+    /// Whether the shared store holds a claim this one must spend or release.
+    shared_held: bool,
 }
 
 impl SingleUseClaim {
@@ -159,6 +211,10 @@ impl SingleUseClaim {
         s.spent.insert(self.key, now);
         s.order.push_back((self.key, now));
         self.spent = true;
+        drop(s);
+        if let (Some(shared), true) = (&self.tokens.shared, self.shared_held) {
+            shared.spend(self.key);
+        }
     }
 }
 
@@ -166,6 +222,9 @@ impl Drop for SingleUseClaim {
     fn drop(&mut self) {
         if !self.spent {
             self.tokens.lock().in_flight.remove(&self.key);
+            if let (Some(shared), true) = (&self.tokens.shared, self.shared_held) {
+                shared.release(self.key);
+            }
         }
     }
 }
@@ -195,6 +254,70 @@ mod tests {
         assert_eq!(tokens.spent_count(), 4);
         assert_eq!(tokens.claim(key(3)).err(), Some(ClaimRefused::Spent));
         assert_eq!(tokens.claim(key(9)).err(), Some(ClaimRefused::Spent));
+    }
+
+    /// A shared store that answers `refuse` (or fails) and records what it was told.
+    struct Store {
+        answer: Result<Result<(), ClaimRefused>, String>,
+        told: Mutex<Vec<&'static str>>,
+    }
+
+    impl SharedClaims for Store {
+        fn claim(&self, _: TokenDigest) -> BoxFuture<'_, Result<Result<(), ClaimRefused>, String>> {
+            self.told.lock().unwrap().push("claim");
+            Box::pin(std::future::ready(self.answer.clone()))
+        }
+        fn spend(&self, _: TokenDigest) {
+            self.told.lock().unwrap().push("spend");
+        }
+        fn release(&self, _: TokenDigest) {
+            self.told.lock().unwrap().push("release");
+        }
+    }
+
+    fn shared(
+        answer: Result<Result<(), ClaimRefused>, String>,
+    ) -> (Arc<SingleUseTokens>, Arc<Store>) {
+        let store = Arc::new(Store {
+            answer,
+            told: Mutex::new(Vec::new()),
+        });
+        let tokens = SingleUseTokens::new(8, Duration::from_secs(60))
+            .with_shared(Some(store.clone() as Arc<dyn SharedClaims>));
+        (Arc::new(tokens), store)
+    }
+
+    #[tokio::test]
+    async fn a_token_claimed_elsewhere_is_refused_and_free_here() {
+        let (tokens, store) = shared(Ok(Err(ClaimRefused::Spent)));
+        let refused = tokens.claim_everywhere(key(1)).await.unwrap().err();
+        assert_eq!(refused, Some(ClaimRefused::Spent));
+        // Not held here, and the other replica's claim was not released.
+        assert!(tokens.lock().in_flight.is_empty());
+        assert_eq!(*store.told.lock().unwrap(), ["claim"]);
+
+        let (tokens, _) = shared(Err("redis down".into()));
+        assert!(
+            tokens.claim_everywhere(key(1)).await.is_err(),
+            "no store, no claim"
+        );
+        assert!(tokens.lock().in_flight.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_shared_claim_is_spent_or_released_there_too() {
+        let (tokens, store) = shared(Ok(Ok(())));
+        tokens
+            .claim_everywhere(key(1))
+            .await
+            .unwrap()
+            .unwrap()
+            .spend();
+        drop(tokens.claim_everywhere(key(2)).await.unwrap().unwrap());
+        assert_eq!(
+            *store.told.lock().unwrap(),
+            ["claim", "spend", "claim", "release"]
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -4,6 +4,7 @@
 //! tokens cannot make the cache hold more memory than its budget; each entry also
 //! weighs at least `budget / capacity`, so the entry cap holds too.
 
+use crate::hashing::RandomState;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -57,7 +58,7 @@ impl Verified {
 }
 
 pub(crate) struct VerificationCache {
-    cache: Cache<VerificationKey, Verified>,
+    cache: Cache<VerificationKey, Verified, RandomState>,
 }
 
 impl VerificationCache {
@@ -71,7 +72,7 @@ impl VerificationCache {
                     u32::try_from(value.weight().max(min_weight)).unwrap_or(u32::MAX)
                 })
                 .expire_after(PerEntryTtl)
-                .build(),
+                .build_with_hasher(RandomState::default()),
         }
     }
 

@@ -1,16 +1,17 @@
 //! Balances by payer `(plan, holder)`, each with a local ledger: what the backend said,
 //! minus what was charged since, minus what admitted requests hold.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use moka::future::Cache;
 use tokio::time::Instant;
 
+use super::lease::{LeaseState, LeaseStore};
 use super::{BalanceDenied, Reservation};
 use crate::auth::Payer;
 use crate::backend::PaymentBackend;
+use crate::hashing::{HashMap, RandomState};
 use crate::types::Credits;
 
 #[derive(Default)]
@@ -31,21 +32,26 @@ pub(super) struct LedgerState {
     pub(super) reserved: Credits,
     /// When the last fetch failed: requests right after it do not queue on another.
     pub(super) failed_at: Option<Instant>,
+    /// With a shared store, the ledger's `fetched` is the lease this replica holds,
+    /// `fetched_at` when it was granted and `settled_at_fetch` the charges already
+    /// reported; the rest of the lease is here. Boxed: a ledger of a replica alone
+    /// pays one pointer for it.
+    pub(super) lease: Option<Box<LeaseState>>,
 }
 
 impl LedgerState {
-    fn available(&self) -> Credits {
+    pub(super) fn available(&self) -> Credits {
         let settled_since_fetch = self.settled_total.saturating_sub(self.settled_at_fetch);
         self.fetched
             .saturating_sub(settled_since_fetch)
             .saturating_sub(self.reserved)
     }
 
-    fn is_fresh(&self, now: Instant, ttl: Duration) -> bool {
+    pub(super) fn is_fresh(&self, now: Instant, ttl: Duration) -> bool {
         !self.needs_fetch && self.fetched_at.is_some_and(|t| now.duration_since(t) < ttl)
     }
 
-    fn try_reserve(&mut self, amount: Credits) -> Result<Credits, BalanceDenied> {
+    pub(super) fn try_reserve(&mut self, amount: Credits) -> Result<Credits, BalanceDenied> {
         if !self.is_subscriber {
             return Err(BalanceDenied::NotSubscriber);
         }
@@ -62,7 +68,7 @@ impl LedgerState {
 pub(crate) struct Ledger {
     state: Mutex<LedgerState>,
     /// Held by the one request that refreshes the balance; the others wait on it.
-    refresh: tokio::sync::Mutex<()>,
+    pub(super) refresh: tokio::sync::Mutex<()>,
 }
 
 impl Ledger {
@@ -81,19 +87,21 @@ impl Ledger {
 }
 
 pub(crate) struct BalanceCache {
-    ledgers: Cache<Arc<Payer>, Arc<Ledger>>,
+    ledgers: Cache<Arc<Payer>, Arc<Ledger>, RandomState>,
     /// Every ledger handed out, held weakly. A ledger lives as long as a reservation
     /// (or a charge in flight) holds it, whatever moka does: a ledger evicted (idle,
     /// capacity, or refused admission in a full cache) while reservations still count
     /// on it is found here and put back, never replaced by a fresh one that would not
     /// count them. Only idle ledgers are ever really forgotten.
     live: Mutex<LiveLedgers>,
-    ttl: Duration,
-    stale_max_age: Option<Duration>,
+    pub(super) ttl: Duration,
+    pub(super) stale_max_age: Option<Duration>,
     /// A fresh ledger that refuses a request is fetched again when its balance is at
     /// least this old: a top-up made since the fetch is seen at once, and a caller with
     /// no credits costs at most one balance call per this interval.
-    recheck_after: Duration,
+    pub(super) recheck_after: Duration,
+    /// Leases from a store shared with other replicas; `None`: this process alone.
+    shared: Option<Arc<dyn LeaseStore>>,
 }
 
 impl BalanceCache {
@@ -112,12 +120,19 @@ impl BalanceCache {
             ledgers: Cache::builder()
                 .max_capacity(capacity)
                 .time_to_idle(idle)
-                .build(),
+                .build_with_hasher(RandomState::default()),
             live: Mutex::new(LiveLedgers::default()),
             ttl,
             stale_max_age,
             recheck_after,
+            shared: None,
         }
+    }
+
+    /// Serves from credit leases of a store shared with other replicas.
+    pub(crate) fn with_shared(mut self, store: Arc<dyn LeaseStore>) -> Self {
+        self.shared = Some(store);
+        self
     }
 
     /// Ledgers kept, once moka's pending evictions have run.
@@ -126,7 +141,7 @@ impl BalanceCache {
         self.ledgers.entry_count()
     }
 
-    async fn ledger(&self, key: &Arc<Payer>) -> Arc<Ledger> {
+    pub(super) async fn ledger(&self, key: &Arc<Payer>) -> Arc<Ledger> {
         if let Some(ledger) = self.ledgers.get(key).await {
             return ledger;
         }
@@ -152,6 +167,9 @@ impl BalanceCache {
         amount: Credits,
         backend: &dyn PaymentBackend,
     ) -> Result<Reservation, BalanceDenied> {
+        if let Some(store) = &self.shared {
+            return self.reserve_leased(key, amount, &**store, backend).await;
+        }
         let ledger = self.ledger(key).await;
         // When a fresh ledger refuses, the fetch it was refused on: only a newer one
         // may change the answer.
@@ -281,7 +299,7 @@ impl LiveLedgers {
 }
 
 /// After a failed balance fetch, how long other requests decide without fetching.
-const FAILURE_BACKOFF: Duration = Duration::from_secs(1);
+pub(super) const FAILURE_BACKOFF: Duration = Duration::from_secs(1);
 
 #[cfg(test)]
 mod tests {
@@ -360,10 +378,7 @@ mod tests {
     async fn a_ledger_the_cache_forgets_while_reserved_is_found_again() {
         let backend = Balance(Credits::from(2u64), AtomicUsize::new(0));
         let cache = BalanceCache::new(Duration::from_secs(30), 8, None, Duration::from_secs(1));
-        let key = Arc::new(Payer {
-            plan_id: "1".parse().unwrap(),
-            holder: Address::zero(),
-        });
+        let key = Arc::new(Payer::new("1".parse().unwrap(), Address::zero()));
         let two = Credits::from(2u64);
         let held = cache.reserve(&key, two, &backend).await.unwrap();
         cache.ledgers.invalidate(&key).await;

@@ -7,13 +7,22 @@
 //! when its charge completes or the request ends without one (including when its future
 //! is dropped). A ledger lives as long as a reservation holds it, whatever the cache
 //! does. Keys are ids, never tokens.
+//!
+//! With a store shared by several replicas (`crate::shared`), the ledger's balance is
+//! the credit lease this replica holds (`leased.rs`, `lease.rs`): the same arithmetic,
+//! over a block of credits the store counts against this replica.
 
+mod lease;
+mod leased;
 mod ledger;
 mod pricing;
 mod reservation;
 
+pub(crate) use lease::LeaseStore;
+#[cfg(feature = "redis")]
+pub(crate) use lease::{Fetched, LeaseAnswer, LeaseRequest, LeaseStatus};
 pub(crate) use ledger::BalanceCache;
-pub(crate) use pricing::{chargeable, PlanCache};
+pub(crate) use pricing::{chargeable, PlanCache, PricedPlan};
 pub(crate) use reservation::Reservation;
 
 use crate::rejection::Rejection;

@@ -147,6 +147,9 @@ pub(crate) struct LayerConfig {
     pub(crate) pending_full: PendingFull,
     pub(crate) description: Option<String>,
     pub(crate) mime_type: Option<String>,
+    /// Credit leases and single-use claims shared with other replicas (`shared`).
+    pub(crate) leases: Option<Arc<dyn crate::balance::LeaseStore>>,
+    pub(crate) claims: Option<Arc<dyn crate::auth::SharedClaims>>,
     pub(crate) journal_path: Option<PathBuf>,
     pub(crate) journal_replay: Duration,
     /// Opened by `build()`.
@@ -205,6 +208,8 @@ impl PaymentLayerBuilder {
                 pending_full: PendingFull::default(),
                 description: None,
                 mime_type: None,
+                leases: None,
+                claims: None,
                 journal_path: None,
                 journal_replay: crate::settle::DEFAULT_REPLAY_INTERVAL,
                 journal: None,
@@ -397,6 +402,31 @@ impl PaymentLayerBuilder {
     /// `resource.mimeType` of the `payment-required` object.
     pub fn mime_type(mut self, mime: impl Into<String>) -> Self {
         self.config.mime_type = Some(mime.into());
+        self
+    }
+
+    /// Shares balances and single-use tokens with the other replicas of this agent
+    /// through Redis (README, "Running several replicas"): each replica serves from
+    /// credit leases, so the hot path makes no network call, and the replicas together
+    /// never admit more than the balance. Without it each process decides alone.
+    ///
+    /// ```no_run
+    /// # async fn run(payments: nvm_payments::Payments) -> Result<(), Box<dyn std::error::Error>> {
+    /// use nvm_payments::{shared::RedisStore, PaymentLayer};
+    /// let store = RedisStore::connect("redis://127.0.0.1:6379/").await?;
+    /// let layer = PaymentLayer::builder(payments)
+    ///     .plan_id("1234".parse()?)
+    ///     .shared(store)
+    ///     .build()?;
+    /// # let _ = layer;
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "redis")]
+    pub fn shared(mut self, store: crate::shared::RedisStore) -> Self {
+        // One lease id per layer: two layers sharing a store are two replicas.
+        self.config.leases = Some(store.replica_leases());
+        self.config.claims = Some(store.claims());
         self
     }
 

@@ -5,16 +5,15 @@
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine;
 use http::request::Parts;
-use http::{HeaderMap, HeaderValue, Response, StatusCode};
+use http::{HeaderMap, Response, StatusCode};
 
 use super::body::PaymentBody;
 use super::config::{ChargeTiming, ChargeVia, LayerConfig};
 use super::context::{ChargeOverride, PaymentContext};
+use super::receipt::receipt_header;
 use super::rejection::{into_response, PAYMENT_RESPONSE};
-use super::route::{Route, RouteCache};
+use super::route::{self, Route, RouteCache};
 use crate::auth::{
     single_use_key, AuthConfig, Authenticator, Caller, Lookup, Payer, SingleUseClaim,
     VerificationKey, Verified,
@@ -113,14 +112,21 @@ impl Gate {
                 max_verifications: config.max_verifications,
                 no_credits_ttl: config.balance_recheck,
                 collide_hashes: config.collide_token_hashes,
+                shared_claims: config.claims.clone(),
             }),
             plans: PlanCache::new(config.plan_ttl, PLAN_CAPACITY),
-            balances: BalanceCache::new(
-                config.balance_ttl,
-                config.balance_capacity,
-                stale,
-                config.balance_recheck,
-            ),
+            balances: {
+                let cache = BalanceCache::new(
+                    config.balance_ttl,
+                    config.balance_capacity,
+                    stale,
+                    config.balance_recheck,
+                );
+                match &config.leases {
+                    Some(leases) => cache.with_shared(leases.clone()),
+                    None => cache,
+                }
+            },
             pending,
             journal,
             metrics: GateMetrics::register(),
@@ -129,9 +135,28 @@ impl Gate {
         }
     }
 
-    pub(crate) fn route(&self, parts: &Parts) -> Arc<Route> {
-        self.routes
-            .get(&self.config, &parts.method, parts.uri.path())
+    /// The route of the request: the table's (no await), or one built for it from the
+    /// accepted plans' terms (read once per plan TTL).
+    pub(crate) async fn route(&self, parts: &Parts) -> Arc<Route> {
+        match self.routes.get(&parts.method, parts.uri.path()) {
+            Ok(route) => route,
+            // Boxed: the rare build must not weigh on every request's future.
+            Err(id) => Box::pin(self.build_route(parts, id)).await,
+        }
+    }
+
+    async fn build_route(&self, parts: &Parts, id: u64) -> Arc<Route> {
+        let mut plans = Vec::with_capacity(self.config.plan_ids.len());
+        for plan_id in &self.config.plan_ids {
+            plans.push(self.plans.priced(plan_id, &*self.backend).await);
+        }
+        Arc::new(route::build(
+            &self.config,
+            &plans,
+            &parts.method,
+            parts.uri.path(),
+            id,
+        ))
     }
 
     pub(crate) async fn cache_sizes(&self) -> CacheSizes {
@@ -335,10 +360,7 @@ impl Gate {
         };
         Ok(Verified {
             single_use,
-            payer: Arc::new(Payer {
-                plan_id: plan_id.clone(),
-                holder: subscriber.clone(),
-            }),
+            payer: Arc::new(Payer::new(plan_id.clone(), subscriber.clone())),
             caller: Arc::new(Caller {
                 subscriber,
                 plan_id,
@@ -502,11 +524,6 @@ fn spent_elsewhere(outcome: &crate::settle::SettleOutcome) -> bool {
                 .as_ref()
                 .and_then(|r| r.error_reason.as_deref())
                 .is_some_and(|r| r.contains(SPENT)))
-}
-
-fn receipt_header(receipt: &crate::types::SettleResponse) -> Option<HeaderValue> {
-    let json = serde_json::to_vec(receipt).ok()?;
-    HeaderValue::try_from(STANDARD.encode(json)).ok()
 }
 
 #[cfg(test)]

@@ -93,6 +93,7 @@ mod future;
 mod gate;
 #[allow(clippy::module_inception)]
 mod layer;
+mod receipt;
 mod rejection;
 mod route;
 mod service;

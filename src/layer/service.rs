@@ -84,7 +84,7 @@ where
     ResB: http_body::Body,
 {
     let (mut parts, body) = request.into_parts();
-    let route = gate.route(&parts);
+    let route = gate.route(&parts).await;
     let admission = match gate.admit(&parts, &route).await {
         Ok(admission) => admission,
         Err(rejection) => {

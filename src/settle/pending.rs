@@ -2,7 +2,6 @@
 //! bounded) and listed by request id (so a shutdown can wait for them and name those
 //! it could not finish).
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
@@ -10,6 +9,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 use super::SettleStatus;
+use crate::hashing::HashMap;
 
 /// What to do with a request when the layer already has its maximum of charges in
 /// flight (`PaymentLayerBuilder::pending_charges`).

@@ -8,7 +8,7 @@ use serde::ser::{SerializeMap, Serializer};
 use serde::{Deserialize, Serialize};
 
 use super::plan::AccessLimit;
-use super::serde_util::null_as_default;
+use super::serde_util::{lenient, null_as_default};
 use super::{
     Address, AgentId, PlanCreditsConfig, PlanId, PlanMetadata, PlanPriceConfig, SecretString,
 };
@@ -152,8 +152,12 @@ pub struct AgentApiAttributes {
         skip_serializing_if = "Vec::is_empty"
     )]
     pub endpoints: Vec<Endpoint>,
-    /// Endpoints open to everyone.
-    #[serde(default, deserialize_with = "null_as_default")]
+    /// Endpoints open to everyone. Left out of the JSON when empty, as the SDKs do.
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub open_endpoints: Vec<String>,
     /// URL of the agent's definition (OpenAPI, MCP manifest, …).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -345,5 +349,36 @@ pub struct AgentList {
     pub offset: u64,
     /// The agents.
     #[serde(default, deserialize_with = "null_as_default")]
-    pub agents: Vec<Agent>,
+    pub agents: Vec<ListedAgent>,
+}
+
+/// An agent in a listing. Listings may carry less than the agent object
+/// [`get_agent`](crate::client::Agents::get_agent) answers, so `registry` is optional
+/// (and `None` when it cannot be read), as with [`ListedPlan`](super::ListedPlan).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListedAgent {
+    /// Agent id (`id` or `agentId` on the wire).
+    #[serde(alias = "agentId")]
+    pub id: AgentId,
+    /// Names and API attributes.
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub metadata: AgentObjectMetadata,
+    /// Owner and linked plans, when the listing carries them.
+    #[serde(
+        default,
+        deserialize_with = "lenient",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub registry: Option<AgentRegistry>,
+}
+
+impl From<Agent> for ListedAgent {
+    fn from(agent: Agent) -> Self {
+        ListedAgent {
+            id: agent.id,
+            metadata: agent.metadata,
+            registry: Some(agent.registry),
+        }
+    }
 }

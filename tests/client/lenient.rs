@@ -175,3 +175,29 @@ async fn plan_listing_without_registry_or_token_decodes() {
         assert_eq!(registry.price.token_address, None, "not an address: None");
     }
 }
+
+#[tokio::test]
+async fn agent_listing_without_registry_decodes() {
+    let stub = Stub::default();
+    let listing = r#"{"total":2,"page":1,"offset":10,"agents":[
+        {"id":"301","metadata":{"main":{"name":"no registry"}}},
+        {"agentId":"302","metadata":{"main":{"name":"with registry"}},
+         "registry":{"owner":"0x1111111111111111111111111111111111111111","plans":["101"]}}]}"#;
+    stub.json("GET /api/v1/protocol/agents", 200, listing);
+    stub.json("GET /api/v1/protocol/plans/101/agents", 200, listing);
+    let p = client(&stub).await;
+
+    let mine = p.agents().get_agents(Page::default()).await.unwrap();
+    let of_plan = p
+        .plans()
+        .get_plan_agents(&plan(), Page::default())
+        .await
+        .unwrap();
+    for list in [mine, of_plan] {
+        assert_eq!(list.agents.len(), 2);
+        assert_eq!(list.agents[0].registry, None);
+        assert_eq!(list.agents[1].id, "302".parse().unwrap());
+        let registry = list.agents[1].registry.as_ref().expect("registry kept");
+        assert_eq!(registry.plans, vec![plan()]);
+    }
+}

@@ -17,4 +17,5 @@ mod journal_kill;
 mod python_sdk;
 mod reliability_auth;
 mod reliability_charge;
+mod replicas;
 mod soak;

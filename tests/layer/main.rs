@@ -16,6 +16,8 @@ mod metrics;
 mod pending;
 mod props;
 mod rejections;
+mod replicas;
+mod schemes;
 mod streaming;
 mod token_props;
 mod topup;

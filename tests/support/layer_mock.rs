@@ -71,6 +71,12 @@ pub struct MockBackend {
     pub jwks_down: Mutex<bool>,
     pub is_subscriber: Mutex<bool>,
     pub credits_config: Mutex<PlanCreditsConfig>,
+    /// Plans priced in fiat, with their fiat payment provider (others are crypto).
+    pub fiat_plans: Mutex<HashMap<PlanId, Option<String>>>,
+    /// Plans whose `get plan` answers a connect error.
+    pub unreadable_plans: Mutex<std::collections::HashSet<PlanId>>,
+    /// The `paymentRequired` of the last verify call.
+    pub verified_for: Mutex<Option<PaymentRequired>>,
     pub verify_mode: Mutex<VerifyMode>,
     pub balance_down: Mutex<bool>,
     /// Errors returned by the next charge calls (settle or redeem), front first.
@@ -136,6 +142,9 @@ impl MockBackend {
                 Credits::from(1u64),
                 Credits::from(10u64),
             )),
+            fiat_plans: Mutex::new(HashMap::new()),
+            unreadable_plans: Mutex::new(Default::default()),
+            verified_for: Mutex::new(None),
             verify_mode: Mutex::new(VerifyMode::BySignature),
             balance_down: Mutex::new(false),
             charge_failures: Mutex::new(VecDeque::new()),
@@ -253,12 +262,13 @@ fn decode_payload(token: &AccessToken) -> Option<X402TokenPayload> {
 impl PaymentBackend for MockBackend {
     fn verify<'a>(
         &'a self,
-        _payment_required: &'a PaymentRequired,
+        payment_required: &'a PaymentRequired,
         token: &'a AccessToken,
         max_amount: Option<Credits>,
     ) -> BoxFuture<'a, Result<VerifyResponse, Error>> {
         Box::pin(async move {
             self.verify_calls.fetch_add(1, Ordering::SeqCst);
+            *self.verified_for.lock().unwrap() = Some(payment_required.clone());
             let now = self.verify_in_flight.fetch_add(1, Ordering::SeqCst) + 1;
             self.verify_peak.fetch_max(now, Ordering::SeqCst);
             let _leave = LeaveOnDrop(&self.verify_in_flight);
@@ -419,11 +429,18 @@ impl PaymentBackend for MockBackend {
     fn plan<'a>(&'a self, plan_id: &'a PlanId) -> BoxFuture<'a, Result<Plan, Error>> {
         Box::pin(async move {
             self.plan_calls.fetch_add(1, Ordering::SeqCst);
+            if self.unreadable_plans.lock().unwrap().contains(plan_id) {
+                return Err(connect_refused());
+            }
+            let fiat = self.fiat_plans.lock().unwrap().get(plan_id).cloned();
+            let mut price = serde_json::to_value(get_free_price_config()).unwrap();
+            price["isCrypto"] = serde_json::Value::Bool(fiat.is_none());
             let plan = serde_json::json!({
                 "id": plan_id,
+                "metadata": { "plan": { "fiatPaymentProvider": fiat.flatten() } },
                 "registry": {
-                    "owner": Address::zero(),
-                    "price": get_free_price_config(),
+                    "owner": "0x00000000000000000000000000000000000000b1",
+                    "price": price,
                     "credits": *self.credits_config.lock().unwrap(),
                 }
             });

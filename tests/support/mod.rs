@@ -8,6 +8,7 @@
 //! - [`reliability`]: a devserver with an agent sold through a plan, subscribers who
 //!   ordered it, a layer over it, and the ledger's spends (faults, reliability, soak);
 //! - [`python`]: the venv with the stock Python clients (payments-py, x402, mcp);
+//! - [`redis`]: a `redis-server` of the test's own on a free port, restartable;
 //! - [`temp_dir`]: a temp directory removed on drop (charge journal files);
 //! - [`stub`]: a recording HTTP stub that answers canned JSON (client wire tests);
 //! - [`sink`]: an in-process backend that answers every call at once and counts it,
@@ -19,6 +20,7 @@
 pub mod devserver_world;
 pub mod layer_mock;
 pub mod python;
+pub mod redis;
 pub mod reliability;
 pub mod sink;
 pub mod stub;

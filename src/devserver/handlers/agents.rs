@@ -13,7 +13,7 @@ use crate::devserver::error::{ApiError, JsonBody};
 use crate::devserver::ids::new_tx_hash;
 use crate::devserver::DevServerState;
 use crate::types::{
-    Agent, AgentApiAttributes, AgentList, AgentMetadata, NvmApiResult, Plan, PlanList,
+    Agent, AgentApiAttributes, AgentList, AgentMetadata, ListedAgent, NvmApiResult, Plan, PlanList,
     RegisterAgentAndPlanRequest, RegisterAgentRequest,
 };
 
@@ -109,11 +109,11 @@ pub(crate) async fn list(
 ) -> Json<AgentList> {
     let paging = Paging::from_query(query.as_deref(), 100);
     let ledger = state.ledger();
-    let agents: Vec<Agent> = ledger
+    let agents: Vec<ListedAgent> = ledger
         .registry
         .agents_owned_by(&caller)
         .into_iter()
-        .map(|a| a.to_wire())
+        .map(|a| a.to_wire().into())
         .collect();
     Json(AgentList {
         total: agents.len() as u64,

@@ -14,9 +14,9 @@ use crate::devserver::error::{ApiError, JsonBody};
 use crate::devserver::hex::random_hex;
 use crate::devserver::DevServerState;
 use crate::types::{
-    AgentList, BurnRequest, Credits, FiatPaymentRequest, FiatPaymentResponse, MintExpirableRequest,
-    MintRequest, Plan, PlanBalance, PlanList, RedeemRequest, RegisterPlanRequest,
-    StripeCheckoutResult,
+    AgentList, BurnRequest, Credits, FiatPaymentRequest, FiatPaymentResponse, ListedAgent,
+    MintExpirableRequest, MintRequest, Plan, PlanBalance, PlanList, RedeemRequest,
+    RegisterPlanRequest, StripeCheckoutResult,
 };
 
 pub(crate) async fn register(
@@ -187,11 +187,11 @@ pub(crate) async fn agents(
     let paging = Paging::from_query(query.as_deref(), 10);
     let ledger = state.ledger();
     ledger.registry.plan(&plan)?;
-    let agents: Vec<_> = ledger
+    let agents: Vec<ListedAgent> = ledger
         .registry
         .agents_of_plan(&plan)
         .into_iter()
-        .map(|a| a.to_wire())
+        .map(|a| a.to_wire().into())
         .collect();
     Ok(Json(AgentList {
         total: agents.len() as u64,
