@@ -13,7 +13,7 @@ mod pricing;
 mod reservation;
 
 pub(crate) use ledger::BalanceCache;
-pub(crate) use pricing::{chargeable, PlanCache};
+pub(crate) use pricing::{chargeable, metered_charge, PlanCache};
 pub(crate) use reservation::Reservation;
 
 use crate::rejection::Rejection;

@@ -5,12 +5,10 @@
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine;
 use http::request::Parts;
-use http::{HeaderMap, HeaderValue, Response, StatusCode};
+use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
 
-use super::body::PaymentBody;
+use super::body::{receipt_header, MeteredCharge, PaymentBody, ReceiptAt};
 use super::config::{ChargeTiming, ChargeVia, LayerConfig};
 use super::context::{ChargeOverride, PaymentContext};
 use super::rejection::{into_response, PAYMENT_RESPONSE};
@@ -24,7 +22,7 @@ use crate::balance::{chargeable, BalanceCache, PlanCache, Reservation};
 use crate::credential::{self, Credential, TokenError};
 use crate::metrics::GateMetrics;
 use crate::rejection::Rejection;
-use crate::settle::{Charge, ChargeMethod, PendingCharge, PendingCharges, PendingFull};
+use crate::settle::{Charge, ChargeMethod, Meter, PendingCharge, PendingCharges, PendingFull};
 use crate::types::{Credits, PlanCreditsConfig, PlanId};
 
 /// Routes kept with a prebuilt `PaymentRequired` (paths come from callers: bounded).
@@ -57,6 +55,8 @@ pub(crate) struct Admission {
     method: ChargeMethod,
     /// Admitted while the pending-charge bound was reached: charge before responding.
     charge_now: bool,
+    /// Charged by usage: what the handler counts (the rule is the route's).
+    meter: Option<Meter>,
 }
 
 /// The entry counts of a layer's caches ([`PaymentLayer::cache_sizes`](super::PaymentLayer::cache_sizes)).
@@ -166,7 +166,12 @@ impl Gate {
         let text = tracing::debug_span!("nvm.extract")
             .in_scope(|| credential_text(&parts.headers, &self.config.token_headers))?;
         let key = self.auth.key(text, route.id);
-        let requested = self.config.credits.for_request(parts);
+        // A metered request asks for the most it may cost: its cap, or the plan's
+        // maximum (0 is read as the maximum).
+        let requested = match &route.meter {
+            Some(rule) => rule.cap().unwrap_or(Credits::ZERO),
+            None => self.config.credits.for_request(parts),
+        };
         // Boxed: the rare verification must not weigh on every request's future.
         let (verified, verify_request_id) = match self.auth.cached(&key, text).await {
             Lookup::Hit(verified) => (verified, None),
@@ -182,6 +187,9 @@ impl Gate {
         let caller = verified.caller;
         let plan = self.credits_config(&caller.plan_id).await?;
         let amount = chargeable(&caller.plan_id, &plan, requested)?;
+        // A fixed-credits plan burns its fixed amount whatever is asked: nothing to meter.
+        let meter = (route.meter.is_some() && plan.min_amount != plan.max_amount)
+            .then(Meter::detached);
         let charge_now = self.pending.len() >= self.config.pending_capacity;
         if charge_now && self.config.pending_full == PendingFull::Reject {
             tracing::warn!(
@@ -212,6 +220,7 @@ impl Gate {
                 request_id,
                 amount,
                 reservation.balance_seen(),
+                meter.clone(),
             ),
             route: route.clone(),
             key,
@@ -221,6 +230,7 @@ impl Gate {
             single_use,
             method,
             charge_now,
+            meter,
         })
     }
 
@@ -381,6 +391,8 @@ impl Gate {
                 tracing::debug!("handler waived the charge");
                 return Response::from_parts(parts, PaymentBody::inner(body));
             }
+            // The meter decides a metered request's amount; only a waiver overrides it.
+            Some(_) if admission.meter.is_some() => reserved,
             Some(ChargeOverride(c)) => admission.plan.redemption_amount(c).min(reserved),
         };
         let pending = PendingCharge {
@@ -398,6 +410,16 @@ impl Gate {
             hook: self.config.on_settle.clone(),
             pending: self.pending.clone(),
         };
+        if let (Some(meter), Some(rule)) = (admission.meter, admission_route.meter.clone()) {
+            let receipt_at = self.receipt_at(&mut parts.headers);
+            let mut charge = MeteredCharge::new(pending, meter, rule, admission.plan, receipt_at);
+            if body.is_end_stream() {
+                // Never polled: what the handler metered before its head is all there is.
+                charge.fire("empty body");
+                return Response::from_parts(parts, PaymentBody::inner(body));
+            }
+            return Response::from_parts(parts, PaymentBody::metered(body, charge));
+        }
         let timing = if admission.charge_now {
             ChargeTiming::BeforeResponse
         } else {
@@ -432,6 +454,28 @@ impl Gate {
             ChargeTiming::OnBodyEnd => {
                 Response::from_parts(parts, PaymentBody::charging(body, pending))
             }
+        }
+    }
+}
+
+impl Gate {
+    /// Where a metered response's receipt goes, announcing a trailer in the head.
+    fn receipt_at(&self, headers: &mut HeaderMap) -> ReceiptAt {
+        if !self.config.stream_receipt {
+            return ReceiptAt::Nowhere;
+        }
+        let sse = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim_start().starts_with("text/event-stream"));
+        // The receipt adds bytes or trailers: the length is no longer known.
+        headers.remove(header::CONTENT_LENGTH);
+        if sse {
+            ReceiptAt::SseEvent
+        } else {
+            // hyper sends HTTP/1.1 trailers only when the head announced them.
+            headers.append(header::TRAILER, HeaderValue::from_static("payment-response"));
+            ReceiptAt::Trailer
         }
     }
 }
@@ -474,10 +518,6 @@ fn spent_elsewhere(outcome: &crate::settle::SettleOutcome) -> bool {
                 .is_some_and(|r| r.contains(SPENT)))
 }
 
-fn receipt_header(receipt: &crate::types::SettleResponse) -> Option<HeaderValue> {
-    let json = serde_json::to_vec(receipt).ok()?;
-    HeaderValue::try_from(STANDARD.encode(json)).ok()
-}
 
 #[cfg(test)]
 mod tests {

@@ -18,6 +18,7 @@ use http::{HeaderValue, Method};
 
 use super::config::LayerConfig;
 use crate::client::{build_payment_required, PaymentRequiredOptions};
+use crate::settle::MeterRule;
 use crate::types::PaymentRequired;
 
 /// One protected method + path.
@@ -32,6 +33,8 @@ pub(crate) struct Route {
     pub(crate) header: HeaderValue,
     /// In the table already (or refused by it): nothing more to remember.
     remembered: AtomicBool,
+    /// How requests to it are metered, when they are.
+    pub(crate) meter: Option<MeterRule>,
 }
 
 pub(crate) struct RouteCache {
@@ -109,5 +112,6 @@ fn build(config: &LayerConfig, method: &Method, path: &str, id: u64) -> Route {
         payment_required: Arc::new(payment_required),
         header,
         remembered: AtomicBool::new(false),
+        meter: config.meter_for(method, path),
     }
 }

@@ -24,10 +24,12 @@
 //! ```
 
 mod charge;
+mod meter;
 mod outcome;
 mod pending;
 
 pub use charge::RetryPolicy;
+pub use meter::{Meter, MeterRule};
 pub(crate) use charge::{Charge, ChargeMethod, PendingCharge};
 pub use outcome::{OnSettle, SettleOutcome, SettleStatus};
 pub use pending::{DrainReport, PendingFull};
