@@ -11,6 +11,7 @@ mod attacks;
 mod charge;
 mod concurrency;
 mod devserver;
+mod metering;
 mod metrics;
 mod pending;
 mod props;
