@@ -40,7 +40,9 @@ impl Reservation {
             return;
         }
         let mut s = self.ledger.lock();
-        s.reserved = s.reserved.saturating_sub(self.amount.saturating_sub(amount));
+        s.reserved = s
+            .reserved
+            .saturating_sub(self.amount.saturating_sub(amount));
         self.amount = amount;
     }
 

@@ -211,7 +211,10 @@ where
                 if let Some(handle) = receipt.as_mut() {
                     let outcome = ready!(Pin::new(handle).poll(cx));
                     *receipt = None;
-                    let value = outcome.ok().and_then(|o| o.receipt).and_then(|r| receipt_header(&r));
+                    let value = outcome
+                        .ok()
+                        .and_then(|o| o.receipt)
+                        .and_then(|r| receipt_header(&r));
                     return Poll::Ready(receipt_frame(charge.receipt_at, value, trailers.take()));
                 }
                 if *ended {
@@ -222,7 +225,9 @@ where
                         let last = body.is_end_stream();
                         if last {
                             *ended = true;
-                            *receipt = charge.fire("end").filter(|_| charge.receipt_at != ReceiptAt::Nowhere);
+                            *receipt = charge
+                                .fire("end")
+                                .filter(|_| charge.receipt_at != ReceiptAt::Nowhere);
                         }
                         if charge.receipt_at != ReceiptAt::Nowhere && frame.is_trailers() {
                             *trailers = frame.into_trailers().ok();
@@ -232,7 +237,9 @@ where
                     }
                     None => {
                         *ended = true;
-                        *receipt = charge.fire("end").filter(|_| charge.receipt_at != ReceiptAt::Nowhere);
+                        *receipt = charge
+                            .fire("end")
+                            .filter(|_| charge.receipt_at != ReceiptAt::Nowhere);
                     }
                     Some(Err(err)) => {
                         // The head said success: the units sent so far are charged,

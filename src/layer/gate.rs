@@ -188,8 +188,8 @@ impl Gate {
         let plan = self.credits_config(&caller.plan_id).await?;
         let amount = chargeable(&caller.plan_id, &plan, requested)?;
         // A fixed-credits plan burns its fixed amount whatever is asked: nothing to meter.
-        let meter = (route.meter.is_some() && plan.min_amount != plan.max_amount)
-            .then(Meter::detached);
+        let meter =
+            (route.meter.is_some() && plan.min_amount != plan.max_amount).then(Meter::detached);
         let charge_now = self.pending.len() >= self.config.pending_capacity;
         if charge_now && self.config.pending_full == PendingFull::Reject {
             tracing::warn!(
@@ -474,7 +474,10 @@ impl Gate {
             ReceiptAt::SseEvent
         } else {
             // hyper sends HTTP/1.1 trailers only when the head announced them.
-            headers.append(header::TRAILER, HeaderValue::from_static("payment-response"));
+            headers.append(
+                header::TRAILER,
+                HeaderValue::from_static("payment-response"),
+            );
             ReceiptAt::Trailer
         }
     }
@@ -517,7 +520,6 @@ fn spent_elsewhere(outcome: &crate::settle::SettleOutcome) -> bool {
                 .and_then(|r| r.error_reason.as_deref())
                 .is_some_and(|r| r.contains(SPENT)))
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -161,9 +161,10 @@ impl MeterRule {
     pub fn credits(&self, units: u64) -> Credits {
         let (count, each) = match &self.price {
             Price::PerUnit(each) => (units, *each),
-            Price::PerBlock { units: block, credits } => {
-                (units.div_ceil((*block).max(1)), *credits)
-            }
+            Price::PerBlock {
+                units: block,
+                credits,
+            } => (units.div_ceil((*block).max(1)), *credits),
             Price::Custom(f) => return f(units),
         };
         Credits::from(count)
@@ -203,8 +204,14 @@ mod tests {
     #[test]
     fn rules_price_units_and_saturate() {
         assert_eq!(MeterRule::per_unit(1u64).credits(0), Credits::ZERO);
-        assert_eq!(MeterRule::per_block(3, 2u64).credits(3), Credits::from(2u64));
-        assert_eq!(MeterRule::per_block(3, 2u64).credits(4), Credits::from(4u64));
+        assert_eq!(
+            MeterRule::per_block(3, 2u64).credits(3),
+            Credits::from(2u64)
+        );
+        assert_eq!(
+            MeterRule::per_block(3, 2u64).credits(4),
+            Credits::from(4u64)
+        );
         assert_eq!(MeterRule::per_unit(Credits::MAX).credits(2), Credits::MAX);
         assert!(MeterRule::per_block(0, 1u64).check().is_err());
         assert!(MeterRule::per_unit(1u64).capped_at(0u64).check().is_err());

@@ -29,8 +29,8 @@ mod outcome;
 mod pending;
 
 pub use charge::RetryPolicy;
-pub use meter::{Meter, MeterRule};
 pub(crate) use charge::{Charge, ChargeMethod, PendingCharge};
+pub use meter::{Meter, MeterRule};
 pub use outcome::{OnSettle, SettleOutcome, SettleStatus};
 pub use pending::{DrainReport, PendingFull};
 pub(crate) use pending::{InFlight, PendingCharges};

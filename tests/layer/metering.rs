@@ -21,9 +21,9 @@ use nvm_payments::types::{
     AgentApiAttributes, AgentMetadata, Endpoint, PlanCreditsConfig, PlanMetadata,
 };
 use nvm_payments::{
-    get_dynamic_credits_config, get_fixed_credits_config, get_free_price_config, AgentId,
-    Credits, MeterRule, PaymentContext, PaymentLayer, Payments, PlanId, RetryPolicy,
-    SettleOutcome, SettleStatus,
+    get_dynamic_credits_config, get_fixed_credits_config, get_free_price_config, AgentId, Credits,
+    MeterRule, PaymentContext, PaymentLayer, Payments, PlanId, RetryPolicy, SettleOutcome,
+    SettleStatus,
 };
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tower::ServiceExt;
@@ -154,11 +154,7 @@ async fn stream_words(
         finished,
     });
     let (tx, rx) = mpsc::unbounded_channel::<String>();
-    let words: Vec<String> = body
-        .prompt
-        .split_whitespace()
-        .map(str::to_owned)
-        .collect();
+    let words: Vec<String> = body.prompt.split_whitespace().map(str::to_owned).collect();
     tokio::spawn(async move {
         for word in words {
             permits.acquire().await.unwrap().forget();
@@ -231,7 +227,10 @@ async fn a_seven_word_stream_is_charged_seven() {
     let w = dynamic(100).await;
     let (hook, mut settled) = outcomes();
     let (app, _streams) = app(w.layer().on_settle(hook).build().unwrap(), 1_000);
-    let response = app.oneshot(stream_request(&w.x402().await, 7)).await.unwrap();
+    let response = app
+        .oneshot(stream_request(&w.x402().await, 7))
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200);
     assert!(
         !response.headers().contains_key("payment-response"),
@@ -298,13 +297,29 @@ async fn concurrent_metered_streams_never_spend_more_than_the_balance() {
     let (hook, mut settled) = outcomes();
     let (app, mut streams) = app(w.layer().on_settle(hook).build().unwrap(), 0);
     let token = w.x402().await;
-    let a = app.clone().oneshot(stream_request(&token, 5)).await.unwrap();
+    let a = app
+        .clone()
+        .oneshot(stream_request(&token, 5))
+        .await
+        .unwrap();
     let a_producer = streams.recv().await.unwrap();
-    let b = app.clone().oneshot(stream_request(&token, 30)).await.unwrap();
+    let b = app
+        .clone()
+        .oneshot(stream_request(&token, 30))
+        .await
+        .unwrap();
     let b_producer = streams.recv().await.unwrap();
-    let refused = app.clone().oneshot(stream_request(&token, 1)).await.unwrap();
+    let refused = app
+        .clone()
+        .oneshot(stream_request(&token, 1))
+        .await
+        .unwrap();
     assert_eq!(
-        (a.status().as_u16(), b.status().as_u16(), refused.status().as_u16()),
+        (
+            a.status().as_u16(),
+            b.status().as_u16(),
+            refused.status().as_u16()
+        ),
         (200, 200, 402)
     );
 
@@ -315,10 +330,22 @@ async fn concurrent_metered_streams_never_spend_more_than_the_balance() {
         .set(Fault::new("/api/v1/x402/settle").latency_ms(300).times(1));
     a_producer.permits.add_permits(5);
     assert_eq!(body_text(a).await.matches("data: ").count(), 5);
-    let c_stream = app.clone().oneshot(stream_request(&token, 30)).await.unwrap();
-    assert_eq!(c_stream.status(), 200, "admitted on the released reservation");
+    let c_stream = app
+        .clone()
+        .oneshot(stream_request(&token, 30))
+        .await
+        .unwrap();
+    assert_eq!(
+        c_stream.status(),
+        200,
+        "admitted on the released reservation"
+    );
     let c_producer = streams.recv().await.unwrap();
-    let refused = app.clone().oneshot(stream_request(&token, 1)).await.unwrap();
+    let refused = app
+        .clone()
+        .oneshot(stream_request(&token, 1))
+        .await
+        .unwrap();
     assert_eq!(refused.status(), 402, "5 + 20 + 20 held: 5 left");
 
     b_producer.permits.add_permits(1_000);
@@ -346,7 +373,10 @@ async fn a_lost_settle_reply_of_a_metered_stream_is_retried_and_spent_once() {
             .after_handler()
             .times(1),
     );
-    let response = app.oneshot(stream_request(&w.x402().await, 7)).await.unwrap();
+    let response = app
+        .oneshot(stream_request(&w.x402().await, 7))
+        .await
+        .unwrap();
     body_text(response).await;
     let outcome = settled.recv().await.unwrap();
     assert!(outcome.is_settled(), "{outcome:?}");
@@ -364,7 +394,10 @@ async fn the_receipt_ends_an_sse_stream_as_a_payment_response_event() {
     let w = dynamic(100).await;
     let layer = w.layer().receipt_at_stream_end().build().unwrap();
     let (app, _streams) = app(layer, 1_000);
-    let response = app.oneshot(stream_request(&w.x402().await, 7)).await.unwrap();
+    let response = app
+        .oneshot(stream_request(&w.x402().await, 7))
+        .await
+        .unwrap();
     let text = body_text(response).await;
     let (events, receipt) = text
         .split_once("event: payment-response\ndata: ")
@@ -393,12 +426,11 @@ async fn the_receipt_of_a_stream_that_is_not_sse_is_an_http_trailer() {
             "/text",
             post(|payment: PaymentContext| async move {
                 let meter = payment.meter();
-                let chunks = stream::iter(["one ", "two ", "three ", "four ", "five"]).map(
-                    move |chunk| {
+                let chunks =
+                    stream::iter(["one ", "two ", "three ", "four ", "five"]).map(move |chunk| {
                         meter.add(1);
                         Ok::<_, std::convert::Infallible>(chunk)
-                    },
-                );
+                    });
                 Body::from_stream(chunks)
             }),
         )
@@ -417,7 +449,11 @@ async fn the_receipt_of_a_stream_that_is_not_sse_is_an_http_trailer() {
         .decode(trailers["payment-response"].as_bytes())
         .unwrap();
     let receipt: nvm_payments::types::SettleResponse = serde_json::from_slice(&json).unwrap();
-    assert_eq!(receipt.credits_redeemed, Some(c(2)), "5 units: 2 blocks of 4");
+    assert_eq!(
+        receipt.credits_redeemed,
+        Some(c(2)),
+        "5 units: 2 blocks of 4"
+    );
 }
 
 #[tokio::test]
