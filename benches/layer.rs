@@ -286,7 +286,9 @@ fn stream_handler() -> impl Service<
         let frames: Vec<_> = (0..1_000)
             .map(|_| {
                 meter.add(1);
-                Ok(http_body::Frame::data(Bytes::from_static(b"data: token\n\n")))
+                Ok(http_body::Frame::data(Bytes::from_static(
+                    b"data: token\n\n",
+                )))
             })
             .collect();
         Ok::<_, Infallible>(Response::new(http_body_util::StreamBody::new(
