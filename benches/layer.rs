@@ -12,6 +12,11 @@
 //!   `x402_metrics` is `x402` through a layer built with a Prometheus recorder current
 //!   (the `metrics` feature; its handles are registered at build time), against `x402`
 //!   of the same run, whose layer found no recorder.
+//! - `meter/add`: one `Meter::add` (an atomic add).
+//! - `stream/unmetered_1000` and `stream/metered_1000`: a response of 1 000 SSE events
+//!   through the layer, charged at the body's end (`ChargeTiming::OnBodyEnd`) or by
+//!   its meter (`meter_route`, 1 credit per event, `Meter::add` per event); the
+//!   summary prints the ratio.
 //! - `cold_path/first_request`: the first request of a new token and holder
 //!   (decode, verify, balance fetch against the sink, charge).
 //! - `cold_path/coalesce_32`: 32 concurrent first requests with one new token; the
@@ -30,7 +35,7 @@ use criterion::{criterion_group, Criterion};
 use futures_util::future::join_all;
 use http::{HeaderValue, Request, Response};
 use http_body_util::{BodyExt, Full};
-use nvm_payments::{Environment, PaymentLayer};
+use nvm_payments::{ChargeTiming, Environment, Meter, MeterRule, PaymentContext, PaymentLayer};
 use tower::{Layer, Service, ServiceExt};
 
 #[path = "../tests/support/sink.rs"]
@@ -260,6 +265,73 @@ fn cold_path(c: &mut Criterion) {
     group.finish();
 }
 
+type Events = http_body_util::StreamBody<
+    futures_util::stream::Iter<std::vec::IntoIter<Result<http_body::Frame<Bytes>, Infallible>>>,
+>;
+
+/// 1 000 SSE events; each counted on the request's meter as it is produced.
+fn stream_handler() -> impl Service<
+    Request<Body>,
+    Response = Response<Events>,
+    Error = Infallible,
+    Future = impl Send + 'static,
+> + Clone
+       + Send
+       + 'static {
+    tower::service_fn(|request: Request<Body>| async move {
+        let meter = request
+            .extensions()
+            .get::<PaymentContext>()
+            .map_or_else(Meter::detached, PaymentContext::meter);
+        let frames: Vec<_> = (0..1_000)
+            .map(|_| {
+                meter.add(1);
+                Ok(http_body::Frame::data(Bytes::from_static(
+                    b"data: token\n\n",
+                )))
+            })
+            .collect();
+        Ok::<_, Infallible>(Response::new(http_body_util::StreamBody::new(
+            futures_util::stream::iter(frames),
+        )))
+    })
+}
+
+fn streams(c: &mut Criterion) {
+    let mut group = c.benchmark_group("meter");
+    let meter = Meter::detached();
+    group.bench_function("add", |b| b.iter(|| meter.add(black_box(1))));
+    group.finish();
+
+    let mut group = c.benchmark_group("stream");
+    let rt = current_thread();
+    let base = || {
+        PaymentLayer::builder_with_backend(Sink::new(), Environment::Custom)
+            .plan_id(plan())
+            .agent_id(agent())
+    };
+    let unmetered = base()
+        .charge_timing(ChargeTiming::OnBodyEnd)
+        .build()
+        .unwrap()
+        .layer(stream_handler());
+    let metered = base()
+        .meter_route(http::Method::POST, "/ask", MeterRule::per_unit(1u64))
+        .build()
+        .unwrap()
+        .layer(stream_handler());
+    let x402 = Credential::x402(3);
+    rt.block_on(send(&mut unmetered.clone(), x402.request()));
+    rt.block_on(send(&mut metered.clone(), x402.request()));
+    group.bench_function("unmetered_1000", |b| {
+        b.iter_custom(|n| rt.block_on(drive(unmetered.clone(), x402.clone(), n)))
+    });
+    group.bench_function("metered_1000", |b| {
+        b.iter_custom(|n| rt.block_on(drive(metered.clone(), x402.clone(), n)))
+    });
+    group.finish();
+}
+
 fn config() -> Criterion {
     Criterion::default()
         .warm_up_time(Duration::from_secs(1))
@@ -270,7 +342,7 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = hot_path, cold_path
+    targets = hot_path, cold_path, streams
 }
 
 fn main() {
@@ -336,6 +408,18 @@ fn summary(since: SystemTime) {
                 g / b
             );
         }
+    }
+    if let (Some(u), Some(m)) = (
+        criterion_mean_ns("stream", "unmetered_1000", since),
+        criterion_mean_ns("stream", "metered_1000", since),
+    ) {
+        println!(
+            "  stream of 1 000 events: metered {m:.0} ns vs unmetered {u:.0} ns: ratio {:.3}x",
+            m / u
+        );
+    }
+    if let Some(add) = criterion_mean_ns("meter", "add", since) {
+        println!("  meter/add: {add:.2} ns per call");
     }
     let cold = criterion_mean_ns("cold_path", "first_request", since);
     let batch = criterion_mean_ns("cold_path", "coalesce_32", since);

@@ -1,5 +1,6 @@
-//! The agent a builder deploys: `POST /ask` (JSON in, JSON out) behind
-//! [`PaymentLayer`], `GET /health` open, graceful shutdown that drains charges.
+//! The agent a builder deploys: `POST /ask` (JSON in, JSON out) and `POST /stream`
+//! (server-sent events, charged by usage) behind [`PaymentLayer`], `GET /health` open,
+//! graceful shutdown that drains charges.
 //!
 //! Configuration, all from the environment:
 //!
@@ -32,12 +33,16 @@ use std::error::Error;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use axum::response::sse::{Event, Sse};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use futures_util::stream::{self, Stream, StreamExt};
+use http::Method;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use nvm_payments::settle::{SettleOutcome, SettleStatus};
 use nvm_payments::{
-    AgentId, ChargeTiming, PaymentContext, PaymentLayer, PaymentOptions, Payments, PlanId,
+    AgentId, ChargeTiming, MeterRule, PaymentContext, PaymentLayer, PaymentOptions, Payments,
+    PlanId,
 };
 use serde_json::{json, Value};
 
@@ -61,6 +66,27 @@ async fn ask(payment: PaymentContext, Json(body): Json<Value>) -> Json<Value> {
         "answer": format!("You asked: {question}"),
         "requestId": payment.request_id(),
         "creditsCharged": payment.credits().to_string(),
+    }))
+}
+
+/// `POST /stream` `{"prompt": "..."}`: one `data:` event per word of the prompt, one
+/// every 50 ms (a stand-in for a model's tokens), each metered as it is produced; the
+/// layer charges 1 credit per event when the stream ends or the client hangs up, and
+/// sends the receipt as a last `payment-response` event.
+async fn stream_words(
+    payment: PaymentContext,
+    Json(body): Json<Value>,
+) -> Sse<impl Stream<Item = Result<Event, std::convert::Infallible>>> {
+    let prompt = body.get("prompt").and_then(Value::as_str).unwrap_or("");
+    let words: Vec<String> = prompt.split_whitespace().map(str::to_owned).collect();
+    let meter = payment.meter();
+    Sse::new(stream::iter(words).then(move |word| {
+        let meter = meter.clone();
+        async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            meter.add(1);
+            Ok(Event::default().data(word))
+        }
     }))
 }
 
@@ -124,6 +150,8 @@ async fn run() -> Result<(), Box<dyn Error>> {
         .plan_ids(plans)
         .agent_id(agent)
         .credits(credits)
+        .meter_route(Method::POST, "/stream", MeterRule::per_unit(1u64))
+        .receipt_at_stream_end()
         .charge_timing(timing);
     if let Ok(path) = std::env::var("NVM_CHARGE_JOURNAL") {
         builder = builder.charge_journal(path);
@@ -140,6 +168,7 @@ async fn run() -> Result<(), Box<dyn Error>> {
 
     let charges = payment.clone();
     let app = Router::new()
+        .route("/stream", post(stream_words).layer(payment.clone()))
         .route("/ask", post(ask).layer(payment))
         .route("/health", get(health));
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;

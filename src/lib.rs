@@ -25,7 +25,9 @@ pub use layer::{
     BackendUnavailable, Caller, ChargeOverride, ChargeTiming, ChargeVia, ConfigError,
     PaymentContext, PaymentLayer, PaymentLayerBuilder, RejectionKind,
 };
-pub use settle::{DrainReport, OnSettle, PendingFull, RetryPolicy, SettleOutcome, SettleStatus};
+pub use settle::{
+    DrainReport, Meter, MeterRule, OnSettle, PendingFull, RetryPolicy, SettleOutcome, SettleStatus,
+};
 pub use types::{
     get_dynamic_credits_config, get_erc20_price_config, get_expirable_duration_config,
     get_fiat_price_config, get_fixed_credits_config, get_free_price_config,

@@ -22,7 +22,7 @@ pub(crate) use lease::LeaseStore;
 #[cfg(feature = "redis")]
 pub(crate) use lease::{Fetched, LeaseAnswer, LeaseRequest, LeaseStatus};
 pub(crate) use ledger::BalanceCache;
-pub(crate) use pricing::{chargeable, PlanCache, PricedPlan};
+pub(crate) use pricing::{chargeable, metered_charge, PlanCache, PricedPlan};
 pub(crate) use reservation::Reservation;
 
 use crate::rejection::Rejection;

@@ -197,3 +197,35 @@ pub(crate) fn chargeable(
     }
     Ok(amount)
 }
+
+/// What a metered request is charged: the meter's credits clamped to the plan's minimum
+/// and maximum per request, and never above what was reserved for it. Zero only when
+/// the plan's minimum is zero and nothing was metered (then nothing is charged: settle
+/// would read 0 as the plan's maximum).
+pub(crate) fn metered_charge(
+    plan: &PlanCreditsConfig,
+    metered: Credits,
+    reserved: Credits,
+) -> Credits {
+    metered
+        .clamp_to(plan.min_amount, plan.max_amount)
+        .min(reserved)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::get_dynamic_credits_config;
+
+    #[test]
+    fn a_metered_charge_is_clamped_by_the_plan_and_the_reservation() {
+        let c = Credits::from;
+        let plan = get_dynamic_credits_config(c(100u64), c(1u64), c(20u64));
+        assert_eq!(metered_charge(&plan, c(7u64), c(20u64)), c(7u64));
+        assert_eq!(metered_charge(&plan, c(40u64), c(20u64)), c(20u64));
+        assert_eq!(metered_charge(&plan, Credits::ZERO, c(20u64)), c(1u64));
+        assert_eq!(metered_charge(&plan, c(9u64), c(5u64)), c(5u64));
+        let free_min = get_dynamic_credits_config(c(100u64), Credits::ZERO, c(20u64));
+        assert!(metered_charge(&free_min, Credits::ZERO, c(20u64)).is_zero());
+    }
+}

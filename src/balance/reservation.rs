@@ -33,6 +33,19 @@ impl Reservation {
         self.balance_seen
     }
 
+    /// Gives back at once what is held beyond `amount` (a metered request whose charge
+    /// is now known): other requests of the payer may use it while the charge is sent.
+    pub(crate) fn shrink_to(&mut self, amount: Credits) {
+        if amount >= self.amount {
+            return;
+        }
+        let mut s = self.ledger.lock();
+        s.reserved = s
+            .reserved
+            .saturating_sub(self.amount.saturating_sub(amount));
+        self.amount = amount;
+    }
+
     /// The charge burned `burned`; `refetch` asks for a fresh balance next time.
     pub(crate) fn commit(mut self, burned: Credits, refetch: bool) {
         self.armed = false;

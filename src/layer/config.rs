@@ -6,13 +6,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::request::Parts;
-use http::{HeaderName, StatusCode};
+use http::{HeaderName, Method, StatusCode};
 
 use super::PaymentLayer;
 use crate::backend::PaymentBackend;
 use crate::client::Environment;
 use crate::credential;
-use crate::settle::{ChargeJournal, JournalOpenError, OnSettle, PendingFull, RetryPolicy};
+use crate::settle::{
+    ChargeJournal, JournalOpenError, MeterRule, OnSettle, PendingFull, RetryPolicy,
+};
 use crate::types::{AgentId, Credits, PlanId};
 use crate::Payments;
 
@@ -154,6 +156,24 @@ pub(crate) struct LayerConfig {
     pub(crate) journal_replay: Duration,
     /// Opened by `build()`.
     pub(crate) journal: Option<Arc<ChargeJournal>>,
+    /// The meter rule of every route without one of its own.
+    pub(crate) meter: Option<MeterRule>,
+    /// Routes metered with their own rule: `(method, path, rule)`.
+    pub(crate) metered_routes: Vec<(Method, String, MeterRule)>,
+    /// Metered streams end with their receipt (SSE event or HTTP trailer).
+    pub(crate) stream_receipt: bool,
+}
+
+impl LayerConfig {
+    /// The meter rule of `method` + `path`, if requests to it are metered.
+    pub(crate) fn meter_for(&self, method: &Method, path: &str) -> Option<MeterRule> {
+        self.metered_routes
+            .iter()
+            .find(|(m, p, _)| m == method && p == path)
+            .map(|(_, _, rule)| rule)
+            .or(self.meter.as_ref())
+            .cloned()
+    }
 }
 
 /// Builds a [`PaymentLayer`]; start from [`PaymentLayer::builder`].
@@ -213,6 +233,9 @@ impl PaymentLayerBuilder {
                 journal_path: None,
                 journal_replay: crate::settle::DEFAULT_REPLAY_INTERVAL,
                 journal: None,
+                meter: None,
+                metered_routes: Vec::new(),
+                stream_receipt: false,
             },
         }
     }
@@ -468,6 +491,48 @@ impl PaymentLayerBuilder {
         self
     }
 
+    /// Charge every request by usage: the handler counts units on
+    /// [`PaymentContext::meter`](super::PaymentContext::meter) while it streams, and
+    /// `rule` turns them into credits. See "Metered streams" in the [layer
+    /// docs](super#metered-streams): the cap is reserved, the body is charged at its end
+    /// (or when the client goes away) whatever [`ChargeTiming`] says, clamped to the
+    /// plan's minimum and maximum. `credits`/`credits_fn` do not apply to metered
+    /// requests; on a fixed-credits plan the meter is ignored.
+    pub fn meter(mut self, rule: MeterRule) -> Self {
+        self.config.meter = Some(rule);
+        self
+    }
+
+    /// Charge requests to `method` + `path` (exact match) by usage with `rule`; other
+    /// routes keep the per-request credits (or the [`meter`](Self::meter) rule).
+    ///
+    /// ```
+    /// use http::Method;
+    /// use nvm_payments::{MeterRule, PaymentLayer, PaymentOptions, Payments};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let key = "local:eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIweDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDEifQ.c2ln";
+    /// # let payments = Payments::new(PaymentOptions::new(key).backend_url("http://127.0.0.1:3001"))?;
+    /// let layer = PaymentLayer::builder(payments)
+    ///     .plan_id("42".parse()?)
+    ///     .meter_route(Method::POST, "/stream", MeterRule::per_unit(1u64))
+    ///     .build()?;
+    /// # let _ = layer; Ok(()) }
+    /// ```
+    pub fn meter_route(mut self, method: Method, path: impl Into<String>, rule: MeterRule) -> Self {
+        self.config.metered_routes.push((method, path.into(), rule));
+        self
+    }
+
+    /// End each metered stream with its receipt, the `payment-response` value that
+    /// cannot go in the head of a stream: a last SSE event named `payment-response`
+    /// for `text/event-stream` responses, an HTTP trailer `payment-response` for the
+    /// others (HTTP/2, and HTTP/1.1 when the request sent `TE: trailers`). The body's
+    /// end then waits for the charge. Off by default.
+    pub fn receipt_at_stream_end(mut self) -> Self {
+        self.config.stream_receipt = true;
+        self
+    }
+
     /// Checks the configuration and builds the layer.
     pub fn build(mut self) -> Result<PaymentLayer, ConfigError> {
         self.check()?;
@@ -526,6 +591,13 @@ impl PaymentLayerBuilder {
                 "when_backend_unavailable",
                 "max_age must be greater than zero",
             ));
+        }
+        for rule in c
+            .meter
+            .iter()
+            .chain(c.metered_routes.iter().map(|(_, _, rule)| rule))
+        {
+            rule.check().map_err(|reason| bad("meter", reason))?;
         }
         if c.pending_capacity == 0 {
             return Err(bad("pending_charges", "capacity must be greater than zero"));

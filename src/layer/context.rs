@@ -5,6 +5,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::auth::Caller;
+use crate::settle::Meter;
 use crate::types::{Address, AgentId, Credits, PlanId};
 
 /// The paid request, in the request extensions of every request the layer admits.
@@ -22,6 +23,8 @@ struct ContextInner {
     request_id: String,
     credits: Credits,
     balance_seen: Credits,
+    /// Present when the layer charges this request by usage.
+    meter: Option<Meter>,
 }
 
 impl PaymentContext {
@@ -30,6 +33,7 @@ impl PaymentContext {
         request_id: String,
         credits: Credits,
         balance_seen: Credits,
+        meter: Option<Meter>,
     ) -> Self {
         PaymentContext {
             inner: Arc::new(ContextInner {
@@ -37,6 +41,7 @@ impl PaymentContext {
                 request_id,
                 credits,
                 balance_seen,
+                meter,
             }),
         }
     }
@@ -77,6 +82,25 @@ impl PaymentContext {
     pub fn caller(&self) -> &Caller {
         &self.inner.caller
     }
+
+    /// The meter of this request: count the units produced with
+    /// [`Meter::add`](crate::Meter::add) (clone it into the streaming task) and the layer
+    /// charges them when the body ends or the client goes away, by the route's
+    /// [`MeterRule`](crate::MeterRule).
+    ///
+    /// On a request that is not metered (no rule for its route, or a fixed-credits plan,
+    /// whose backend burns the fixed amount whatever is asked) it is a
+    /// [detached](crate::Meter::detached) meter nobody reads: see
+    /// [`is_metered`](Self::is_metered).
+    pub fn meter(&self) -> Meter {
+        self.inner.meter.clone().unwrap_or_else(Meter::detached)
+    }
+
+    /// Whether this request is charged by its meter. When it is,
+    /// [`credits`](Self::credits) is the most it can be charged (the reservation).
+    pub fn is_metered(&self) -> bool {
+        self.inner.meter.is_some()
+    }
 }
 
 impl fmt::Debug for PaymentContext {
@@ -88,6 +112,7 @@ impl fmt::Debug for PaymentContext {
             .field("request_id", &self.request_id())
             .field("credits", &self.credits())
             .field("balance_seen", &self.balance_seen())
+            .field("meter", &self.inner.meter)
             .finish()
     }
 }

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::request::Parts;
-use http::{HeaderMap, Response, StatusCode};
+use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
 
-use super::body::PaymentBody;
+use super::body::{MeteredCharge, PaymentBody, ReceiptAt};
 use super::config::{ChargeTiming, ChargeVia, LayerConfig};
 use super::context::{ChargeOverride, PaymentContext};
 use super::receipt::receipt_header;
@@ -24,7 +24,8 @@ use crate::credential::{self, Credential, TokenError};
 use crate::metrics::GateMetrics;
 use crate::rejection::Rejection;
 use crate::settle::{
-    Charge, ChargeJournal, ChargeMethod, PendingCharge, PendingCharges, PendingFull, ReplayContext,
+    Charge, ChargeJournal, ChargeMethod, Meter, PendingCharge, PendingCharges, PendingFull,
+    ReplayContext,
 };
 use crate::types::{Credits, PlanCreditsConfig, PlanId};
 
@@ -60,6 +61,8 @@ pub(crate) struct Admission {
     method: ChargeMethod,
     /// Admitted while the pending-charge bound was reached: charge before responding.
     charge_now: bool,
+    /// Charged by usage: what the handler counts (the rule is the route's).
+    meter: Option<Meter>,
 }
 
 /// The entry counts of a layer's caches ([`PaymentLayer::cache_sizes`](super::PaymentLayer::cache_sizes)).
@@ -207,7 +210,12 @@ impl Gate {
         let text = tracing::debug_span!("nvm.extract")
             .in_scope(|| credential_text(&parts.headers, &self.config.token_headers))?;
         let key = self.auth.key(text, route.id);
-        let requested = self.config.credits.for_request(parts);
+        // A metered request asks for the most it may cost: its cap, or the plan's
+        // maximum (0 is read as the maximum).
+        let requested = match &route.meter {
+            Some(rule) => rule.cap().unwrap_or(Credits::ZERO),
+            None => self.config.credits.for_request(parts),
+        };
         // Boxed: the rare verification must not weigh on every request's future.
         let (verified, verify_request_id) = match self.auth.cached(&key, text).await {
             Lookup::Hit(verified) => (verified, None),
@@ -223,6 +231,9 @@ impl Gate {
         let caller = verified.caller;
         let plan = self.credits_config(&caller.plan_id).await?;
         let amount = chargeable(&caller.plan_id, &plan, requested)?;
+        // A fixed-credits plan burns its fixed amount whatever is asked: nothing to meter.
+        let meter =
+            (route.meter.is_some() && plan.min_amount != plan.max_amount).then(Meter::detached);
         let charge_now = self.pending.len() >= self.config.pending_capacity;
         if charge_now && self.config.pending_full == PendingFull::Reject {
             tracing::warn!(
@@ -253,6 +264,7 @@ impl Gate {
                 request_id,
                 amount,
                 reservation.balance_seen(),
+                meter.clone(),
             ),
             route: route.clone(),
             key,
@@ -262,6 +274,7 @@ impl Gate {
             single_use,
             method,
             charge_now,
+            meter,
         })
     }
 
@@ -419,6 +432,8 @@ impl Gate {
                 tracing::debug!("handler waived the charge");
                 return Response::from_parts(parts, PaymentBody::inner(body));
             }
+            // The meter decides a metered request's amount; only a waiver overrides it.
+            Some(_) if admission.meter.is_some() => reserved,
             Some(ChargeOverride(c)) => admission.plan.redemption_amount(c).min(reserved),
         };
         let mut pending = PendingCharge {
@@ -437,6 +452,16 @@ impl Gate {
             pending: self.pending.clone(),
             journal: None,
         };
+        if let (Some(meter), Some(rule)) = (admission.meter, admission_route.meter.clone()) {
+            let receipt_at = self.receipt_at(&mut parts.headers);
+            let mut charge = MeteredCharge::new(pending, meter, rule, admission.plan, receipt_at);
+            if body.is_end_stream() {
+                // Never polled: what the handler metered before its head is all there is.
+                charge.fire("empty body");
+                return Response::from_parts(parts, PaymentBody::inner(body));
+            }
+            return Response::from_parts(parts, PaymentBody::metered(body, charge));
+        }
         let mut timing = if admission.charge_now {
             ChargeTiming::BeforeResponse
         } else {
@@ -484,6 +509,31 @@ impl Gate {
             ChargeTiming::OnBodyEnd => {
                 Response::from_parts(parts, PaymentBody::charging(body, pending))
             }
+        }
+    }
+}
+
+impl Gate {
+    /// Where a metered response's receipt goes, announcing a trailer in the head.
+    fn receipt_at(&self, headers: &mut HeaderMap) -> ReceiptAt {
+        if !self.config.stream_receipt {
+            return ReceiptAt::Nowhere;
+        }
+        let sse = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim_start().starts_with("text/event-stream"));
+        // The receipt adds bytes or trailers: the length is no longer known.
+        headers.remove(header::CONTENT_LENGTH);
+        if sse {
+            ReceiptAt::SseEvent
+        } else {
+            // hyper sends HTTP/1.1 trailers only when the head announced them.
+            headers.append(
+                header::TRAILER,
+                HeaderValue::from_static("payment-response"),
+            );
+            ReceiptAt::Trailer
         }
     }
 }

@@ -47,6 +47,39 @@
 //!   through unbuffered). A client that goes away before the end is **not** charged.
 //! - `Background`: on a task spawned as soon as the response head is ready.
 //!
+//! # Metered streams
+//!
+//! A route with a [`MeterRule`](crate::MeterRule) (`PaymentLayerBuilder::meter` or
+//! `meter_route`) is charged by usage. At admission the layer reserves the most the
+//! request may cost: the rule's cap, or the plan's maximum per request. The handler
+//! counts units on [`PaymentContext::meter`] as it produces them (one atomic add), and
+//! the body streams through unbuffered. When the body ends the layer charges what the
+//! meter reached, priced by the rule and clamped to the plan's minimum and maximum and
+//! to the reservation; the rest of the reservation is released at once, before the
+//! charge is sent. Whatever [`ChargeTiming`] says:
+//!
+//! - a client that goes away mid-stream is charged for what was metered until then
+//!   (unmetered `OnBodyEnd` streams are not charged at all); units added afterwards
+//!   are not charged ([`Meter::is_closed`](crate::Meter::is_closed) tells the producer);
+//! - a body that ends in an error is charged what was metered: its head passed the
+//!   success rule (`success_when`), and the units were sent;
+//! - nothing metered on a plan whose minimum is 0 charges nothing (settle would read 0
+//!   as the maximum); otherwise the plan's minimum is the least charged;
+//! - on a fixed-credits plan (min == max) the meter is ignored and the request is
+//!   charged like an unmetered one: the backend burns the fixed amount whatever is asked;
+//! - a [`ChargeOverride`] other than `ChargeOverride(Credits::ZERO)` (which waives the
+//!   charge) is ignored: the meter decides.
+//!
+//! The receipt cannot go in the head of a stream. With `receipt_at_stream_end` the
+//! stream ends with it (the end then waits for the charge): `text/event-stream`
+//! responses get a last event `event: payment-response` whose data is the header's
+//! value (base64 of the settle JSON), which browsers' `EventSource`
+//! (`addEventListener("payment-response", …)`) and any SSE parser read; other responses
+//! get an HTTP trailer `payment-response` (announced by `Trailer:`), sent over HTTP/2
+//! and, by hyper, over HTTP/1.1 only to requests with `TE: trailers`; hyper and
+//! `http-body` based clients read it, browsers' `fetch` and reqwest do not. No official
+//! Nevermined SDK reads either today: they read the `payment-response` header only.
+//!
 //! Every charge ends in one [`SettleOutcome`](crate::settle::SettleOutcome)
 //! (settled, failed, unknown), logged and given to the `on_settle` hook.
 //!

@@ -25,6 +25,7 @@ use crate::types::{Credits, PaymentRequired, PaymentResource, PaymentScheme};
 /// `maxTimeoutSeconds` of the header: how long a payment stays usable for one request.
 /// The charge is settled after the handler, so this bounds handler plus settle.
 const MAX_TIMEOUT_SECONDS: u64 = 300;
+use crate::settle::MeterRule;
 
 /// One protected method + path.
 #[derive(Debug)]
@@ -39,6 +40,8 @@ pub(crate) struct Route {
     /// In the table already (or refused by it, or built while a plan could not be
     /// read, so with guessed terms): nothing more to remember.
     remembered: AtomicBool,
+    /// How requests to it are metered, when they are.
+    pub(crate) meter: Option<MeterRule>,
 }
 
 pub(crate) struct RouteCache {
@@ -145,6 +148,7 @@ pub(crate) fn build(
         payment_required: Arc::new(payment_required),
         header,
         remembered: AtomicBool::new(provisional),
+        meter: config.meter_for(method, path),
     }
 }
 

@@ -219,6 +219,13 @@ pub(crate) struct PendingCharge {
 }
 
 impl PendingCharge {
+    /// Sets the amount once it is known (a metered request, at its body's end) and
+    /// gives back at once the part of the reservation it does not use.
+    pub(crate) fn charge_credits(&mut self, credits: Credits) {
+        self.reservation.shrink_to(credits);
+        self.charge.credits = credits;
+    }
+
     /// Registers the charge among those in flight: it is about to be sent.
     fn start(mut self) -> (Self, InFlight) {
         let in_flight = self.pending.enter(&self.charge.request_id);

@@ -30,6 +30,7 @@
 
 mod charge;
 mod journal;
+mod meter;
 mod outcome;
 mod pending;
 
@@ -39,6 +40,7 @@ pub use journal::JournalStats;
 pub(crate) use journal::{
     ChargeJournal, OpenError as JournalOpenError, ReplayContext, DEFAULT_REPLAY_INTERVAL,
 };
+pub use meter::{Meter, MeterRule};
 pub use outcome::{OnSettle, SettleOutcome, SettleStatus};
 pub use pending::{DrainReport, PendingFull};
 pub(crate) use pending::{InFlight, PendingCharges};

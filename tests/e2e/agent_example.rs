@@ -9,10 +9,10 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use nvm_payments::devserver::{DevServer, Fault};
-use nvm_payments::types::{AgentApiAttributes, AgentMetadata, PlanMetadata};
+use nvm_payments::types::{AgentApiAttributes, AgentMetadata, PlanCreditsConfig, PlanMetadata};
 use nvm_payments::{
-    get_fixed_credits_config, get_native_token_price_config, AgentId, ApiKey, Credits, Endpoint,
-    Payments, PlanId,
+    get_dynamic_credits_config, get_fixed_credits_config, get_native_token_price_config, AgentId,
+    ApiKey, Credits, Endpoint, Payments, PlanId,
 };
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 
@@ -45,6 +45,15 @@ pub(crate) struct World {
 }
 
 pub(crate) async fn world(server: &DevServer) -> World {
+    world_with(
+        server,
+        get_fixed_credits_config(Credits::from(100u64), Credits::from(1u64)),
+    )
+    .await
+}
+
+/// The same with the plan's credits config given.
+pub(crate) async fn world_with(server: &DevServer, credits: PlanCreditsConfig) -> World {
     let builder_account = server.create_account(Some("builder"));
     let builder = server.payments(&builder_account);
     let subscriber = server.payments(&server.create_account(Some("subscriber")));
@@ -56,7 +65,7 @@ pub(crate) async fn world(server: &DevServer) -> World {
                 Credits::from(1_000u64),
                 builder.account_address().clone(),
             ),
-            get_fixed_credits_config(Credits::from(100u64), Credits::from(1u64)),
+            credits,
         )
         .await
         .unwrap();
@@ -292,4 +301,65 @@ async fn the_agent_serves_prometheus_metrics_on_its_own_port() {
         !lower.contains(&subscriber.to_lowercase()),
         "no address in a label"
     );
+}
+
+/// `POST /stream` over real HTTP: one SSE event per word, the receipt as a last
+/// `payment-response` event, and 1 credit per event charged on a dynamic plan.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_streams_words_and_charges_one_credit_per_event() {
+    let server = DevServer::start().await.unwrap();
+    let c = Credits::from;
+    let world = world_with(
+        &server,
+        get_dynamic_credits_config(c(100u64), c(1u64), c(20u64)),
+    )
+    .await;
+    let mut child = agent_command(&server, &world)
+        .spawn()
+        .expect("start the agent example");
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).await.unwrap();
+    let base = line
+        .trim()
+        .strip_prefix("agent listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+        .to_owned();
+    world
+        .subscriber
+        .plans()
+        .order_plan(&world.plan)
+        .await
+        .unwrap();
+    let token = world
+        .subscriber
+        .x402()
+        .get_x402_access_token(&world.plan, Some(&world.agent))
+        .await
+        .unwrap()
+        .access_token;
+    let response = reqwest::Client::new()
+        .post(format!("{base}/stream"))
+        .header("payment-signature", token.expose())
+        .json(&serde_json::json!({"prompt": "one two three four five six seven"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let text = response.text().await.unwrap();
+    let (events, receipt) = text
+        .split_once("event: payment-response\n")
+        .unwrap_or_else(|| panic!("no receipt event in {text:?}"));
+    assert_eq!(events.matches("data: ").count(), 7, "{events:?}");
+    assert!(events.starts_with("data: one\n\n"), "{events:?}");
+    assert!(receipt.starts_with("data: "), "{receipt:?}");
+    let balance = world
+        .subscriber
+        .plans()
+        .get_plan_balance(&world.plan, None)
+        .await
+        .unwrap()
+        .balance;
+    assert_eq!(balance, c(93u64), "7 events, 7 credits");
 }

@@ -12,6 +12,7 @@ mod charge;
 mod concurrency;
 mod devserver;
 mod journal;
+mod metering;
 mod metrics;
 mod pending;
 mod props;

@@ -18,7 +18,7 @@ use nvm_payments::types::{
     PlanBalance, PlanId, SchemeExtra, SettleResponse, TokenAuthorization, TokenPayload,
     VerifyResponse, X402TokenPayload,
 };
-use nvm_payments::{get_fixed_credits_config, get_free_price_config, AgentId, PaymentBackend};
+use nvm_payments::{get_dynamic_credits_config, get_free_price_config, AgentId, PaymentBackend};
 
 pub const PLAN: &str =
     "105906633592154016712415751065660953070604027297000423385655551747721326921578";
@@ -183,7 +183,8 @@ impl PaymentBackend for Sink {
                 "registry": {
                     "owner": Address::zero(),
                     "price": get_free_price_config(),
-                    "credits": get_fixed_credits_config(Credits::from(1_000_000u64), Credits::from(1u64)),
+                    // A range plan, so metered routes are metered; 1 credit per plain request.
+                    "credits": get_dynamic_credits_config(Credits::from(1_000_000u64), Credits::from(1u64), Credits::from(1_000u64)),
                 }
             });
             Ok(serde_json::from_value(plan).expect("a plan the crate parses"))
