@@ -424,6 +424,12 @@ impl PaymentLayerBuilder {
 
     /// Checks the configuration and builds the layer.
     pub fn build(self) -> Result<PaymentLayer, ConfigError> {
+        let (backend, config) = self.checked()?;
+        Ok(PaymentLayer::from_parts(backend, config))
+    }
+
+    /// The checked configuration, for a gate that is not a tower layer (MCP).
+    pub(crate) fn checked(self) -> Result<(Arc<dyn PaymentBackend>, LayerConfig), ConfigError> {
         let c = &self.config;
         if c.plan_ids.is_empty() {
             return Err(bad("plan_id", "at least one accepted plan id is required"));
@@ -477,6 +483,6 @@ impl PaymentLayerBuilder {
         c.retry
             .check()
             .map_err(|reason| bad("charge_retry", reason))?;
-        Ok(PaymentLayer::from_parts(self.backend, self.config))
+        Ok((self.backend, self.config))
     }
 }

@@ -1,0 +1,202 @@
+//! What an MCP client reads: the refusals (payment required, settlement failed,
+//! backend unavailable) and the receipts of a charged call, in the shapes of the
+//! official SDKs (payments-py 1.18, payments 1.11) and of the x402 MCP transport spec.
+
+use std::time::Duration;
+
+use rmcp::model::{CallToolResult, ContentBlock, ErrorCode, JsonObject};
+use rmcp::ErrorData as McpError;
+use serde_json::{json, Value};
+
+use crate::rejection::{Rejection, RejectionKind};
+use crate::settle::SettleOutcome;
+use crate::types::{Address, PaymentRequired, PlanId, SettleResponse};
+
+/// The `_meta` key of the settle receipt (x402 MCP transport).
+pub(crate) const META_PAYMENT_RESPONSE: &str = "x402/payment-response";
+/// The `_meta` key of the Nevermined summary of the charge (the SDKs').
+pub(crate) const META_CREDITS: &str = "nevermined/credits";
+/// The JSON-RPC error code of a payment refusal on prompts and resources (x402 spec).
+const PAYMENT_REQUIRED_CODE: i32 = 402;
+
+/// Why a paid call is not answered with its result.
+#[derive(Debug)]
+pub(crate) enum Refusal {
+    /// Pay (again): the `PaymentRequired` to pay with, why, and the receipt of a
+    /// charge that failed.
+    Payment {
+        payment_required: PaymentRequired,
+        message: String,
+        receipt: Option<SettleResponse>,
+    },
+    /// The backend could not be asked: retry later. Not a payment question.
+    Unavailable {
+        message: String,
+        retry_after: Duration,
+    },
+    /// This server's payment setup cannot charge (the log says why).
+    Misconfigured { message: String },
+}
+
+impl Refusal {
+    /// A refusal of the gate, for the item whose `PaymentRequired` is `payment_required`.
+    pub(crate) fn from_rejection(
+        rejection: Rejection,
+        payment_required: &PaymentRequired,
+        retry_after: Duration,
+    ) -> Self {
+        let message = rejection.message.into_owned();
+        match rejection.kind {
+            RejectionKind::BackendUnavailable => Refusal::Unavailable {
+                message,
+                retry_after,
+            },
+            RejectionKind::Misconfigured => Refusal::Misconfigured { message },
+            _ => Refusal::Payment {
+                payment_required: with_error(payment_required, "payment required"),
+                message,
+                receipt: None,
+            },
+        }
+    }
+
+    /// A charge that did not settle: the result is withheld.
+    pub(crate) fn settlement_failed(
+        payment_required: &PaymentRequired,
+        outcome: &SettleOutcome,
+    ) -> Self {
+        Refusal::Payment {
+            payment_required: with_error(payment_required, "settlement failed"),
+            message: format!(
+                "the charge for this call did not settle ({:?}): its result is withheld; \
+                 request {}",
+                outcome.status, outcome.request_id
+            ),
+            receipt: outcome.receipt.clone(),
+        }
+    }
+
+    /// As a `tools/call` result: `isError: true`. A payment refusal carries the
+    /// `PaymentRequired` as `structuredContent` and as the first text (the SDKs'
+    /// shape), then the x402 spec's `{"x402/error": {code: 402, message, data}}`.
+    pub(crate) fn into_tool_result(self) -> Result<CallToolResult, McpError> {
+        match self {
+            Refusal::Payment {
+                payment_required,
+                message,
+                receipt,
+            } => {
+                let pr = serde_json::to_value(&payment_required).unwrap_or(Value::Null);
+                let x402_error = json!({ "x402/error": {
+                    "code": PAYMENT_REQUIRED_CODE, "message": message, "data": pr } });
+                let mut result = CallToolResult::error(vec![
+                    ContentBlock::text(pr.to_string()),
+                    ContentBlock::text(x402_error.to_string()),
+                ]);
+                result.structured_content = Some(pr);
+                if let Some(receipt) = receipt {
+                    let mut meta = rmcp::model::MetaObject::default();
+                    meta.insert(META_PAYMENT_RESPONSE.to_owned(), receipt_json(&receipt));
+                    result.meta = Some(meta);
+                }
+                Ok(result)
+            }
+            Refusal::Unavailable {
+                message,
+                retry_after,
+            } => {
+                let body = unavailable_body(&message, retry_after);
+                let mut result = CallToolResult::error(vec![ContentBlock::text(message)]);
+                result.structured_content = Some(body);
+                Ok(result)
+            }
+            Refusal::Misconfigured { message } => Err(McpError::internal_error(message, None)),
+        }
+    }
+
+    /// As the JSON-RPC error of a `prompts/get` or `resources/read`: code 402 with
+    /// the `PaymentRequired` in `data` (x402 spec), or an internal error for an outage
+    /// (with `retryAfterSeconds` in `data`) and a misconfiguration.
+    pub(crate) fn into_error(self) -> McpError {
+        match self {
+            Refusal::Payment {
+                payment_required,
+                message,
+                ..
+            } => McpError::new(
+                ErrorCode(PAYMENT_REQUIRED_CODE),
+                message,
+                serde_json::to_value(&payment_required).ok(),
+            ),
+            Refusal::Unavailable {
+                message,
+                retry_after,
+            } => {
+                let data = unavailable_body(&message, retry_after);
+                McpError::internal_error(message, Some(data))
+            }
+            Refusal::Misconfigured { message } => McpError::internal_error(message, None),
+        }
+    }
+}
+
+fn with_error(payment_required: &PaymentRequired, error: &str) -> PaymentRequired {
+    let mut payment_required = payment_required.clone();
+    payment_required.error = Some(error.to_owned());
+    payment_required
+}
+
+fn unavailable_body(message: &str, retry_after: Duration) -> Value {
+    json!({
+        "error": RejectionKind::BackendUnavailable.code(),
+        "message": message,
+        "retryable": true,
+        "retryAfterSeconds": retry_after.as_secs().max(1),
+    })
+}
+
+/// The settle receipt as the SDK's client reads it: known fields only, no nulls.
+fn receipt_json(receipt: &SettleResponse) -> Value {
+    serde_json::to_value(receipt).unwrap_or(Value::Null)
+}
+
+/// The `_meta` keys of a served paid call: the settle receipt and the Nevermined
+/// summary, or only the summary with `"0"` when the charge was waived.
+pub(crate) fn receipts(
+    outcome: Option<&SettleOutcome>,
+    plan_id: &PlanId,
+    subscriber: &Address,
+) -> JsonObject {
+    let mut meta = JsonObject::new();
+    let credits = match outcome {
+        Some(outcome) => {
+            let receipt = outcome.receipt.as_ref();
+            if let Some(receipt) = receipt {
+                meta.insert(META_PAYMENT_RESPONSE.to_owned(), receipt_json(receipt));
+            }
+            json!({
+                "txHash": receipt.map(|r| r.transaction.as_str()).filter(|t| !t.is_empty()),
+                "creditsRedeemed": receipt
+                    .and_then(|r| r.credits_redeemed)
+                    .unwrap_or(outcome.credits)
+                    .to_string(),
+                "remainingBalance": receipt
+                    .and_then(|r| r.remaining_balance)
+                    .map(|b| b.to_string()),
+                "planId": plan_id,
+                "subscriberAddress": subscriber,
+                "success": true,
+            })
+        }
+        None => json!({
+            "txHash": null,
+            "creditsRedeemed": "0",
+            "remainingBalance": null,
+            "planId": plan_id,
+            "subscriberAddress": subscriber,
+            "success": true,
+        }),
+    };
+    meta.insert(META_CREDITS.to_owned(), credits);
+    meta
+}
