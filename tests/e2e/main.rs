@@ -13,6 +13,7 @@ mod agent_example;
 mod cli;
 mod dev_server_cli;
 mod examples;
+mod mcp;
 mod python_sdk;
 mod reliability_auth;
 mod reliability_charge;
