@@ -25,9 +25,9 @@ pub(crate) enum Refusal {
     /// Pay (again): the `PaymentRequired` to pay with, why, and the receipt of a
     /// charge that failed.
     Payment {
-        payment_required: PaymentRequired,
+        payment_required: Box<PaymentRequired>,
         message: String,
-        receipt: Option<SettleResponse>,
+        receipt: Option<Box<SettleResponse>>,
     },
     /// The backend could not be asked: retry later. Not a payment question.
     Unavailable {
@@ -72,7 +72,7 @@ impl Refusal {
                  request {}",
                 outcome.status, outcome.request_id
             ),
-            receipt: outcome.receipt.clone(),
+            receipt: outcome.receipt.clone().map(Box::new),
         }
     }
 
@@ -140,8 +140,8 @@ impl Refusal {
     }
 }
 
-fn with_error(payment_required: &PaymentRequired, error: &str) -> PaymentRequired {
-    let mut payment_required = payment_required.clone();
+fn with_error(payment_required: &PaymentRequired, error: &str) -> Box<PaymentRequired> {
+    let mut payment_required = Box::new(payment_required.clone());
     payment_required.error = Some(error.to_owned());
     payment_required
 }
