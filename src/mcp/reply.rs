@@ -200,3 +200,87 @@ pub(crate) fn receipts(
     meta.insert(META_CREDITS.to_owned(), credits);
     meta
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::settle::SettleStatus;
+    use crate::types::Credits;
+
+    fn outcome(status: SettleStatus, receipt: Option<SettleResponse>) -> SettleOutcome {
+        SettleOutcome {
+            status,
+            request_id: "r-1".into(),
+            plan_id: "42".parse().unwrap(),
+            subscriber: "0x00000000000000000000000000000000000000a1"
+                .parse()
+                .unwrap(),
+            credits: Credits::from(2u64),
+            attempts: 1,
+            receipt,
+            reason: None,
+        }
+    }
+
+    fn pr() -> PaymentRequired {
+        serde_json::from_value(json!({"x402Version": 2})).unwrap()
+    }
+
+    fn settled() -> SettleResponse {
+        serde_json::from_value(json!({"success": true, "transaction": "0xtx",
+            "network": "eip155:84532", "creditsRedeemed": "2", "remainingBalance": "98"}))
+        .unwrap()
+    }
+
+    #[test]
+    fn receipts_have_the_sdks_keys_and_a_waived_charge_says_zero() {
+        let o = outcome(SettleStatus::Settled, Some(settled()));
+        let meta = receipts(Some(&o), &o.plan_id, &o.subscriber);
+        assert_eq!(meta[META_PAYMENT_RESPONSE]["creditsRedeemed"], "2");
+        let credits = &meta[META_CREDITS];
+        assert_eq!(credits["txHash"], "0xtx");
+        assert_eq!(credits["remainingBalance"], "98");
+        assert_eq!(credits["planId"], "42");
+        assert_eq!(credits["subscriberAddress"], o.subscriber.to_string());
+
+        let waived = receipts(None, &o.plan_id, &o.subscriber);
+        assert!(!waived.contains_key(META_PAYMENT_RESPONSE));
+        assert_eq!(waived[META_CREDITS]["creditsRedeemed"], "0");
+        assert_eq!(waived[META_CREDITS]["txHash"], Value::Null);
+    }
+
+    #[test]
+    fn a_failed_settle_is_a_settlement_failed_refusal_with_its_receipt() {
+        let mut refused = settled();
+        refused.success = false;
+        let o = outcome(SettleStatus::Failed, Some(refused));
+        let result = Refusal::settlement_failed(&pr(), &o)
+            .into_tool_result()
+            .unwrap();
+        assert_eq!(result.is_error, Some(true));
+        assert_eq!(
+            result.structured_content.as_ref().unwrap()["error"],
+            "settlement failed"
+        );
+        let meta = result.meta.unwrap();
+        assert_eq!(meta[META_PAYMENT_RESPONSE]["success"], false);
+        let error = Refusal::settlement_failed(&pr(), &o).into_error();
+        assert_eq!(error.code.0, 402);
+        assert_eq!(error.data.unwrap()["error"], "settlement failed");
+    }
+
+    #[test]
+    fn an_outage_is_not_a_payment_refusal() {
+        let refusal =
+            Refusal::from_rejection(Rejection::unavailable(), &pr(), Duration::from_secs(5));
+        let result = refusal.into_tool_result().unwrap();
+        let body = result.structured_content.unwrap();
+        assert_eq!(body["error"], "backend_unavailable");
+        assert_eq!(body["retryAfterSeconds"], 5);
+        assert!(body.get("accepts").is_none());
+        let error =
+            Refusal::from_rejection(Rejection::unavailable(), &pr(), Duration::from_secs(5))
+                .into_error();
+        assert_ne!(error.code.0, 402);
+    }
+}

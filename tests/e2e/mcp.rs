@@ -17,7 +17,8 @@ use nvm_payments::mcp::McpPayments;
 use nvm_payments::{Credits, PaymentContext, SettleOutcome, SettleStatus};
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ClientConfig, ContentBlock,
-    JsonObject, ListToolsResult, PaginatedRequestParams, RequestMetaObject, ServerCapabilities,
+    GetPromptRequestParams, GetPromptResponse, GetPromptResult, JsonObject, ListToolsResult,
+    PaginatedRequestParams, PromptMessage, RequestMetaObject, Role, ServerCapabilities,
     ServerConfig, Tool,
 };
 use rmcp::service::{RequestContext, RunningService};
@@ -25,6 +26,7 @@ use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use rmcp::transport::StreamableHttpClientTransport;
+use rmcp::ServiceError;
 use rmcp::{ErrorData as McpError, RoleClient, RoleServer, ServerHandler, ServiceExt};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -41,7 +43,24 @@ struct Tools {
 
 impl ServerHandler for Tools {
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+        ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_prompts()
+                .build(),
+        )
+    }
+
+    async fn get_prompt(
+        &self,
+        _: GetPromptRequestParams,
+        _: RequestContext<RoleServer>,
+    ) -> Result<GetPromptResponse, McpError> {
+        self.runs.fetch_add(1, Ordering::SeqCst);
+        let message = PromptMessage::new_text(Role::User, "Say hello");
+        Ok(GetPromptResponse::Complete(GetPromptResult::new(vec![
+            message,
+        ])))
     }
 
     async fn list_tools(
@@ -111,6 +130,7 @@ async fn serve(w: &World) -> Server {
         .server_name("weather-srv")
         .tool("weather", 2u64)
         .tool("fail", 2u64)
+        .prompt("greet", 1u64)
         .build()
         .unwrap();
     let tools = Tools {
@@ -428,6 +448,36 @@ async fn an_outage_is_a_retryable_error_not_payment_required() {
     assert_eq!(body["retryable"], true);
     assert!(body.get("x402Version").is_none(), "not a PaymentRequired");
     assert_eq!(s.tools.runs.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paid_prompt_is_refused_with_a_402_error_and_served_when_paid() {
+    let w = world(1, 100).await;
+    let s = serve(&w).await;
+    let token = w.x402(0).await;
+    let session = client(&s.url, &[]).await;
+    let refused = session
+        .get_prompt(GetPromptRequestParams::new("greet"))
+        .await
+        .unwrap_err();
+    let ServiceError::McpError(error) = refused else {
+        panic!("a JSON-RPC error, got {refused:?}");
+    };
+    assert_eq!(error.code.0, 402);
+    let data = error.data.expect("the PaymentRequired in data");
+    assert_eq!(data["accepts"][0]["planId"], w.plan.to_string());
+    assert_eq!(data["resource"]["url"], "mcp://weather-srv/tools/greet");
+    assert_eq!(s.tools.runs.load(Ordering::SeqCst), 0);
+
+    let mut meta = RequestMetaObject::default();
+    meta.insert("x402/payment".to_owned(), payload(&token));
+    let mut params = GetPromptRequestParams::new("greet");
+    params.meta = Some(meta);
+    let served = session.get_prompt(params).await.unwrap();
+    assert_eq!(served.messages.len(), 1);
+    let credits = &served.meta.as_ref().unwrap()["nevermined/credits"];
+    assert_eq!(credits["creditsRedeemed"], "1");
+    assert_eq!(w.balance(0).await, c(99));
 }
 
 /// The compiled example: `cargo test` builds examples next to the test binaries; when
