@@ -12,13 +12,16 @@
 //! call is made and awaited before its answer), has two tools with the same body:
 //!
 //! - `echo`: free (the baseline; it is sent the same `_meta["x402/payment"]` as the
-//!   paid calls, so both rows move the same bytes and the difference is the paywall's
-//!   work);
+//!   paid calls, so both rows send the same bytes);
+//! - `echo_receipt`: free, but answering with a canned copy of the paid answer's
+//!   `_meta` receipts, so it moves the same bytes both ways as a paid call (the rmcp
+//!   client's parsing of the bigger answer is then in both rows, and the difference is
+//!   the paywall's work on the server);
 //! - `weather`: 2 credits a call, paid in band.
 //!
-//! After a warm-up pass the rows run interleaved, `free paid free paid ...`, for
+//! After a warm-up pass the rows run interleaved, `free same-bytes paid ...`, for
 //! `NVM_MCP_ROUNDS` rounds of `NVM_MCP_SECS` seconds each; the table gives every round
-//! and the ratio paid / free of the same run.
+//! and the ratios of the same run.
 #![allow(unreachable_pub)] // helpers shared between test and bench binaries by path
 
 use std::sync::Arc;
@@ -30,7 +33,7 @@ use nvm_payments::mcp::McpPayments;
 use nvm_payments::{Environment, PaymentLayer};
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ClientConfig, ContentBlock,
-    RequestMetaObject, ServerCapabilities, ServerConfig,
+    MetaObject, RequestMetaObject, ServerCapabilities, ServerConfig,
 };
 use rmcp::service::{RequestContext, RunningService};
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
@@ -54,11 +57,28 @@ impl ServerHandler for Tools {
 
     async fn call_tool(
         &self,
-        _request: CallToolRequestParams,
+        request: CallToolRequestParams,
         _context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, McpError> {
-        Ok(CallToolResult::success(vec![ContentBlock::text("Weather in Rome: 22C")]).into())
+        let mut result = CallToolResult::success(vec![ContentBlock::text("Weather in Rome: 22C")]);
+        if request.name == "echo_receipt" {
+            result.meta = Some(canned_receipts());
+        }
+        Ok(result.into())
     }
+}
+
+/// The `_meta` a paid call of this bench answers with (same keys, same lengths).
+fn canned_receipts() -> MetaObject {
+    let meta = serde_json::json!({
+        "x402/payment-response": {"success": true, "payer": "0x0000000000000000000000000000000000000001",
+            "transaction": "0x5e771e", "network": "eip155:84532", "creditsRedeemed": "2",
+            "remainingBalance": "999999999999999998"},
+        "nevermined/credits": {"txHash": "0x5e771e", "creditsRedeemed": "2",
+            "remainingBalance": "999999999999999998", "planId": support::PLAN,
+            "subscriberAddress": "0x0000000000000000000000000000000000000001", "success": true},
+    });
+    MetaObject(meta.as_object().cloned().unwrap_or_default())
 }
 
 fn env_or(name: &str, default: u64) -> u64 {
@@ -144,25 +164,35 @@ fn main() {
             clients.push(client);
         }
         // Warm-up: caches filled, connections open.
-        run(&clients, "echo", &meta, 1).await;
-        run(&clients, "weather", &meta, 1).await;
+        for tool in ["echo", "echo_receipt", "weather"] {
+            run(&clients, tool, &meta, 1).await;
+        }
         let settled_before = sink.calls.get()[3];
 
         println!("mcp tool calls/s, {concurrency} sessions, {secs} s per row");
-        println!("round | free (echo) | paid (weather) | paid / free");
-        let (mut free_sum, mut paid_sum) = (0.0, 0.0);
+        println!("round | free (echo) | free, same bytes | paid (weather) | paid / free | paid / same bytes");
+        let (mut free_sum, mut same_sum, mut paid_sum) = (0.0, 0.0, 0.0);
         for round in 1..=rounds {
             let free = run(&clients, "echo", &meta, secs).await;
+            let same = run(&clients, "echo_receipt", &meta, secs).await;
             let paid = run(&clients, "weather", &meta, secs).await;
             free_sum += free;
+            same_sum += same;
             paid_sum += paid;
-            println!("{round:5} | {free:11.0} | {paid:14.0} | {:.3}", paid / free);
+            println!(
+                "{round:5} | {free:11.0} | {same:16.0} | {paid:14.0} | {:11.3} | {:.3}",
+                paid / free,
+                paid / same
+            );
         }
+        let n = rounds as f64;
         println!(
-            "  all | {:11.0} | {:14.0} | {:.3}",
-            free_sum / rounds as f64,
-            paid_sum / rounds as f64,
-            paid_sum / free_sum
+            "  all | {:11.0} | {:16.0} | {:14.0} | {:11.3} | {:.3}",
+            free_sum / n,
+            same_sum / n,
+            paid_sum / n,
+            paid_sum / free_sum,
+            paid_sum / same_sum
         );
         let settles = sink.calls.get()[3] - settled_before;
         println!("settles made after the warm-up: {settles} (one per paid call)");

@@ -12,7 +12,7 @@ use rmcp::service::RequestContext;
 use rmcp::{RoleServer, ServerHandler};
 
 use super::config::McpPaymentsBuilder;
-use super::credential::{call_credential, credential_head, logical_url};
+use super::credential::{call_credential, credential_head, logical_url, META_PAYMENT};
 use super::handler::PaidHandler;
 use super::price::Price;
 use super::reply::{receipts, Refusal};
@@ -144,6 +144,9 @@ impl Paywall {
                 return Err(self.refusal(rejection, &route));
             }
         };
+        // The tool gets who paid, not the payment itself: a tool that logs its request
+        // metadata must not log a token.
+        context.meta.remove(META_PAYMENT);
         context.extensions.insert(admission.context.clone());
         Ok(Ticket { admission, route })
     }

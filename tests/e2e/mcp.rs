@@ -84,10 +84,12 @@ impl ServerHandler for Tools {
     ) -> Result<CallToolResponse, McpError> {
         self.runs.fetch_add(1, Ordering::SeqCst);
         if let Some(payment) = context.extensions.get::<PaymentContext>() {
-            self.payers
-                .lock()
-                .unwrap()
-                .push(payment.subscriber().to_string());
+            // The payment payload is taken out of `_meta` before the tool runs.
+            let seen = match context.meta.get("x402/payment") {
+                None => payment.subscriber().to_string(),
+                Some(_) => "the tool saw the payment payload".to_owned(),
+            };
+            self.payers.lock().unwrap().push(seen);
         }
         let arg = |name: &str| {
             request
