@@ -19,6 +19,13 @@
 //!   the paywall's work on the server);
 //! - `weather`: 2 credits a call, paid in band.
 //!
+//! With `NVM_MCP_PYTHON=1` it then compares, on one embedded devserver (verify, balance
+//! and every settle over HTTP), this crate's paywall with the official Python SDK's
+//! built-in MCP server (payments-py 1.18 `PaymentsMCP`, `tests/py/mcp_sdk_server.py`,
+//! from the venv of `tests/support/python.rs`) selling the same 2-credit `weather`
+//! tool; both are called in band with the same token and a `Bearer` header (the Python
+//! server answers 401 without one).
+//!
 //! After a warm-up pass the rows run interleaved, `free same-bytes paid ...`, for
 //! `NVM_MCP_ROUNDS` rounds of `NVM_MCP_SECS` seconds each; the table gives every round
 //! and the ratios of the same run.
@@ -29,8 +36,12 @@ use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
+use nvm_payments::devserver::DevServer;
 use nvm_payments::mcp::McpPayments;
-use nvm_payments::{Environment, PaymentLayer};
+use nvm_payments::types::{AgentApiAttributes, AgentMetadata, Endpoint, PlanMetadata};
+use nvm_payments::{
+    get_dynamic_credits_config, get_free_price_config, Credits, Environment, PaymentLayer,
+};
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ClientConfig, ContentBlock,
     MetaObject, RequestMetaObject, ServerCapabilities, ServerConfig,
@@ -43,6 +54,8 @@ use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::{ErrorData as McpError, RoleClient, RoleServer, ServerHandler, ServiceExt};
 use serde_json::Value;
 
+#[path = "../tests/support/python.rs"]
+mod python;
 #[path = "../tests/support/sink.rs"]
 mod support;
 use support::{agent, holder, plan, x402_token, Sink};
@@ -98,6 +111,11 @@ async fn serve() -> (String, Arc<Sink>) {
         .tool("weather", 2u64)
         .build()
         .expect("a valid paywall");
+    (serve_with(mcp).await, sink)
+}
+
+/// `Tools` behind `mcp` on 127.0.0.1:0; answers the MCP endpoint's URL.
+async fn serve_with(mcp: McpPayments) -> String {
     let service = StreamableHttpService::new(
         move || Ok(mcp.wrap(Tools)),
         LocalSessionManager::default().into(),
@@ -107,10 +125,136 @@ async fn serve() -> (String, Arc<Sink>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/mcp", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await });
-    (url, sink)
+    url
 }
 
 type Client = RunningService<RoleClient, ClientConfig>;
+
+async fn sessions(url: &str, concurrency: u64, bearer: Option<&str>) -> Vec<Client> {
+    let mut clients = Vec::new();
+    for _ in 0..concurrency {
+        let mut config = StreamableHttpClientTransportConfig::with_uri(url);
+        if let Some(bearer) = bearer {
+            config = config.auth_header(bearer);
+        }
+        let client = ClientConfig::default()
+            .serve(StreamableHttpClientTransport::from_config(config))
+            .await
+            .expect("a client session");
+        clients.push(client);
+    }
+    clients
+}
+
+/// `_meta` paying with `token` in band.
+fn paying(token: &str) -> RequestMetaObject {
+    let canonical = token
+        .trim_end_matches('=')
+        .replace('+', "-")
+        .replace('/', "_");
+    let payload: Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(canonical).expect("base64")).expect("JSON");
+    let mut meta = RequestMetaObject::default();
+    meta.insert("x402/payment".to_owned(), payload);
+    meta
+}
+
+/// This crate's paywall and payments-py's built-in server on one devserver.
+async fn versus_python(secs: u64, rounds: u64, concurrency: u64) {
+    let python = python::python();
+    let server = DevServer::start().await.expect("devserver");
+    let builder = server.create_account(Some("builder"));
+    let owner = server.payments(&builder);
+    let subscriber = server.payments(&server.create_account(Some("subscriber")));
+    let registered = owner
+        .agents()
+        .register_agent_and_plan(
+            AgentMetadata::named("bench agent"),
+            AgentApiAttributes::with_endpoints(vec![Endpoint::new("POST", "http://127.0.0.1/mcp")]),
+            PlanMetadata::named("bench plan"),
+            get_free_price_config(),
+            get_dynamic_credits_config(
+                Credits::from(1_000_000_000u64),
+                Credits::from(1u64),
+                Credits::from(10u64),
+            ),
+        )
+        .await
+        .expect("register agent and plan");
+    let (plan, agent) = (registered.data.plan_id, registered.data.agent_id);
+    subscriber.plans().order_plan(&plan).await.expect("order");
+    let token = subscriber
+        .x402()
+        .get_x402_access_token(&plan, Some(&agent))
+        .await
+        .expect("x402 token")
+        .access_token;
+    let meta = paying(token.expose());
+
+    let layer = PaymentLayer::builder(owner)
+        .plan_id(plan.clone())
+        .agent_id(agent.clone());
+    let mcp = McpPayments::builder(layer)
+        .server_name("weather-mcp")
+        .tool("weather", 2u64)
+        .build()
+        .expect("a valid paywall");
+    let ours = serve_with(mcp).await;
+
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/mcp_sdk_server.py");
+    let mut child = tokio::process::Command::new(python)
+        .arg(script)
+        .env("NVM_API_KEY", builder.api_key.expose())
+        .env("NVM_BACKEND_URL", server.base_url())
+        .env("NVM_PLAN_ID", plan.to_string())
+        .env("NVM_AGENT_ID", agent.to_string())
+        .env("PYTHONWARNINGS", "ignore")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the payments-py server");
+    let mut stdout = tokio::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    tokio::io::AsyncBufReadExt::read_line(&mut stdout, &mut line)
+        .await
+        .expect("a line");
+    let theirs = line
+        .trim()
+        .strip_prefix("listening ")
+        .expect("listening <url>")
+        .to_owned();
+
+    let ours_clients = sessions(&ours, concurrency, Some("junk")).await;
+    let their_clients = sessions(&theirs, concurrency, Some("junk")).await;
+    run(&ours_clients, "weather", &meta, 1).await;
+    run(&their_clients, "weather", &meta, 1).await;
+    println!();
+    println!("on one devserver (settle over HTTP), {concurrency} sessions, {secs} s per row");
+    println!("round | nvm-payments mcp | payments-py PaymentsMCP | ours / theirs");
+    let (mut ours_sum, mut theirs_sum) = (0.0, 0.0);
+    for round in 1..=rounds {
+        let a = run(&ours_clients, "weather", &meta, secs).await;
+        let b = run(&their_clients, "weather", &meta, secs).await;
+        ours_sum += a;
+        theirs_sum += b;
+        println!("{round:5} | {a:16.0} | {b:23.0} | {:.2}", a / b);
+    }
+    let n = rounds as f64;
+    println!(
+        "  all | {:16.0} | {:23.0} | {:.2}",
+        ours_sum / n,
+        theirs_sum / n,
+        ours_sum / theirs_sum
+    );
+    let stats = server.stats();
+    println!(
+        "devserver calls: verify {}, settle {}",
+        stats.get("POST /api/v1/x402/verify"),
+        stats.get("POST /api/v1/x402/settle")
+    );
+    let _ = child.kill().await;
+}
 
 /// Calls `tool` from every session for `secs`; answers calls per second.
 async fn run(clients: &[Client], tool: &'static str, meta: &RequestMetaObject, secs: u64) -> f64 {
@@ -148,21 +292,8 @@ fn main() {
         .expect("a runtime");
     runtime.block_on(async {
         let (url, sink) = serve().await;
-        let token = x402_token(&holder(1), None);
-        let payload: Value =
-            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(token.trim_end_matches('=')).unwrap())
-                .unwrap();
-        let mut meta = RequestMetaObject::default();
-        meta.insert("x402/payment".to_owned(), payload);
-        let mut clients = Vec::new();
-        for _ in 0..concurrency {
-            let config = StreamableHttpClientTransportConfig::with_uri(url.as_str());
-            let client = ClientConfig::default()
-                .serve(StreamableHttpClientTransport::from_config(config))
-                .await
-                .expect("a client session");
-            clients.push(client);
-        }
+        let meta = paying(&x402_token(&holder(1), None));
+        let clients = sessions(&url, concurrency, None).await;
         // Warm-up: caches filled, connections open.
         for tool in ["echo", "echo_receipt", "weather"] {
             run(&clients, tool, &meta, 1).await;
@@ -196,5 +327,8 @@ fn main() {
         );
         let settles = sink.calls.get()[3] - settled_before;
         println!("settles made after the warm-up: {settles} (one per paid call)");
+        if std::env::var("NVM_MCP_PYTHON").is_ok_and(|v| v == "1") {
+            versus_python(secs, rounds, concurrency).await;
+        }
     });
 }
