@@ -162,6 +162,26 @@ fn paying(token: &str) -> RequestMetaObject {
 /// This crate's paywall and payments-py's built-in server on one devserver.
 async fn versus_python(secs: u64, rounds: u64, concurrency: u64) {
     let python = python::python();
+    // The built-in server needs the SDK's `fastapi` extra and uvicorn; only this bench
+    // does, so they are added here rather than to every test's venv.
+    let has_server = std::process::Command::new(&python)
+        .args(["-c", "import fastapi, uvicorn"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_server {
+        let installed = std::process::Command::new(&python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .args(["payments-py[fastapi]~=1.18.0", "uvicorn"])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(installed, "pip install payments-py[fastapi] uvicorn failed");
+    }
     let server = DevServer::start().await.expect("devserver");
     let builder = server.create_account(Some("builder"));
     let owner = server.payments(&builder);
@@ -211,6 +231,7 @@ async fn versus_python(secs: u64, rounds: u64, concurrency: u64) {
         .env("NVM_AGENT_ID", agent.to_string())
         .env("PYTHONWARNINGS", "ignore")
         .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
         .spawn()
         .expect("start the payments-py server");
@@ -224,6 +245,11 @@ async fn versus_python(secs: u64, rounds: u64, concurrency: u64) {
         .strip_prefix("listening ")
         .expect("listening <url>")
         .to_owned();
+    // uvicorn logs every request to stdout: keep reading it, or it blocks.
+    tokio::spawn(async move {
+        let mut sink = tokio::io::sink();
+        let _ = tokio::io::copy(&mut stdout, &mut sink).await;
+    });
 
     let ours_clients = sessions(&ours, concurrency, Some("junk")).await;
     let their_clients = sessions(&theirs, concurrency, Some("junk")).await;
