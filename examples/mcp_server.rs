@@ -18,6 +18,10 @@
 //!   NVM_PLAN_ID=… NVM_AGENT_ID=… cargo run --example mcp_server
 //! ```
 //!
+//! rmcp's streamable HTTP server accepts loopback `Host`s only by default (DNS rebinding
+//! protection): behind a public name, list it with
+//! `StreamableHttpServerConfig::with_allowed_hosts`.
+//!
 //! A client pays in band, with the decoded x402 payment payload in the call's
 //! `params._meta["x402/payment"]` (as the official SDKs' clients do), or with the
 //! token in `Authorization: Bearer` or `payment-signature` of its HTTP request.
