@@ -12,6 +12,8 @@ pub mod credential;
 pub mod devserver;
 mod hashing;
 pub mod layer;
+#[cfg(feature = "mcp")]
+pub mod mcp;
 mod metrics;
 mod rejection;
 pub mod settle;

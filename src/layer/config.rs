@@ -534,14 +534,21 @@ impl PaymentLayerBuilder {
     }
 
     /// Checks the configuration and builds the layer.
-    pub fn build(mut self) -> Result<PaymentLayer, ConfigError> {
+    pub fn build(self) -> Result<PaymentLayer, ConfigError> {
+        let (backend, config) = self.checked()?;
+        Ok(PaymentLayer::from_parts(backend, config))
+    }
+
+    /// The checked configuration, with its journal opened, for a gate that is not a
+    /// tower layer (MCP) as well as for [`build`](Self::build).
+    pub(crate) fn checked(mut self) -> Result<(Arc<dyn PaymentBackend>, LayerConfig), ConfigError> {
         self.check()?;
         if let Some(path) = &self.config.journal_path {
             let journal = ChargeJournal::open_file(path, self.config.journal_replay)
                 .map_err(|e| journal_error(path, e))?;
             self.config.journal = Some(journal);
         }
-        Ok(PaymentLayer::from_parts(self.backend, self.config))
+        Ok((self.backend, self.config))
     }
 
     fn check(&self) -> Result<(), ConfigError> {

@@ -144,22 +144,25 @@ impl Gate {
         match self.routes.get(&parts.method, parts.uri.path()) {
             Ok(route) => route,
             // Boxed: the rare build must not weigh on every request's future.
-            Err(id) => Box::pin(self.build_route(parts, id)).await,
+            Err(id) => Box::pin(self.build_route(&parts.method, parts.uri.path(), id)).await,
         }
     }
 
-    async fn build_route(&self, parts: &Parts, id: u64) -> Arc<Route> {
+    /// The route of a resource that is not an HTTP path (an MCP tool's logical URL).
+    #[cfg(feature = "mcp")]
+    pub(crate) async fn route_for(&self, method: &http::Method, endpoint: &str) -> Arc<Route> {
+        match self.routes.get(method, endpoint) {
+            Ok(route) => route,
+            Err(id) => Box::pin(self.build_route(method, endpoint, id)).await,
+        }
+    }
+
+    async fn build_route(&self, method: &http::Method, path: &str, id: u64) -> Arc<Route> {
         let mut plans = Vec::with_capacity(self.config.plan_ids.len());
         for plan_id in &self.config.plan_ids {
             plans.push(self.plans.priced(plan_id, &*self.backend).await);
         }
-        Arc::new(route::build(
-            &self.config,
-            &plans,
-            &parts.method,
-            parts.uri.path(),
-            id,
-        ))
+        Arc::new(route::build(&self.config, &plans, method, path, id))
     }
 
     pub(crate) async fn cache_sizes(&self) -> CacheSizes {
@@ -199,23 +202,39 @@ impl Gate {
         parts: &Parts,
         route: &Arc<Route>,
     ) -> Result<Admission, Rejection> {
-        let admission = self.admit_steps(parts, route).await;
-        if admission.is_ok() {
-            self.metrics.admitted();
-        }
-        admission
-    }
-
-    async fn admit_steps(&self, parts: &Parts, route: &Arc<Route>) -> Result<Admission, Rejection> {
-        let text = tracing::debug_span!("nvm.extract")
-            .in_scope(|| credential_text(&parts.headers, &self.config.token_headers))?;
-        let key = self.auth.key(text, route.id);
         // A metered request asks for the most it may cost: its cap, or the plan's
         // maximum (0 is read as the maximum).
         let requested = match &route.meter {
             Some(rule) => rule.cap().unwrap_or(Credits::ZERO),
             None => self.config.credits.for_request(parts),
         };
+        self.admit_priced(parts, route, requested).await
+    }
+
+    /// [`admit`](Self::admit) with the price decided by the caller (the MCP server
+    /// prices each tool, not each HTTP request).
+    pub(crate) async fn admit_priced(
+        &self,
+        parts: &Parts,
+        route: &Arc<Route>,
+        requested: Credits,
+    ) -> Result<Admission, Rejection> {
+        let admission = self.admit_steps(parts, route, requested).await;
+        if admission.is_ok() {
+            self.metrics.admitted();
+        }
+        admission
+    }
+
+    async fn admit_steps(
+        &self,
+        parts: &Parts,
+        route: &Arc<Route>,
+        requested: Credits,
+    ) -> Result<Admission, Rejection> {
+        let text = tracing::debug_span!("nvm.extract")
+            .in_scope(|| credential_text(&parts.headers, &self.config.token_headers))?;
+        let key = self.auth.key(text, route.id);
         // Boxed: the rare verification must not weigh on every request's future.
         let (verified, verify_request_id) = match self.auth.cached(&key, text).await {
             Lookup::Hit(verified) => (verified, None),
@@ -436,25 +455,13 @@ impl Gate {
             Some(_) if admission.meter.is_some() => reserved,
             Some(ChargeOverride(c)) => admission.plan.redemption_amount(c).min(reserved),
         };
-        let mut pending = PendingCharge {
-            charge: Charge {
-                backend: self.backend.clone(),
-                method: admission.method,
-                payment_required: admission_route.payment_required.clone(),
-                caller: admission.caller,
-                request_id: admission.context.request_id().to_owned(),
-                credits,
-                retry: self.config.retry,
-            },
-            reservation: admission.reservation,
-            single_use: admission.single_use,
-            hook: self.config.on_settle.clone(),
-            pending: self.pending.clone(),
-            journal: None,
-        };
-        if let (Some(meter), Some(rule)) = (admission.meter, admission_route.meter.clone()) {
+        let charge_now = admission.charge_now;
+        let meter = admission.meter.clone();
+        let plan = admission.plan.clone();
+        let mut pending = self.pending_charge(admission, credits);
+        if let (Some(meter), Some(rule)) = (meter, admission_route.meter.clone()) {
             let receipt_at = self.receipt_at(&mut parts.headers);
-            let mut charge = MeteredCharge::new(pending, meter, rule, admission.plan, receipt_at);
+            let mut charge = MeteredCharge::new(pending, meter, rule, plan, receipt_at);
             if body.is_end_stream() {
                 // Never polled: what the handler metered before its head is all there is.
                 charge.fire("empty body");
@@ -462,7 +469,7 @@ impl Gate {
             }
             return Response::from_parts(parts, PaymentBody::metered(body, charge));
         }
-        let mut timing = if admission.charge_now {
+        let mut timing = if charge_now {
             ChargeTiming::BeforeResponse
         } else {
             self.config.timing
@@ -536,6 +543,49 @@ impl Gate {
             ReceiptAt::Trailer
         }
     }
+
+    fn pending_charge(&self, admission: Admission, credits: Credits) -> PendingCharge {
+        PendingCharge {
+            charge: Charge {
+                backend: self.backend.clone(),
+                method: admission.method,
+                payment_required: admission.route.payment_required.clone(),
+                caller: admission.caller,
+                request_id: admission.context.request_id().to_owned(),
+                credits,
+                retry: self.config.retry,
+            },
+            reservation: admission.reservation,
+            single_use: admission.single_use,
+            hook: self.config.on_settle.clone(),
+            pending: self.pending.clone(),
+            journal: None,
+        }
+    }
+
+    /// Charges an admitted call now, before its answer is sent (an MCP tool call: the
+    /// receipt goes into the result, and a failed charge withholds it). `credits` is
+    /// what the call finally costs before the plan's clamp (`None`: what was reserved);
+    /// it never exceeds the reservation. Zero waives the charge (`None` returned, the
+    /// reservation released); otherwise the one outcome, already reported.
+    #[cfg(feature = "mcp")]
+    pub(crate) async fn charge_now(
+        &self,
+        admission: Admission,
+        credits: Option<Credits>,
+    ) -> Option<crate::settle::SettleOutcome> {
+        let reserved = admission.reservation.amount();
+        let credits = match credits {
+            None => reserved,
+            Some(c) if c.is_zero() => return None,
+            Some(c) => admission.plan.redemption_amount(c).min(reserved),
+        };
+        self.routes.remember(&admission.route);
+        // A client that hangs up mid-charge cannot cancel it: see run_to_completion.
+        self.pending_charge(admission, credits)
+            .run_to_completion()
+            .await
+    }
 }
 
 /// A UUID v7 (time-ordered, 74 random bits) from the thread's RNG: no system call.
@@ -565,7 +615,7 @@ fn credential_text<'h>(
 
 /// The backend refused the charge because the single-use token was already consumed
 /// (`BCK.X402.0059`, in the refusal or the error).
-fn spent_elsewhere(outcome: &crate::settle::SettleOutcome) -> bool {
+pub(crate) fn spent_elsewhere(outcome: &crate::settle::SettleOutcome) -> bool {
     const SPENT: &str = "BCK.X402.0059";
     outcome.status == crate::settle::SettleStatus::Failed
         && (outcome.reason.as_deref().is_some_and(|r| r.contains(SPENT))

@@ -131,6 +131,11 @@ mod rejection;
 mod route;
 mod service;
 
+#[cfg(feature = "mcp")]
+pub(crate) use gate::{Admission, Gate};
+#[cfg(feature = "mcp")]
+pub(crate) use route::Route;
+
 pub use crate::auth::Caller;
 pub use crate::rejection::RejectionKind;
 pub use body::PaymentBody;

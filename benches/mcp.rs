@@ -1,0 +1,360 @@
+//! Paid vs free MCP tool calls per second on one rmcp server (streamable HTTP on
+//! 127.0.0.1), rmcp's own client driving it.
+//!
+//! ```text
+//! cargo bench --bench mcp
+//! NVM_MCP_SECS=3 NVM_MCP_ROUNDS=3 NVM_MCP_CONCURRENCY=8 cargo bench --bench mcp
+//! ```
+//!
+//! One process, one tokio runtime runs the server and `NVM_MCP_CONCURRENCY` client
+//! sessions (one call in flight each). The server, wrapped by `McpPayments` over the
+//! in-process charge sink of `tests/support/sink.rs` (warm caches; the charge of every
+//! call is made and awaited before its answer), has two tools with the same body:
+//!
+//! - `echo`: free (the baseline; it is sent the same `_meta["x402/payment"]` as the
+//!   paid calls, so both rows send the same bytes);
+//! - `echo_receipt`: free, but answering with a canned copy of the paid answer's
+//!   `_meta` receipts, so it moves the same bytes both ways as a paid call (the rmcp
+//!   client's parsing of the bigger answer is then in both rows, and the difference is
+//!   the paywall's work on the server);
+//! - `weather`: 2 credits a call, paid in band.
+//!
+//! With `NVM_MCP_PYTHON=1` it then compares, on one embedded devserver (verify, balance
+//! and every settle over HTTP), this crate's paywall with the official Python SDK's
+//! built-in MCP server (payments-py 1.18 `PaymentsMCP`, `tests/py/mcp_sdk_server.py`,
+//! from the venv of `tests/support/python.rs`) selling the same 2-credit `weather`
+//! tool; both are called in band with the same token and a `Bearer` header (the Python
+//! server answers 401 without one).
+//!
+//! After a warm-up pass the rows run interleaved, `free same-bytes paid ...`, for
+//! `NVM_MCP_ROUNDS` rounds of `NVM_MCP_SECS` seconds each; the table gives every round
+//! and the ratios of the same run.
+#![allow(unreachable_pub)] // helpers shared between test and bench binaries by path
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use nvm_payments::devserver::DevServer;
+use nvm_payments::mcp::McpPayments;
+use nvm_payments::types::{AgentApiAttributes, AgentMetadata, Endpoint, PlanMetadata};
+use nvm_payments::{
+    get_dynamic_credits_config, get_free_price_config, Credits, Environment, PaymentLayer,
+};
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, ClientConfig, ContentBlock,
+    MetaObject, RequestMetaObject, ServerCapabilities, ServerConfig,
+};
+use rmcp::service::{RequestContext, RunningService};
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use rmcp::transport::StreamableHttpClientTransport;
+use rmcp::{ErrorData as McpError, RoleClient, RoleServer, ServerHandler, ServiceExt};
+use serde_json::Value;
+
+#[path = "../tests/support/python.rs"]
+mod python;
+#[path = "../tests/support/sink.rs"]
+mod support;
+use support::{agent, holder, plan, x402_token, Sink};
+
+#[derive(Clone)]
+struct Tools;
+
+impl ServerHandler for Tools {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, McpError> {
+        let mut result = CallToolResult::success(vec![ContentBlock::text("Weather in Rome: 22C")]);
+        if request.name == "echo_receipt" {
+            result.meta = Some(canned_receipts());
+        }
+        Ok(result.into())
+    }
+}
+
+/// The `_meta` a paid call of this bench answers with (same keys, same lengths).
+fn canned_receipts() -> MetaObject {
+    let meta = serde_json::json!({
+        "x402/payment-response": {"success": true, "payer": "0x0000000000000000000000000000000000000001",
+            "transaction": "0x5e771e", "network": "eip155:84532", "creditsRedeemed": "2",
+            "remainingBalance": "999999999999999998"},
+        "nevermined/credits": {"txHash": "0x5e771e", "creditsRedeemed": "2",
+            "remainingBalance": "999999999999999998", "planId": support::PLAN,
+            "subscriberAddress": "0x0000000000000000000000000000000000000001", "success": true},
+    });
+    MetaObject(meta.as_object().cloned().unwrap_or_default())
+}
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(default)
+}
+
+async fn serve() -> (String, Arc<Sink>) {
+    let sink = Sink::new();
+    let layer = PaymentLayer::builder_with_backend(sink.clone(), Environment::Custom)
+        .plan_id(plan())
+        .agent_id(agent());
+    let mcp = McpPayments::builder(layer)
+        .server_name("bench")
+        .tool("weather", 2u64)
+        .build()
+        .expect("a valid paywall");
+    (serve_with(mcp).await, sink)
+}
+
+/// `Tools` behind `mcp` on 127.0.0.1:0; answers the MCP endpoint's URL.
+async fn serve_with(mcp: McpPayments) -> String {
+    let service = StreamableHttpService::new(
+        move || Ok(mcp.wrap(Tools)),
+        LocalSessionManager::default().into(),
+        StreamableHttpServerConfig::default(),
+    );
+    let app = axum::Router::new().nest_service("/mcp", service);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/mcp", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
+type Client = RunningService<RoleClient, ClientConfig>;
+
+async fn sessions(url: &str, concurrency: u64, bearer: Option<&str>) -> Vec<Client> {
+    let mut clients = Vec::new();
+    for _ in 0..concurrency {
+        let mut config = StreamableHttpClientTransportConfig::with_uri(url);
+        if let Some(bearer) = bearer {
+            config = config.auth_header(bearer);
+        }
+        let client = ClientConfig::default()
+            .serve(StreamableHttpClientTransport::from_config(config))
+            .await
+            .expect("a client session");
+        clients.push(client);
+    }
+    clients
+}
+
+/// `_meta` paying with `token` in band.
+fn paying(token: &str) -> RequestMetaObject {
+    let canonical = token
+        .trim_end_matches('=')
+        .replace('+', "-")
+        .replace('/', "_");
+    let payload: Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(canonical).expect("base64")).expect("JSON");
+    let mut meta = RequestMetaObject::default();
+    meta.insert("x402/payment".to_owned(), payload);
+    meta
+}
+
+/// This crate's paywall and payments-py's built-in server on one devserver.
+async fn versus_python(secs: u64, rounds: u64, concurrency: u64) {
+    let python = python::python();
+    // The built-in server needs the SDK's `fastapi` extra and uvicorn; only this bench
+    // does, so they are added here rather than to every test's venv.
+    let has_server = std::process::Command::new(&python)
+        .args(["-c", "import fastapi, uvicorn"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_server {
+        let installed = std::process::Command::new(&python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .args(["payments-py[fastapi]~=1.18.0", "uvicorn"])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(installed, "pip install payments-py[fastapi] uvicorn failed");
+    }
+    let server = DevServer::start().await.expect("devserver");
+    let builder = server.create_account(Some("builder"));
+    let owner = server.payments(&builder);
+    let subscriber = server.payments(&server.create_account(Some("subscriber")));
+    let registered = owner
+        .agents()
+        .register_agent_and_plan(
+            AgentMetadata::named("bench agent"),
+            AgentApiAttributes::with_endpoints(vec![Endpoint::new("POST", "http://127.0.0.1/mcp")]),
+            PlanMetadata::named("bench plan"),
+            get_free_price_config(),
+            get_dynamic_credits_config(
+                Credits::from(1_000_000_000u64),
+                Credits::from(1u64),
+                Credits::from(10u64),
+            ),
+        )
+        .await
+        .expect("register agent and plan");
+    let (plan, agent) = (registered.data.plan_id, registered.data.agent_id);
+    subscriber.plans().order_plan(&plan).await.expect("order");
+    let token = subscriber
+        .x402()
+        .get_x402_access_token(&plan, Some(&agent))
+        .await
+        .expect("x402 token")
+        .access_token;
+    let meta = paying(token.expose());
+
+    let layer = PaymentLayer::builder(owner)
+        .plan_id(plan.clone())
+        .agent_id(agent.clone());
+    let mcp = McpPayments::builder(layer)
+        .server_name("weather-mcp")
+        .tool("weather", 2u64)
+        .build()
+        .expect("a valid paywall");
+    let ours = serve_with(mcp).await;
+
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/mcp_sdk_server.py");
+    let mut child = tokio::process::Command::new(python)
+        .arg(script)
+        .env("NVM_API_KEY", builder.api_key.expose())
+        .env("NVM_BACKEND_URL", server.base_url())
+        .env("NVM_PLAN_ID", plan.to_string())
+        .env("NVM_AGENT_ID", agent.to_string())
+        .env("PYTHONWARNINGS", "ignore")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the payments-py server");
+    let mut stdout = tokio::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    tokio::io::AsyncBufReadExt::read_line(&mut stdout, &mut line)
+        .await
+        .expect("a line");
+    let theirs = line
+        .trim()
+        .strip_prefix("listening ")
+        .expect("listening <url>")
+        .to_owned();
+    // uvicorn logs every request to stdout: keep reading it, or it blocks.
+    tokio::spawn(async move {
+        let mut sink = tokio::io::sink();
+        let _ = tokio::io::copy(&mut stdout, &mut sink).await;
+    });
+
+    let ours_clients = sessions(&ours, concurrency, Some("junk")).await;
+    let their_clients = sessions(&theirs, concurrency, Some("junk")).await;
+    run(&ours_clients, "weather", &meta, 1).await;
+    run(&their_clients, "weather", &meta, 1).await;
+    println!();
+    println!("on one devserver (settle over HTTP), {concurrency} sessions, {secs} s per row");
+    println!("round | nvm-payments mcp | payments-py PaymentsMCP | ours / theirs");
+    let (mut ours_sum, mut theirs_sum) = (0.0, 0.0);
+    for round in 1..=rounds {
+        let a = run(&ours_clients, "weather", &meta, secs).await;
+        let b = run(&their_clients, "weather", &meta, secs).await;
+        ours_sum += a;
+        theirs_sum += b;
+        println!("{round:5} | {a:16.0} | {b:23.0} | {:.2}", a / b);
+    }
+    let n = rounds as f64;
+    println!(
+        "  all | {:16.0} | {:23.0} | {:.2}",
+        ours_sum / n,
+        theirs_sum / n,
+        ours_sum / theirs_sum
+    );
+    let stats = server.stats();
+    println!(
+        "devserver calls: verify {}, settle {}",
+        stats.get("POST /api/v1/x402/verify"),
+        stats.get("POST /api/v1/x402/settle")
+    );
+    let _ = child.kill().await;
+}
+
+/// Calls `tool` from every session for `secs`; answers calls per second.
+async fn run(clients: &[Client], tool: &'static str, meta: &RequestMetaObject, secs: u64) -> f64 {
+    let started = Instant::now();
+    let until = started + Duration::from_secs(secs);
+    let tasks = clients.iter().map(|client| {
+        let peer = client.peer().clone();
+        let mut params = CallToolRequestParams::new(tool);
+        params.arguments = serde_json::json!({"city": "Rome"}).as_object().cloned();
+        params.meta = Some(meta.clone());
+        tokio::spawn(async move {
+            let mut calls = 0u64;
+            while Instant::now() < until {
+                let result = peer.call_tool(params.clone()).await.expect("a call");
+                assert_ne!(result.is_error, Some(true), "{tool}: {result:?}");
+                calls += 1;
+            }
+            calls
+        })
+    });
+    let mut calls = 0;
+    for task in tasks {
+        calls += task.await.expect("a client task");
+    }
+    calls as f64 / started.elapsed().as_secs_f64()
+}
+
+fn main() {
+    let secs = env_or("NVM_MCP_SECS", 2);
+    let rounds = env_or("NVM_MCP_ROUNDS", 3);
+    let concurrency = env_or("NVM_MCP_CONCURRENCY", 8);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    runtime.block_on(async {
+        let (url, sink) = serve().await;
+        let meta = paying(&x402_token(&holder(1), None));
+        let clients = sessions(&url, concurrency, None).await;
+        // Warm-up: caches filled, connections open.
+        for tool in ["echo", "echo_receipt", "weather"] {
+            run(&clients, tool, &meta, 1).await;
+        }
+        let settled_before = sink.calls.get()[3];
+
+        println!("mcp tool calls/s, {concurrency} sessions, {secs} s per row");
+        println!("round | free (echo) | free, same bytes | paid (weather) | paid / free | paid / same bytes");
+        let (mut free_sum, mut same_sum, mut paid_sum) = (0.0, 0.0, 0.0);
+        for round in 1..=rounds {
+            let free = run(&clients, "echo", &meta, secs).await;
+            let same = run(&clients, "echo_receipt", &meta, secs).await;
+            let paid = run(&clients, "weather", &meta, secs).await;
+            free_sum += free;
+            same_sum += same;
+            paid_sum += paid;
+            println!(
+                "{round:5} | {free:11.0} | {same:16.0} | {paid:14.0} | {:11.3} | {:.3}",
+                paid / free,
+                paid / same
+            );
+        }
+        let n = rounds as f64;
+        println!(
+            "  all | {:11.0} | {:16.0} | {:14.0} | {:11.3} | {:.3}",
+            free_sum / n,
+            same_sum / n,
+            paid_sum / n,
+            paid_sum / free_sum,
+            paid_sum / same_sum
+        );
+        let settles = sink.calls.get()[3] - settled_before;
+        println!("settles made after the warm-up: {settles} (one per paid call)");
+        if std::env::var("NVM_MCP_PYTHON").is_ok_and(|v| v == "1") {
+            versus_python(secs, rounds, concurrency).await;
+        }
+    });
+}

@@ -1,0 +1,403 @@
+//! [`PaidHandler`]: an rmcp `ServerHandler` whose priced tools, prompts and resources
+//! are paid for; every other request goes to the inner handler unchanged.
+
+use std::borrow::Cow;
+use std::future::Future;
+
+use rmcp::model::*;
+use rmcp::service::{
+    MaybeSendFuture, NotificationContext, RequestContext, RoleServer, SubscriptionContext,
+};
+use rmcp::{ErrorData as McpError, ServerHandler};
+
+use super::paywall::McpPayments;
+
+/// A `ServerHandler` that charges for the items priced in its [`McpPayments`]; made by
+/// [`McpPayments::wrap`]. Serve it as any handler (e.g. rmcp's
+/// `StreamableHttpService`).
+///
+/// A paid call is verified for its real price, reserved, run, and charged once
+/// (with the request id as the idempotency key) before its answer is sent; a call the
+/// tool answers with `isError: true` (or with an error) is not charged; a charge that
+/// does not settle withholds the answer.
+#[derive(Clone)]
+pub struct PaidHandler<H> {
+    inner: H,
+    payments: McpPayments,
+}
+
+impl<H> PaidHandler<H> {
+    pub(crate) fn new(inner: H, payments: McpPayments) -> Self {
+        PaidHandler { inner, payments }
+    }
+
+    /// The inner handler.
+    pub fn get_ref(&self) -> &H {
+        &self.inner
+    }
+}
+
+impl<H: std::fmt::Debug> std::fmt::Debug for PaidHandler<H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PaidHandler")
+            .field("inner", &self.inner)
+            .field("payments", &self.payments)
+            .finish()
+    }
+}
+
+impl<H: ServerHandler> PaidHandler<H> {
+    async fn paid_tool(
+        &self,
+        request: CallToolRequestParams,
+        mut context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, McpError> {
+        let paywall = &self.payments.paywall;
+        let Some(price) = paywall.tool_price(&request.name) else {
+            return self.inner.call_tool(request, context).await;
+        };
+        let empty = JsonObject::new();
+        let arguments = request.arguments.as_ref().unwrap_or(&empty);
+        let credits = price.before(arguments);
+        if credits.is_zero() {
+            return self.inner.call_tool(request, context).await;
+        }
+        // Kept only when the price reads them after the tool.
+        let kept = price.reads_result().then(|| arguments.clone());
+        let ticket = match paywall
+            .admit("tools", &request.name, credits, &mut context)
+            .await
+        {
+            Ok(ticket) => ticket,
+            Err(refusal) => return refusal.into_tool_result().map(Into::into),
+        };
+        // An error here drops the ticket: its reservation is released, nothing charged.
+        let mut result = match self.inner.call_tool(request, context).await? {
+            CallToolResponse::Complete(result) => result,
+            other => {
+                tracing::warn!("a paid tool answered an incomplete result: not charged");
+                return Ok(other);
+            }
+        };
+        if result.is_error == Some(true) {
+            tracing::debug!("the tool failed: not charged");
+            return Ok(result.into());
+        }
+        let final_credits = kept.and_then(|arguments| price.after(&arguments, &result));
+        match paywall.settle(ticket, final_credits).await {
+            Ok(receipts) => {
+                result
+                    .meta
+                    .get_or_insert_with(MetaObject::default)
+                    .0
+                    .extend(receipts);
+                Ok(result.into())
+            }
+            Err(refusal) => refusal.into_tool_result().map(Into::into),
+        }
+    }
+
+    async fn paid_prompt(
+        &self,
+        request: GetPromptRequestParams,
+        mut context: RequestContext<RoleServer>,
+    ) -> Result<GetPromptResponse, McpError> {
+        let paywall = &self.payments.paywall;
+        let Some(credits) = paywall.prompt_price(&request.name) else {
+            return self.inner.get_prompt(request, context).await;
+        };
+        // The `tools` segment for prompts too, as payments-py builds it.
+        let ticket = paywall
+            .admit("tools", &request.name, credits, &mut context)
+            .await
+            .map_err(|refusal| refusal.into_error())?;
+        let mut result = match self.inner.get_prompt(request, context).await? {
+            GetPromptResponse::Complete(result) => result,
+            other => return Ok(other),
+        };
+        let receipts = paywall
+            .settle(ticket, None)
+            .await
+            .map_err(|refusal| refusal.into_error())?;
+        result
+            .meta
+            .get_or_insert_with(MetaObject::default)
+            .0
+            .extend(receipts);
+        Ok(GetPromptResponse::Complete(result))
+    }
+
+    async fn paid_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        mut context: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, McpError> {
+        let paywall = &self.payments.paywall;
+        let Some(credits) = paywall.resource_price(&request.uri) else {
+            return self.inner.read_resource(request, context).await;
+        };
+        let ticket = paywall
+            .admit("resources", &request.uri, credits, &mut context)
+            .await
+            .map_err(|refusal| refusal.into_error())?;
+        let mut result = match self.inner.read_resource(request, context).await? {
+            ReadResourceResponse::Complete(result) => result,
+            other => return Ok(other),
+        };
+        let receipts = paywall
+            .settle(ticket, None)
+            .await
+            .map_err(|refusal| refusal.into_error())?;
+        result
+            .meta
+            .get_or_insert_with(MetaObject::default)
+            .0
+            .extend(receipts);
+        Ok(ReadResourceResponse::Complete(result))
+    }
+}
+
+// Every method of the trait, delegated (the list follows rmcp 3.11's own wrapper impl
+// for `Box`/`Arc`), except the three paid ones. Deprecated ones too: a handler that
+// still serves them must keep doing so.
+#[allow(deprecated)]
+impl<H: ServerHandler> ServerHandler for PaidHandler<H> {
+    fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> impl Future<Output = Result<CallToolResponse, McpError>> + MaybeSendFuture + '_ {
+        self.paid_tool(request, context)
+    }
+
+    fn get_prompt(
+        &self,
+        request: GetPromptRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> impl Future<Output = Result<GetPromptResponse, McpError>> + MaybeSendFuture + '_ {
+        self.paid_prompt(request, context)
+    }
+
+    fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> impl Future<Output = Result<ReadResourceResponse, McpError>> + MaybeSendFuture + '_ {
+        self.paid_resource(request, context)
+    }
+
+    fn ping(
+        &self,
+        context: RequestContext<RoleServer>,
+    ) -> impl Future<Output = Result<(), McpError>> + MaybeSendFuture + '_ {
+        self.inner.ping(context)
+    }
+
+    fn initialize(
+        &self,
+        request: InitializeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> impl Future<Output = Result<InitializeResult, McpError>> + MaybeSendFuture + '_ {
+        self.inner.initialize(request, context)
+    }
+
+    fn negotiate_initialize(
+        &self,
+        request: &InitializeRequestParams,
+    ) -> Result<InitializeResult, McpError> {
+        self.inner.negotiate_initialize(request)
+    }
+
+    fn supported_protocol_versions(&self) -> Cow<'static, [ProtocolVersion]> {
+        self.inner.supported_protocol_versions()
+    }
+
+    fn discover(
+        &self,
+        context: RequestContext<RoleServer>,
+    ) -> impl Future<Output = Result<DiscoverResult, McpError>> + MaybeSendFuture + '_ {
+        self.inner.discover(context)
+    }
+
+    fn complete(
+        &self,
+        request: CompleteRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> impl Future<Output = Result<CompleteResult, McpError>> + MaybeSendFuture + '_ {
+        self.inner.complete(request, context)
+    }
+
+    fn set_level(
+        &self,
+        request: SetLevelRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> impl Future<Output = Result<(), McpError>> + MaybeSendFuture + '_ {
+        self.inner.set_level(request, context)
+    }
+
+    fn list_prompts(
+        &self,
+        request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> impl Future<Output = Result<ListPromptsResult, McpError>> + MaybeSendFuture + '_ {
+        self.inner.list_prompts(request, context)
+    }
+
+    fn list_resources(
+        &self,
+        request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> impl Future<Output = Result<ListResourcesResult, McpError>> + MaybeSendFuture + '_ {
+        self.inner.list_resources(request, context)
+    }
+
+    fn list_resource_templates(
+        &self,
+        request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> impl Future<Output = Result<ListResourceTemplatesResult, McpError>> + MaybeSendFuture + '_
+    {
+        self.inner.list_resource_templates(request, context)
+    }
+
+    fn accepted_subscription_filter(
+        &self,
+        requested: &SubscriptionFilter,
+    ) -> Option<SubscriptionFilter> {
+        self.inner.accepted_subscription_filter(requested)
+    }
+
+    fn listen(
+        &self,
+        context: SubscriptionContext,
+    ) -> impl Future<Output = Result<(), McpError>> + MaybeSendFuture + '_ {
+        self.inner.listen(context)
+    }
+
+    fn subscribe(
+        &self,
+        request: SubscribeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> impl Future<Output = Result<(), McpError>> + MaybeSendFuture + '_ {
+        self.inner.subscribe(request, context)
+    }
+
+    fn unsubscribe(
+        &self,
+        request: UnsubscribeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> impl Future<Output = Result<(), McpError>> + MaybeSendFuture + '_ {
+        self.inner.unsubscribe(request, context)
+    }
+
+    fn list_tools(
+        &self,
+        request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> impl Future<Output = Result<ListToolsResult, McpError>> + MaybeSendFuture + '_ {
+        self.inner.list_tools(request, context)
+    }
+
+    fn get_tool(&self, name: &str) -> Option<Tool> {
+        self.inner.get_tool(name)
+    }
+
+    fn on_custom_request(
+        &self,
+        request: CustomRequest,
+        context: RequestContext<RoleServer>,
+    ) -> impl Future<Output = Result<CustomResult, McpError>> + MaybeSendFuture + '_ {
+        self.inner.on_custom_request(request, context)
+    }
+
+    fn on_cancelled(
+        &self,
+        notification: CancelledNotificationParam,
+        context: NotificationContext<RoleServer>,
+    ) -> impl Future<Output = ()> + MaybeSendFuture + '_ {
+        self.inner.on_cancelled(notification, context)
+    }
+
+    fn on_progress(
+        &self,
+        notification: ProgressNotificationParam,
+        context: NotificationContext<RoleServer>,
+    ) -> impl Future<Output = ()> + MaybeSendFuture + '_ {
+        self.inner.on_progress(notification, context)
+    }
+
+    fn on_initialized(
+        &self,
+        context: NotificationContext<RoleServer>,
+    ) -> impl Future<Output = ()> + MaybeSendFuture + '_ {
+        self.inner.on_initialized(context)
+    }
+
+    fn on_roots_list_changed(
+        &self,
+        context: NotificationContext<RoleServer>,
+    ) -> impl Future<Output = ()> + MaybeSendFuture + '_ {
+        self.inner.on_roots_list_changed(context)
+    }
+
+    fn on_custom_notification(
+        &self,
+        notification: CustomNotification,
+        context: NotificationContext<RoleServer>,
+    ) -> impl Future<Output = ()> + MaybeSendFuture + '_ {
+        self.inner.on_custom_notification(notification, context)
+    }
+
+    fn get_info(&self) -> ServerConfig {
+        self.inner.get_info()
+    }
+
+    fn get_task(
+        &self,
+        request: GetTaskParams,
+        context: RequestContext<RoleServer>,
+    ) -> impl Future<Output = Result<GetTaskResult, McpError>> + MaybeSendFuture + '_ {
+        self.inner.get_task(request, context)
+    }
+
+    fn update_task(
+        &self,
+        request: UpdateTaskParams,
+        context: RequestContext<RoleServer>,
+    ) -> impl Future<Output = Result<(), McpError>> + MaybeSendFuture + '_ {
+        self.inner.update_task(request, context)
+    }
+
+    fn cancel_task(
+        &self,
+        request: CancelTaskParams,
+        context: RequestContext<RoleServer>,
+    ) -> impl Future<Output = Result<(), McpError>> + MaybeSendFuture + '_ {
+        self.inner.cancel_task(request, context)
+    }
+
+    fn list_skills(
+        &self,
+        request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> impl Future<Output = Result<ListSkillsResult, McpError>> + MaybeSendFuture + '_ {
+        self.inner.list_skills(request, context)
+    }
+
+    fn get_skill(
+        &self,
+        request: GetSkillRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> impl Future<Output = Result<GetSkillResult, McpError>> + MaybeSendFuture + '_ {
+        self.inner.get_skill(request, context)
+    }
+
+    fn read_resource_directory(
+        &self,
+        request: ReadResourceDirectoryRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> impl Future<Output = Result<ReadResourceDirectoryResult, McpError>> + MaybeSendFuture + '_
+    {
+        self.inner.read_resource_directory(request, context)
+    }
+}

@@ -1,0 +1,205 @@
+//! [`McpPayments`]: the prices of an MCP server's items and the steps of one paid call
+//! on the layer's gate (credential → authentication → balance → tool → charge).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Method;
+use rmcp::model::{JsonObject, RequestMetaObject};
+use rmcp::service::RequestContext;
+use rmcp::{RoleServer, ServerHandler};
+
+use super::config::McpPaymentsBuilder;
+use super::credential::{call_credential, credential_head, logical_url, META_PAYMENT};
+use super::handler::PaidHandler;
+use super::price::Price;
+use super::reply::{receipts, Refusal};
+use crate::layer::{Admission, Gate, PaymentLayerBuilder, Route};
+use crate::rejection::Rejection;
+use crate::settle::DrainReport;
+use crate::types::Credits;
+use crate::PaymentContext;
+
+/// Paid tools, prompts and resources for an [rmcp](https://docs.rs/rmcp) server.
+///
+/// Build it from a [`PaymentLayerBuilder`] (plans, agent, caches, retries, `on_settle`:
+/// every layer option applies), declare the prices, and [`wrap`](Self::wrap) the
+/// server's handler. Cheap to clone: clones share one gate (caches, balances, charges
+/// in flight), so wrap each session's handler with the same `McpPayments`.
+/// See the [module docs](super) for an example.
+#[derive(Clone)]
+pub struct McpPayments {
+    pub(crate) paywall: Arc<Paywall>,
+}
+
+pub(crate) struct Paywall {
+    gate: Gate,
+    server_name: String,
+    tools: HashMap<String, Price>,
+    prompts: HashMap<String, Credits>,
+    resources: HashMap<String, Credits>,
+}
+
+/// An admitted call: charged by [`Paywall::settle`], released when dropped.
+pub(crate) struct Ticket {
+    admission: Admission,
+    route: Arc<Route>,
+}
+
+impl McpPayments {
+    /// Starts a configuration on `layer` (its plans, agent and every other option).
+    pub fn builder(layer: PaymentLayerBuilder) -> McpPaymentsBuilder {
+        McpPaymentsBuilder::new(layer)
+    }
+
+    pub(crate) fn from_parts(
+        gate: Gate,
+        server_name: String,
+        tools: HashMap<String, Price>,
+        prompts: HashMap<String, Credits>,
+        resources: HashMap<String, Credits>,
+    ) -> Self {
+        McpPayments {
+            paywall: Arc::new(Paywall {
+                gate,
+                server_name,
+                tools,
+                prompts,
+                resources,
+            }),
+        }
+    }
+
+    /// `handler` with its priced tools, prompts and resources paid for; everything
+    /// else (initialize, lists, free tools) passes through unchanged.
+    pub fn wrap<H: ServerHandler>(&self, handler: H) -> PaidHandler<H> {
+        PaidHandler::new(handler, self.clone())
+    }
+
+    /// The logical URL a tool is verified and settled for: `mcp://{server}/tools/{name}`.
+    pub fn tool_url(&self, name: &str) -> String {
+        logical_url(&self.paywall.server_name, "tools", name)
+    }
+
+    /// Waits until every charge in flight has ended or `timeout` has passed (see
+    /// [`PaymentLayer::drain`](crate::PaymentLayer::drain)). Call it at shutdown, once
+    /// the server has stopped taking requests.
+    pub async fn drain(&self, timeout: Duration) -> DrainReport {
+        self.paywall.gate.pending.drain(timeout).await
+    }
+
+    /// Charges in flight now.
+    pub fn pending_charges(&self) -> usize {
+        self.paywall.gate.pending.len()
+    }
+}
+
+impl fmt::Debug for McpPayments {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut tools: Vec<_> = self.paywall.tools.keys().collect();
+        tools.sort();
+        f.debug_struct("McpPayments")
+            .field("server_name", &self.paywall.server_name)
+            .field("plan_ids", &self.paywall.gate.config.plan_ids)
+            .field("tools", &tools)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Paywall {
+    pub(crate) fn tool_price(&self, name: &str) -> Option<&Price> {
+        self.tools.get(name)
+    }
+
+    pub(crate) fn prompt_price(&self, name: &str) -> Option<Credits> {
+        self.prompts.get(name).copied()
+    }
+
+    pub(crate) fn resource_price(&self, uri: &str) -> Option<Credits> {
+        self.resources.get(uri).copied()
+    }
+
+    /// Steps 1–3 for one call of `name` (`segment`: `tools`, `resources`) costing
+    /// `credits`: the call's own credential, verified for the item's logical URL, and
+    /// the credits reserved. The tool may read the [`PaymentContext`] from its
+    /// request context's extensions.
+    pub(crate) async fn admit(
+        &self,
+        segment: &str,
+        name: &str,
+        credits: Credits,
+        context: &mut RequestContext<RoleServer>,
+    ) -> Result<Ticket, Refusal> {
+        let url = logical_url(&self.server_name, segment, name);
+        let route = self.gate.route_for(&Method::POST, &url).await;
+        let admission = match self
+            .admit_call(&context.meta, &context.extensions, &route, credits)
+            .await
+        {
+            Ok(admission) => admission,
+            Err(rejection) => {
+                tracing::debug!(code = rejection.kind.code(), item = %url, "MCP call refused");
+                return Err(self.refusal(rejection, &route));
+            }
+        };
+        // The tool gets who paid, not the payment itself: a tool that logs its request
+        // metadata must not log a token.
+        context.meta.remove(META_PAYMENT);
+        context.extensions.insert(admission.context.clone());
+        Ok(Ticket { admission, route })
+    }
+
+    async fn admit_call(
+        &self,
+        meta: &RequestMetaObject,
+        extensions: &rmcp::model::Extensions,
+        route: &Arc<Route>,
+        credits: Credits,
+    ) -> Result<Admission, Rejection> {
+        let head = call_credential(meta, extensions)
+            .and_then(|text| credential_head(text.as_deref()))
+            .map_err(|err| match err {
+                crate::credential::TokenError::TooLarge { .. } => Rejection::credential_too_large(),
+                _ => Rejection::credential_not_ascii(),
+            })?;
+        self.gate.admit_priced(&head, route, credits).await
+    }
+
+    fn refusal(&self, rejection: Rejection, route: &Route) -> Refusal {
+        Refusal::from_rejection(
+            rejection,
+            &route.payment_required,
+            self.gate.config.retry_after,
+        )
+    }
+
+    /// Step 5 for a call that succeeded: charges `credits` (`None`: what was
+    /// reserved) and answers the `_meta` receipts, or the refusal that withholds the
+    /// result when the charge did not settle.
+    pub(crate) async fn settle(
+        &self,
+        ticket: Ticket,
+        credits: Option<Credits>,
+    ) -> Result<JsonObject, Refusal> {
+        let Ticket { admission, route } = ticket;
+        let context: PaymentContext = admission.context.clone();
+        match self.gate.charge_now(admission, credits).await {
+            None => Ok(receipts(None, context.plan_id(), context.subscriber())),
+            Some(outcome) if outcome.is_settled() => Ok(receipts(
+                Some(&outcome),
+                context.plan_id(),
+                context.subscriber(),
+            )),
+            Some(outcome) => {
+                tracing::warn!(request_id = %outcome.request_id, status = ?outcome.status,
+                    "MCP call served but its charge did not settle: result withheld");
+                Err(Refusal::settlement_failed(
+                    &route.payment_required,
+                    &outcome,
+                ))
+            }
+        }
+    }
+}
