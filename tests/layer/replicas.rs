@@ -346,3 +346,58 @@ async fn without_redis_a_replica_serves_only_its_lease_then_answers_503() {
     assert_eq!(world.balance(0).await, Credits::from(1_000 - served as u64));
     assert_all_settled(&mut rx, served);
 }
+
+/// A v3 token settled through one replica and replayed to another is answered 402
+/// before the second replica's handler runs (issue 13; `BeforeResponse`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_v3_token_settled_on_one_replica_is_refused_by_another_without_its_handler() {
+    let redis = RedisServer::start();
+    let world = world(1, 50).await;
+    let runs: Vec<Arc<AtomicUsize>> = (0..2).map(|_| Arc::new(AtomicUsize::new(0))).collect();
+    let mut apps = Vec::new();
+    for runs in &runs {
+        let layer = world
+            .layer(Duration::from_secs(5))
+            .shared(store(&redis, Duration::from_secs(10)).await)
+            .build()
+            .unwrap();
+        apps.push(app(layer, runs.clone()));
+    }
+    let token = world
+        .server
+        .payments(&world.subscribers[0])
+        .x402()
+        .get_x402_access_token_for(
+            &world.plan,
+            X402TokenOptions {
+                agent_id: Some(world.agent.clone()),
+                token_version: Some(3),
+                http_verb: Some("post".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+        .access_token
+        .expose()
+        .to_owned();
+    let before = world.balance(0).await;
+
+    let first = apps[0].clone().oneshot(ask(&token)).await.unwrap();
+    assert_eq!(first.status(), 200);
+    assert!(first.headers().contains_key("payment-response"), "settled");
+    let after_first = world.balance(0).await;
+    assert!(after_first < before, "the first request was charged");
+    let replay = apps[1].clone().oneshot(ask(&token)).await.unwrap();
+    assert_eq!(replay.status(), 402);
+    assert_eq!(
+        runs[1].load(Ordering::SeqCst),
+        0,
+        "the second handler never ran"
+    );
+    assert_eq!(
+        world.balance(0).await,
+        after_first,
+        "the replay charged nothing"
+    );
+}
