@@ -14,7 +14,7 @@ use nvm_payments::{
     get_dynamic_credits_config, get_fixed_credits_config, get_native_token_price_config, AgentId,
     ApiKey, Credits, Endpoint, Payments, PlanId,
 };
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, BufReader};
 
 /// The compiled example: `cargo test` builds examples next to the test binaries; when
 /// only this test was asked for, build it.
@@ -104,6 +104,20 @@ pub(crate) fn agent_command(server: &DevServer, world: &World) -> tokio::process
     command
 }
 
+/// The next line a child printed on stdout, which must start with `prefix` (how the
+/// examples announce their address): answers the rest of it.
+pub(crate) async fn announced(stdout: &mut (impl AsyncBufRead + Unpin), prefix: &str) -> String {
+    let mut line = String::new();
+    stdout
+        .read_line(&mut line)
+        .await
+        .expect("read the child's stdout");
+    line.trim()
+        .strip_prefix(prefix)
+        .unwrap_or_else(|| panic!("expected a line starting {prefix:?}, got {line:?}"))
+        .to_owned()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_serves_charges_and_drains_on_sigterm() {
     let server = DevServer::start().await.unwrap();
@@ -118,13 +132,7 @@ async fn the_agent_serves_charges_and_drains_on_sigterm() {
         agent,
     } = world;
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut first = String::new();
-    stdout.read_line(&mut first).await.unwrap();
-    let base = first
-        .trim()
-        .strip_prefix("agent listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line: {first:?}"))
-        .to_owned();
+    let base = announced(&mut stdout, "agent listening on ").await;
 
     let http = reqwest::Client::new();
     let health = http.get(format!("{base}/health")).send().await.unwrap();
@@ -237,20 +245,8 @@ async fn the_agent_serves_prometheus_metrics_on_its_own_port() {
         .spawn()
         .expect("start the agent example");
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    stdout.read_line(&mut line).await.unwrap();
-    let base = line
-        .trim()
-        .strip_prefix("agent listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
-        .to_owned();
-    line.clear();
-    stdout.read_line(&mut line).await.unwrap();
-    let metrics_url = line
-        .trim()
-        .strip_prefix("metrics on ")
-        .unwrap_or_else(|| panic!("unexpected second line: {line:?}"))
-        .to_owned();
+    let base = announced(&mut stdout, "agent listening on ").await;
+    let metrics_url = announced(&mut stdout, "metrics on ").await;
 
     let http = reqwest::Client::new();
     let unpaid = http
@@ -318,13 +314,7 @@ async fn the_agent_streams_words_and_charges_one_credit_per_event() {
         .spawn()
         .expect("start the agent example");
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    stdout.read_line(&mut line).await.unwrap();
-    let base = line
-        .trim()
-        .strip_prefix("agent listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
-        .to_owned();
+    let base = announced(&mut stdout, "agent listening on ").await;
     world
         .subscriber
         .plans()

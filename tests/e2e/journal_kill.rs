@@ -12,10 +12,10 @@ use std::time::Duration;
 
 use nvm_payments::devserver::{DevServer, Fault};
 use nvm_payments::{Credits, PaymentLayer};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::io::{AsyncReadExt, BufReader};
 use tokio::process::Child;
 
-use super::agent_example::{agent_command, world, World};
+use super::agent_example::{agent_command, announced, world, World};
 use crate::support::temp_dir::TempDir;
 
 const SETTLE: &str = "/api/v1/x402/settle";
@@ -32,13 +32,7 @@ async fn start_agent(server: &DevServer, world: &World, journal: &str) -> (Child
         .spawn()
         .expect("start the agent example");
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut first = String::new();
-    stdout.read_line(&mut first).await.unwrap();
-    let base = first
-        .trim()
-        .strip_prefix("agent listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line: {first:?}"))
-        .to_owned();
+    let base = announced(&mut stdout, "agent listening on ").await;
     // Keep reading stdout so the agent never blocks on a full pipe.
     tokio::spawn(async move {
         let mut rest = String::new();

@@ -2,6 +2,7 @@
 //! client against an rmcp server wrapped by `McpPayments`, and the official Python
 //! `mcp` client (PyPI) against `examples/mcp_server.rs` run as a process.
 
+use super::agent_example::announced;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -29,7 +30,7 @@ use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::ServiceError;
 use rmcp::{ErrorData as McpError, RoleClient, RoleServer, ServerHandler, ServiceExt};
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::BufReader;
 
 use crate::support::reliability::{c, quick_retry, world, World, SETTLE, VERIFY};
 
@@ -518,13 +519,7 @@ async fn the_official_python_mcp_client_pays_for_the_example_servers_tools() {
         .spawn()
         .expect("start examples/mcp_server");
     let mut stdout = BufReader::new(server.stdout.take().unwrap());
-    let mut first = String::new();
-    stdout.read_line(&mut first).await.unwrap();
-    let url = first
-        .trim()
-        .strip_prefix("mcp server listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line: {first:?}"))
-        .to_owned();
+    let url = announced(&mut stdout, "mcp server listening on ").await;
 
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/py/mcp_client.py");
     let mut command = std::process::Command::new(&python);

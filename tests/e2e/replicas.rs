@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 
 use nvm_payments::devserver::DevServer;
 use nvm_payments::Credits;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::io::{AsyncReadExt, BufReader};
 use tokio::process::{Child, ChildStdout};
 
-use super::agent_example::{agent_command, world};
+use super::agent_example::{agent_command, announced, world};
 use crate::support::redis::RedisServer;
 
 const BALANCE: u64 = 100;
@@ -30,13 +30,7 @@ async fn start_agent(
         .spawn()
         .expect("start the agent example");
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut first = String::new();
-    stdout.read_line(&mut first).await.unwrap();
-    let base = first
-        .trim()
-        .strip_prefix("agent listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line: {first:?}"))
-        .to_owned();
+    let base = announced(&mut stdout, "agent listening on ").await;
     (child, stdout, base)
 }
 
