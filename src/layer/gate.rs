@@ -474,13 +474,20 @@ impl Gate {
         } else {
             self.config.timing
         };
+        // With a journal, the response is released once its charge is durable or final,
+        // whichever comes first; the charge need not wait for the disk:
+        // docs/guarantees.md, the charge journal.
+        let mut released = None;
         if let Some(journal) = &self.journal {
             journal.ensure_replaying();
-            // Durable before the response is released (or, charged before it, before
-            // the first attempt): docs/guarantees.md, the charge journal.
-            match journal.record(&pending.charge).await {
-                Ok(ticket) => pending.journal = Some(ticket),
-                Err(error) => {
+            let (ticket, durable) = journal.record(&pending.charge);
+            pending.journal = Some(ticket);
+            released = Some(durable);
+        }
+        if timing == ChargeTiming::OnBodyEnd && !body.is_end_stream() {
+            // Charged after the body: the head waits for the disk.
+            if let Some(released) = released.take() {
+                if let Err(error) = released.await {
                     tracing::error!(%error, request_id = %pending.charge.request_id,
                         "charge journal unavailable: charging before the response instead");
                     timing = ChargeTiming::BeforeResponse;
@@ -490,7 +497,14 @@ impl Gate {
         match timing {
             ChargeTiming::BeforeResponse => {
                 // A client that hangs up mid-charge cannot cancel it: see run_to_completion.
-                if let Some(outcome) = pending.run_to_completion().await {
+                let outcome = pending.run_to_completion().await;
+                if let Some(released) = released {
+                    // At once when the charge is final; otherwise when it is durable.
+                    if let Err(error) = released.await {
+                        tracing::error!(%error, "charge journal unavailable: this charge's outcome is not final and not durable");
+                    }
+                }
+                if let Some(outcome) = outcome {
                     if spent_elsewhere(&outcome) {
                         // The token paid for another request (another replica, a
                         // restart): withhold the work, as payments-py 1.18 does.
@@ -504,17 +518,22 @@ impl Gate {
                 }
                 Response::from_parts(parts, PaymentBody::inner(body))
             }
-            ChargeTiming::Background => {
-                pending.spawn();
-                Response::from_parts(parts, PaymentBody::inner(body))
+            ChargeTiming::OnBodyEnd if !body.is_end_stream() => {
+                Response::from_parts(parts, PaymentBody::charging(body, pending))
             }
             // A body already at its end (204, empty) is never polled: charge now.
-            ChargeTiming::OnBodyEnd if body.is_end_stream() => {
-                pending.spawn();
+            ChargeTiming::Background | ChargeTiming::OnBodyEnd => {
+                let charging = pending.spawn();
+                if let Some(released) = released {
+                    if let Err(error) = released.await {
+                        tracing::error!(%error,
+                            "charge journal unavailable: charging before the response instead");
+                        if let Some(charging) = charging {
+                            let _ = charging.await;
+                        }
+                    }
+                }
                 Response::from_parts(parts, PaymentBody::inner(body))
-            }
-            ChargeTiming::OnBodyEnd => {
-                Response::from_parts(parts, PaymentBody::charging(body, pending))
             }
         }
     }

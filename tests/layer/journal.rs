@@ -56,7 +56,7 @@ async fn a_background_charge_is_durable_before_its_response_and_done_once_settle
 }
 
 #[tokio::test]
-async fn before_response_journals_before_the_first_settle_attempt() {
+async fn before_response_sends_the_charge_at_once_and_releases_a_final_one_without_the_disk() {
     let dir = TempDir::new("journal-before");
     let hold = tokio::sync::Notify::new();
     let backend = MockBackend::with(100, |m| m.charge_hold = Some(hold));
@@ -64,23 +64,72 @@ async fn before_response_journals_before_the_first_settle_attempt() {
         .charge_journal(dir.join("charges.journal"))
         .build()
         .unwrap();
+    let inner = Inner::ok();
     let served = tokio::spawn(
         layer
-            .layer(Inner::ok().service())
+            .layer(inner.service())
             .oneshot(x402_request(valid_x402())),
     );
+    // The settle starts without waiting for an fsync; the response waits for it.
     backend.charge_entered.notified().await;
-    assert_eq!(
-        layer.journal_stats().unwrap().appended,
-        1,
-        "on disk when the settle starts"
+    assert!(
+        !served.is_finished(),
+        "no response before the charge is final"
     );
     backend.charge_hold.as_ref().unwrap().notify_one();
     let response = served.await.unwrap().unwrap();
     assert_eq!(response.status(), 200);
     assert!(response.headers().contains_key("payment-response"));
-    assert_eq!(layer.journal_stats().unwrap().unfinished, 0);
+    let stats = layer.journal_stats().unwrap();
+    assert_eq!(stats.unfinished, 0, "{stats:?}");
     assert_eq!(backend.charged_ids(), 1);
+    assert_eq!(inner.calls(), 1);
+    // Written and marked done, or final before its batch and never written: either
+    // way the next process owes nothing.
+    drop(layer);
+    let next = builder(backend.clone())
+        .charge_journal(dir.join("charges.journal"))
+        .build()
+        .unwrap();
+    assert_eq!(next.journal_stats().unwrap().unfinished, 0);
+    assert_eq!(backend.charged_ids(), 1);
+}
+
+#[tokio::test]
+async fn before_response_releases_a_charge_that_is_not_final_only_once_it_is_durable() {
+    let dir = TempDir::new("journal-before-unknown");
+    let path = dir.join("charges.journal");
+    // The backend is unreachable for the whole retry window: the outcome is not final.
+    let down = MockBackend::with(100, |m| {
+        m.charge_failures =
+            std::sync::Mutex::new((0..6).map(|_| (connect_refused(), false)).collect());
+    });
+    let layer = builder(down.clone())
+        .charge_journal(&path)
+        .journal_replay_interval(Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    let response = layer
+        .layer(Inner::ok().service())
+        .oneshot(x402_request(valid_x402()))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let stats = layer.journal_stats().unwrap();
+    assert_eq!(
+        (stats.appended, stats.elided, stats.unfinished),
+        (1, 0, 1),
+        "on disk when the response went: {stats:?}"
+    );
+    assert!(stats.fsyncs >= 1, "{stats:?}");
+    drop(layer);
+    // The next process replays it: the served request is charged.
+    let next = builder(down.clone())
+        .charge_journal(&path)
+        .journal_replay_interval(Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    assert_eq!(next.journal_stats().unwrap().unfinished, 1);
 }
 
 #[tokio::test]
@@ -256,6 +305,20 @@ async fn build_fails_when_the_journal_cannot_be_opened() {
         .unwrap_err();
     assert_eq!(err.field, "charge_journal");
     assert!(err.reason.contains("in use"), "{err}");
+
+    // A journal in a format this version does not know (a newer one): refused, kept.
+    let newer = dir.join("newer.journal");
+    std::fs::write(&newer, b"NVMJRNL9 from a newer nvm-payments").unwrap();
+    let err = builder(MockBackend::new(1))
+        .charge_journal(&newer)
+        .build()
+        .unwrap_err();
+    assert_eq!(err.field, "charge_journal");
+    assert!(err.reason.contains("format"), "{err}");
+    assert_eq!(
+        std::fs::read(&newer).unwrap(),
+        b"NVMJRNL9 from a newer nvm-payments"
+    );
 
     let err = builder(MockBackend::new(1))
         .charge_journal(dir.join("other.journal"))

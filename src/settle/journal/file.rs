@@ -16,19 +16,25 @@
 //! also drops a torn tail) and whenever finished records outnumber live ones, so a
 //! finished charge's token does not stay on disk for long.
 
-use std::collections::HashMap;
+use std::borrow::Borrow;
+use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
+use std::future::Future;
+use std::hash::{Hash, Hasher};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use tokio::sync::oneshot;
+use futures_util::task::AtomicWaker;
 
-use super::record::{frame, scan, Record, RecordRef, MAGIC};
+use super::record::{format_of, header, put_done, put_open, put_route, scan, Format, Record};
 use super::{JournalEntry, JournalStats, JournalStore};
+use crate::types::PaymentRequired;
 
 /// Finished records tolerated before a rewrite (and at least 4 per live one).
 const COMPACT_AFTER: u64 = 1_024;
@@ -39,12 +45,85 @@ const FLUSH_MARKS_AFTER: Duration = Duration::from_secs(1);
 const YIELDS_BEFORE_SLEEP: usize = 2;
 
 enum Op {
-    Open {
-        request_id: String,
-        frame: Vec<u8>,
-        durable: oneshot::Sender<io::Result<()>>,
-    },
-    Done(String),
+    Open(Arc<JournalEntry>, Arc<Slot>),
+    /// The entry's charge is final and its `Open` record was (being) written.
+    Done(Arc<JournalEntry>),
+}
+
+/// Where one entry stands, shared by the request that waits, the writer and `finish`.
+/// Bits rather than one state: "taken by the writer" and "final" are set by two
+/// threads in either order, and one `fetch_or` tells each what the other did.
+struct Slot {
+    state: AtomicU8,
+    waker: AtomicWaker,
+}
+
+/// The writer took the entry: its `Open` record is (or will be) in the file.
+const TAKEN: u8 = 1;
+const DURABLE: u8 = 2;
+/// The charge is final: the entry no longer needs to be durable.
+const FINISHED: u8 = 4;
+const FAILED: u8 = 8;
+
+impl Slot {
+    fn new(state: u8) -> Arc<Self> {
+        Arc::new(Slot {
+            state: AtomicU8::new(state),
+            waker: AtomicWaker::new(),
+        })
+    }
+
+    /// The writer takes the entry; false when its charge was final first (then
+    /// nothing about it is written: no response waited on it being on disk).
+    fn take(&self) -> bool {
+        self.state.fetch_or(TAKEN, Ordering::AcqRel) & FINISHED == 0
+    }
+
+    /// The charge is final. True when the writer had taken the entry, so a `Done`
+    /// mark must follow it into the file.
+    fn finish(&self) -> bool {
+        let before = self.state.fetch_or(FINISHED, Ordering::AcqRel);
+        self.waker.wake();
+        before & TAKEN != 0
+    }
+
+    fn written(&self, ok: bool) {
+        self.state
+            .fetch_or(if ok { DURABLE } else { FAILED }, Ordering::AcqRel);
+        self.waker.wake();
+    }
+
+    fn outcome(&self) -> Option<io::Result<()>> {
+        let state = self.state.load(Ordering::Acquire);
+        if state & (DURABLE | FINISHED) != 0 {
+            Some(Ok(()))
+        } else if state & FAILED != 0 {
+            Some(Err(io::Error::other(
+                "the charge journal could not write the entry",
+            )))
+        } else {
+            None
+        }
+    }
+}
+
+/// Resolves once the entry is durable or its charge final.
+struct Released(Arc<Slot>);
+
+impl Future for Released {
+    type Output = io::Result<()>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if let Some(done) = self.0.outcome() {
+            return Poll::Ready(done);
+        }
+        self.0.waker.register(cx.waker());
+        // Again after registering: a wake in between would otherwise be lost.
+        match self.0.outcome() {
+            Some(done) => Poll::Ready(done),
+            None => Poll::Pending,
+        }
+    }
 }
 
 /// What the writer has to do, and whether it sleeps.
@@ -57,6 +136,19 @@ struct Queue {
     idle: bool,
     /// The journal was dropped: write what is queued and stop.
     closed: bool,
+    /// Tests hold the writer to see what happens before a batch is taken.
+    #[cfg(test)]
+    held: bool,
+}
+
+impl Queue {
+    fn has_batch(&self) -> bool {
+        #[cfg(test)]
+        if self.held && !self.closed {
+            return false;
+        }
+        self.opens > 0 || (self.closed && !self.ops.is_empty())
+    }
 }
 
 #[derive(Default)]
@@ -73,7 +165,7 @@ impl Shared {
 
     /// Queues `op`; wakes the writer only for an `Open` while it sleeps.
     fn push(&self, op: Op) -> Result<(), Op> {
-        let is_open = matches!(op, Op::Open { .. });
+        let is_open = matches!(op, Op::Open(..));
         let mut queue = self.lock();
         if queue.closed {
             return Err(op);
@@ -97,7 +189,7 @@ impl Shared {
         let mut yields = 0;
         let mut queue = self.lock();
         loop {
-            if queue.opens > 0 || (queue.closed && !queue.ops.is_empty()) {
+            if queue.has_batch() {
                 break;
             }
             if queue.closed {
@@ -117,6 +209,10 @@ impl Shared {
                 .unwrap_or_else(|p| p.into_inner());
             queue = woken;
             queue.idle = false;
+            #[cfg(test)]
+            if queue.held {
+                continue;
+            }
             if waited.timed_out() && !queue.ops.is_empty() {
                 break;
             }
@@ -129,6 +225,12 @@ impl Shared {
         self.lock().closed = true;
         self.work.notify_one();
     }
+
+    #[cfg(test)]
+    fn hold(&self, held: bool) {
+        self.lock().held = held;
+        self.work.notify_one();
+    }
 }
 
 #[derive(Default)]
@@ -136,6 +238,13 @@ struct Counters {
     appended: AtomicU64,
     fsyncs: AtomicU64,
     compactions: AtomicU64,
+    elided: AtomicU64,
+}
+
+/// An entry not final yet, and where it stands.
+struct Live {
+    entry: Arc<JournalEntry>,
+    slot: Arc<Slot>,
 }
 
 /// The local file journal (see the module docs).
@@ -144,7 +253,7 @@ pub(crate) struct FileJournal {
     shared: Arc<Shared>,
     writer: Option<std::thread::JoinHandle<()>>,
     /// Unfinished entries, for replay.
-    live: Mutex<HashMap<String, Arc<JournalEntry>>>,
+    live: Mutex<HashMap<String, Live>>,
     counters: Arc<Counters>,
     path: PathBuf,
 }
@@ -155,6 +264,8 @@ pub(crate) enum OpenError {
     Io(io::Error),
     Locked,
     NotAJournal,
+    /// A journal in a format this version cannot read (written by a newer one).
+    UnknownVersion,
 }
 
 impl OpenError {
@@ -162,6 +273,7 @@ impl OpenError {
         match self {
             OpenError::Locked => "the journal is in use by another process (or another layer)",
             OpenError::NotAJournal => "the file exists and is not a charge journal",
+            OpenError::UnknownVersion => "the file is a charge journal in a format this version of nvm-payments cannot read (written by a newer version?); it was left untouched",
             OpenError::Io(e) => match e.kind() {
                 io::ErrorKind::NotFound => "its directory does not exist",
                 io::ErrorKind::PermissionDenied => "permission denied",
@@ -180,7 +292,8 @@ impl From<io::Error> for OpenError {
 
 impl FileJournal {
     /// Opens (or creates) the journal at `path`, recovers its unfinished entries,
-    /// rewrites it without finished ones or a torn tail, and starts the writer.
+    /// rewrites it in the current format without finished ones or a torn tail, and
+    /// starts the writer.
     pub(crate) fn open(path: &Path) -> Result<Self, OpenError> {
         let lock = private_options()
             .read(true)
@@ -193,8 +306,14 @@ impl FileJournal {
             std::fs::TryLockError::Error(e) => OpenError::Io(e),
         })?;
         let bytes = read_existing(path)?;
-        if !bytes.is_empty() && !bytes.starts_with(MAGIC) {
-            return Err(OpenError::NotAJournal);
+        match format_of(&bytes) {
+            Format::NotAJournal => return Err(OpenError::NotAJournal),
+            Format::Unknown(version) => {
+                tracing::error!(path = %path.display(), version = %char::from(version),
+                    "charge journal: unknown format version; the file is left untouched");
+                return Err(OpenError::UnknownVersion);
+            }
+            Format::Empty | Format::Json | Format::Binary => {}
         }
         let found = scan(&bytes);
         if found.skipped > 0 {
@@ -203,26 +322,35 @@ impl FileJournal {
                 "charge journal: a torn or corrupt tail was skipped (a crash mid-write); every complete entry before it is kept"
             );
         }
-        let mut live: HashMap<String, Arc<JournalEntry>> = HashMap::new();
+        let mut entries: HashMap<String, Arc<JournalEntry>> = HashMap::new();
         for record in found.records {
             match record {
                 Record::Open(entry) => {
-                    live.insert(entry.request_id.clone(), Arc::from(entry));
+                    entries.insert(entry.request_id.clone(), Arc::new(entry));
                 }
                 Record::Done(id) => {
-                    live.remove(&id);
+                    entries.remove(&id);
                 }
             }
         }
-        let frames: HashMap<String, Vec<u8>> = live
-            .iter()
-            .map(|(id, e)| (id.clone(), frame(&RecordRef::Open(e))))
-            .collect();
-        let (file, len) = rewrite(path, frames.values())?;
-        if !live.is_empty() {
-            tracing::info!(path = %path.display(), unfinished = live.len(),
+        let mut routes = Routes::default();
+        let mut written = HashSet::new();
+        for entry in entries.values() {
+            let route = routes.id_of(&entry.payment_required, &mut Vec::new(), &mut Vec::new());
+            written.insert(Written(route, entry.clone()));
+        }
+        let (file, len) = rewrite(path, &mut routes, &written)?;
+        if !entries.is_empty() {
+            tracing::info!(path = %path.display(), unfinished = entries.len(),
                 "charge journal: unfinished charges found; they will be replayed");
         }
+        let live = entries
+            .into_iter()
+            .map(|(id, entry)| {
+                let slot = Slot::new(TAKEN | DURABLE);
+                (id, Live { entry, slot })
+            })
+            .collect();
         let counters = Arc::new(Counters::default());
         let shared = Arc::new(Shared::default());
         let queue = shared.clone();
@@ -231,7 +359,8 @@ impl FileJournal {
             file,
             len,
             torn: false,
-            frames,
+            routes,
+            written,
             dead: 0,
             counters: counters.clone(),
             _lock: lock,
@@ -248,13 +377,9 @@ impl FileJournal {
         })
     }
 
-    fn live(&self) -> MutexGuard<'_, HashMap<String, Arc<JournalEntry>>> {
+    fn live(&self) -> MutexGuard<'_, HashMap<String, Live>> {
         // A map updated in single statements: consistent even after a panic.
         self.live.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn send(&self, op: Op) -> Result<(), Op> {
-        self.shared.push(op)
     }
 }
 
@@ -270,34 +395,35 @@ impl Drop for FileJournal {
 }
 
 impl JournalStore for FileJournal {
+    /// Encoding, hashing and writing happen on the writer thread, and only for entries
+    /// whose charge is not final by the time their batch is taken.
     fn append(&self, entry: Arc<JournalEntry>) -> BoxFuture<'static, io::Result<()>> {
-        let frame = frame(&RecordRef::Open(&entry));
-        let request_id = entry.request_id.clone();
-        self.live().insert(request_id.clone(), entry);
-        let (durable, written) = oneshot::channel();
-        let sent = self.send(Op::Open {
-            request_id,
-            frame,
-            durable,
-        });
-        Box::pin(async move {
-            if sent.is_err() {
-                return Err(io::Error::other("the charge journal's writer has stopped"));
-            }
-            written.await.unwrap_or_else(|_| {
-                Err(io::Error::other("the charge journal's writer has stopped"))
-            })
-        })
+        let slot = Slot::new(0);
+        self.live().insert(
+            entry.request_id.clone(),
+            Live {
+                entry: entry.clone(),
+                slot: slot.clone(),
+            },
+        );
+        if self.shared.push(Op::Open(entry, slot.clone())).is_err() {
+            slot.written(false);
+        }
+        Box::pin(Released(slot))
     }
 
     fn finish(&self, request_id: &str) {
-        if self.live().remove(request_id).is_some() {
-            let _ = self.send(Op::Done(request_id.to_owned()));
+        let Some(live) = self.live().remove(request_id) else {
+            return;
+        };
+        if live.slot.finish() {
+            // Never wakes the writer: it rides with the next batch (module docs).
+            let _ = self.shared.push(Op::Done(live.entry));
         }
     }
 
     fn unfinished(&self) -> Vec<Arc<JournalEntry>> {
-        self.live().values().cloned().collect()
+        self.live().values().map(|l| l.entry.clone()).collect()
     }
 
     fn stats(&self) -> JournalStats {
@@ -305,6 +431,7 @@ impl JournalStore for FileJournal {
             appended: self.counters.appended.load(Ordering::Relaxed),
             fsyncs: self.counters.fsyncs.load(Ordering::Relaxed),
             compactions: self.counters.compactions.load(Ordering::Relaxed),
+            elided: self.counters.elided.load(Ordering::Relaxed),
             unfinished: self.live().len() as u64,
             replayed: 0,
         }
@@ -312,6 +439,94 @@ impl JournalStore for FileJournal {
 
     fn describe(&self) -> String {
         format!("file {}", self.path.display())
+    }
+}
+
+/// An entry whose `Open` record is in the file, with the id of its route record;
+/// found by request id.
+struct Written(u32, Arc<JournalEntry>);
+
+impl PartialEq for Written {
+    fn eq(&self, other: &Self) -> bool {
+        self.1.request_id == other.1.request_id
+    }
+}
+impl Eq for Written {}
+impl Hash for Written {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        // As `str` hashes: `Borrow<str>` requires the same hash.
+        self.1.request_id.as_str().hash(state);
+    }
+}
+impl Borrow<str> for Written {
+    fn borrow(&self) -> &str {
+        &self.1.request_id
+    }
+}
+
+/// The route records in the file, so each route's `paymentRequired` is written once.
+#[derive(Default)]
+struct Routes {
+    /// By the address of the route's shared `paymentRequired` (held, so the address
+    /// is not reused): the common case, no hashing of the route.
+    by_address: HashMap<usize, (Arc<PaymentRequired>, u32)>,
+    /// By content: another `Arc` of a route already written (a replayed entry).
+    by_json: HashMap<Vec<u8>, u32>,
+    /// Each route's framed record, for rewrites.
+    frames: HashMap<u32, Vec<u8>>,
+    next: u32,
+}
+
+impl Routes {
+    /// The id of `route`; a new one's record is appended to `out` (and its id to
+    /// `added`, to be forgotten if the write fails).
+    fn id_of(
+        &mut self,
+        route: &Arc<PaymentRequired>,
+        out: &mut Vec<u8>,
+        added: &mut Vec<u32>,
+    ) -> u32 {
+        let address = Arc::as_ptr(route) as usize;
+        if let Some((_, id)) = self.by_address.get(&address) {
+            return *id;
+        }
+        // Serialising plain strings and numbers into a Vec cannot fail.
+        let json = serde_json::to_vec(&**route).unwrap_or_default();
+        let id = match self.by_json.get(&json) {
+            Some(id) => *id,
+            None => {
+                let id = self.next;
+                self.next = self.next.wrapping_add(1);
+                let mut frame = Vec::new();
+                put_route(&mut frame, id, &json);
+                out.extend_from_slice(&frame);
+                self.frames.insert(id, frame);
+                self.by_json.insert(json, id);
+                added.push(id);
+                id
+            }
+        };
+        self.by_address.insert(address, (route.clone(), id));
+        id
+    }
+
+    /// Keeps only the routes in `ids`: the others are no longer in the file.
+    fn keep_only(&mut self, ids: &HashSet<u32>) {
+        self.frames.retain(|id, _| ids.contains(id));
+        self.by_json.retain(|_, id| ids.contains(id));
+        self.by_address.retain(|_, (_, id)| ids.contains(id));
+    }
+
+    fn forget(&mut self, ids: &[u32]) {
+        if !ids.is_empty() {
+            let keep: HashSet<u32> = self
+                .frames
+                .keys()
+                .filter(|id| !ids.contains(id))
+                .copied()
+                .collect();
+            self.keep_only(&keep);
+        }
     }
 }
 
@@ -323,8 +538,9 @@ struct Writer {
     len: u64,
     /// A write failed and its part-record could not be cut off yet.
     torn: bool,
-    /// The framed `Open` record of every unfinished entry: what a rewrite keeps.
-    frames: HashMap<String, Vec<u8>>,
+    routes: Routes,
+    /// Every unfinished entry in the file: what a rewrite keeps.
+    written: HashSet<Written>,
     /// Records in the file that a rewrite would drop.
     dead: u64,
     counters: Arc<Counters>,
@@ -337,37 +553,43 @@ impl Writer {
     fn run(mut self, queue: &Shared) {
         let mut buf = Vec::new();
         let mut waiting = Vec::new();
-        let mut opened = Vec::new();
+        let mut added = Vec::new();
         // Group commit: everything queued while the last batch was syncing.
         while let Some(batch) = queue.next_batch() {
             buf.clear();
-            opened.clear();
+            added.clear();
             for op in batch {
                 match op {
-                    Op::Open {
-                        request_id,
-                        frame,
-                        durable,
-                    } => {
-                        buf.extend_from_slice(&frame);
-                        opened.push(request_id.clone());
-                        self.frames.insert(request_id, frame);
-                        waiting.push(durable);
+                    Op::Open(entry, slot) => {
+                        if !slot.take() {
+                            self.counters.elided.fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        }
+                        let route =
+                            self.routes
+                                .id_of(&entry.payment_required, &mut buf, &mut added);
+                        put_open(&mut buf, route, &entry);
+                        self.written.insert(Written(route, entry.clone()));
+                        waiting.push((entry, slot));
                     }
-                    Op::Done(id) => {
-                        buf.extend_from_slice(&frame(&RecordRef::Done(&id)));
+                    Op::Done(entry) => {
+                        put_done(&mut buf, &entry.request_id);
                         // The open record and this mark.
-                        self.dead += 1 + u64::from(self.frames.remove(&id).is_some());
+                        self.dead += 1 + u64::from(self.written.remove(entry.request_id.as_str()));
                     }
                 }
+            }
+            if buf.is_empty() {
+                continue;
             }
             let result = self.write(&buf, !waiting.is_empty());
             if let Err(e) = &result {
                 tracing::error!(path = %self.path.display(), error = %e,
                     "charge journal: write failed; these charges are not durable (they are charged before their responses instead)");
-                for id in &opened {
-                    self.frames.remove(id);
+                for (entry, _) in &waiting {
+                    self.written.remove(entry.request_id.as_str());
                 }
+                self.routes.forget(&added);
             }
             // Counted before the callers are told: what they read next includes it.
             if result.is_ok() {
@@ -375,13 +597,10 @@ impl Writer {
                     .appended
                     .fetch_add(waiting.len() as u64, Ordering::Relaxed);
             }
-            for durable in waiting.drain(..) {
-                let _ = durable.send(match &result {
-                    Ok(()) => Ok(()),
-                    Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
-                });
+            for (_, slot) in waiting.drain(..) {
+                slot.written(result.is_ok());
             }
-            if self.dead >= COMPACT_AFTER && self.dead >= 4 * self.frames.len() as u64 {
+            if self.dead >= COMPACT_AFTER && self.dead >= 4 * self.written.len() as u64 {
                 self.compact();
             }
         }
@@ -414,9 +633,9 @@ impl Writer {
         }
     }
 
-    /// Rewrites the file with the unfinished entries only.
+    /// Rewrites the file with the unfinished entries only (and their routes).
     fn compact(&mut self) {
-        match rewrite(&self.path, self.frames.values()) {
+        match rewrite(&self.path, &mut self.routes, &self.written) {
             Ok((file, len)) => {
                 self.file = file;
                 self.len = len;
@@ -457,10 +676,15 @@ fn read_existing(path: &Path) -> io::Result<Vec<u8>> {
     }
 }
 
-/// Writes a new journal holding `frames` beside `path`, makes it durable, and renames
-/// it over `path` (atomic: a crash leaves the old file or the new one). Returns the new
-/// file opened for appending, and its length.
-fn rewrite<'a>(path: &Path, frames: impl Iterator<Item = &'a Vec<u8>>) -> io::Result<(File, u64)> {
+/// Writes a new journal holding the `written` entries, after the route records they
+/// reference, beside `path`, makes it durable, and renames it over `path` (atomic: a
+/// crash leaves the old file or the new one). `routes` keeps only the routes written.
+/// Returns the new file opened for appending, and its length.
+fn rewrite(
+    path: &Path,
+    routes: &mut Routes,
+    written: &HashSet<Written>,
+) -> io::Result<(File, u64)> {
     let mut tmp_name = path.as_os_str().to_owned();
     tmp_name.push(".tmp");
     let tmp = PathBuf::from(tmp_name);
@@ -474,14 +698,22 @@ fn rewrite<'a>(path: &Path, frames: impl Iterator<Item = &'a Vec<u8>>) -> io::Re
         .create(true)
         .truncate(true)
         .open(&tmp)?;
-    let mut bytes = MAGIC.to_vec();
-    for f in frames {
-        bytes.extend_from_slice(f);
+    let referenced: HashSet<u32> = written.iter().map(|w| w.0).collect();
+    let mut bytes = header().to_vec();
+    for id in &referenced {
+        if let Some(frame) = routes.frames.get(id) {
+            bytes.extend_from_slice(frame);
+        }
+    }
+    for Written(route, entry) in written {
+        put_open(&mut bytes, *route, entry);
     }
     out.write_all(&bytes)?;
     out.sync_data()?;
     drop(out);
     std::fs::rename(&tmp, path)?;
+    // From here the file holds only these routes, whatever fails next.
+    routes.keep_only(&referenced);
     sync_dir(path)?;
     let file = private_options().append(true).open(path)?;
     Ok((file, bytes.len() as u64))
@@ -545,14 +777,28 @@ mod tests {
         ids.iter().map(|s| s.to_string()).collect()
     }
 
-    /// A journal file written by hand: `open` records, then `done` marks.
+    fn route_record() -> Vec<u8> {
+        let json = serde_json::to_vec(&*test_entry("x").payment_required).unwrap();
+        let mut out = Vec::new();
+        put_route(&mut out, 0, &json);
+        out
+    }
+
+    fn open_record(id: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        put_open(&mut out, 0, &test_entry(id));
+        out
+    }
+
+    /// A journal file written by hand: a route, `open` records, then `done` marks.
     fn write_journal(path: &Path, open: &[&str], done: &[&str]) -> Vec<u8> {
-        let mut bytes = MAGIC.to_vec();
+        let mut bytes = header().to_vec();
+        bytes.extend(route_record());
         for id in open {
-            bytes.extend(frame(&RecordRef::Open(&test_entry(id))));
+            bytes.extend(open_record(id));
         }
         for id in done {
-            bytes.extend(frame(&RecordRef::Done(id)));
+            put_done(&mut bytes, id);
         }
         std::fs::write(path, &bytes).unwrap();
         bytes
@@ -614,27 +860,27 @@ mod tests {
     #[test]
     fn a_write_that_failed_half_way_is_cut_off_before_the_next_one() {
         let dir = TempDir::new("torn-write");
-        let (file, len) = rewrite(&dir.file(), std::iter::empty()).unwrap();
+        let mut routes = Routes::default();
+        let (file, len) = rewrite(&dir.file(), &mut routes, &HashSet::new()).unwrap();
         let mut writer = Writer {
             path: dir.file(),
             file,
             len,
             torn: false,
-            frames: HashMap::new(),
+            routes,
+            written: HashSet::new(),
             dead: 0,
             counters: Arc::default(),
             _lock: File::open(dir.file()).unwrap(),
         };
-        writer
-            .write(&frame(&RecordRef::Open(&test_entry("a"))), true)
-            .unwrap();
+        let mut first = route_record();
+        first.extend(open_record("a"));
+        writer.write(&first, true).unwrap();
         // A full disk: half of a record reached the file, the write failed.
-        let half = frame(&RecordRef::Open(&test_entry("b")));
+        let half = open_record("b");
         writer.file.write_all(&half[..half.len() / 2]).unwrap();
         writer.torn = true;
-        writer
-            .write(&frame(&RecordRef::Open(&test_entry("c"))), true)
-            .unwrap();
+        writer.write(&open_record("c"), true).unwrap();
         let scan = scan(&std::fs::read(dir.file()).unwrap());
         assert_eq!(scan.records.len(), 2, "a and c, both readable");
         assert_eq!(scan.skipped, 0);
@@ -662,6 +908,13 @@ mod tests {
             std::fs::read(dir.file()).unwrap(),
             b"{\"some\": \"config\"}"
         );
+        // A journal of a format version this code does not know: refused, untouched.
+        let newer = b"NVMJRNL9 whatever a newer version writes".to_vec();
+        std::fs::write(dir.file(), &newer).unwrap();
+        let refused = FileJournal::open(&dir.file());
+        assert!(matches!(refused, Err(OpenError::UnknownVersion)));
+        assert!(refused.err().unwrap().reason().contains("format"));
+        assert_eq!(std::fs::read(dir.file()).unwrap(), newer);
     }
 
     #[cfg(unix)]
@@ -718,5 +971,161 @@ mod tests {
             scan.records.len()
         );
         assert_eq!(ids(&journal), set(&["last", "after"]));
+    }
+
+    /// An entry of its own route (`url`).
+    fn entry_on(request_id: &str, url: &str) -> JournalEntry {
+        let mut entry = test_entry(request_id);
+        let mut route = serde_json::to_value(&*entry.payment_required).unwrap();
+        route["resource"]["url"] = url.into();
+        entry.payment_required = Arc::new(serde_json::from_value(route).unwrap());
+        entry
+    }
+
+    fn url_of(entry: &JournalEntry) -> String {
+        serde_json::to_value(&*entry.payment_required).unwrap()["resource"]["url"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    #[tokio::test]
+    async fn a_route_is_written_once_and_kept_across_compaction_while_referenced() {
+        let dir = TempDir::new("routes");
+        let journal = FileJournal::open(&dir.file()).unwrap();
+        let kept = Arc::new(entry_on("kept", "/kept-route"));
+        let gone = Arc::new(entry_on("gone-0", "/gone-route"));
+        journal.append(kept.clone()).await.unwrap();
+        // Many entries on a second route, sharing its `paymentRequired` as requests do.
+        let mut writes = Vec::new();
+        for i in 0..COMPACT_AFTER {
+            let mut e = JournalEntry::clone(&gone);
+            e.request_id = format!("gone-{i}");
+            writes.push(journal.append(Arc::new(e)));
+        }
+        for w in futures_util::future::join_all(writes).await {
+            w.unwrap();
+        }
+        let before = std::fs::read(dir.file()).unwrap();
+        let count = |bytes: &[u8], what: &str| String::from_utf8_lossy(bytes).matches(what).count();
+        assert_eq!(
+            count(&before, "/gone-route"),
+            1,
+            "one route record for all its entries"
+        );
+        for i in 0..COMPACT_AFTER {
+            journal.finish(&format!("gone-{i}"));
+        }
+        // The marks ride with the next batch, which then compacts.
+        journal
+            .append(Arc::new(entry_on("late", "/kept-route")))
+            .await
+            .unwrap();
+        journal
+            .append(Arc::new(entry_on("later", "/gone-route")))
+            .await
+            .unwrap();
+        assert!(journal.stats().compactions >= 1, "{:?}", journal.stats());
+        drop(journal);
+        let after = std::fs::read(dir.file()).unwrap();
+        assert_eq!(
+            count(&after, "/kept-route"),
+            1,
+            "re-emitted once for its entries"
+        );
+        assert_eq!(
+            count(&after, "/gone-route"),
+            1,
+            "only for the entry still on it"
+        );
+        let journal = FileJournal::open(&dir.file()).unwrap();
+        let mut urls: Vec<(String, String)> = journal
+            .unfinished()
+            .iter()
+            .map(|e| (e.request_id.clone(), url_of(e)))
+            .collect();
+        urls.sort();
+        assert_eq!(
+            urls,
+            [
+                ("kept".into(), "/kept-route".into()),
+                ("late".into(), "/kept-route".into()),
+                ("later".into(), "/gone-route".into()),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn an_entry_final_before_its_batch_is_taken_never_reaches_the_file() {
+        let dir = TempDir::new("elide");
+        let journal = FileJournal::open(&dir.file()).unwrap();
+        journal.shared.hold(true);
+        let mut quick = journal.append(Arc::new(test_entry("quick")));
+        let mut slow = journal.append(Arc::new(test_entry("slow")));
+        assert!(futures_util::FutureExt::now_or_never(&mut quick).is_none());
+        // Its charge is final: the response it holds back may go, nothing is written.
+        journal.finish("quick");
+        assert!(futures_util::FutureExt::now_or_never(&mut quick)
+            .unwrap()
+            .is_ok());
+        assert!(
+            futures_util::FutureExt::now_or_never(&mut slow).is_none(),
+            "not final, not durable: its response waits"
+        );
+        journal.shared.hold(false);
+        slow.await.unwrap();
+        let stats = journal.stats();
+        assert_eq!(
+            (stats.appended, stats.elided, stats.unfinished),
+            (1, 1, 1),
+            "{stats:?}"
+        );
+        drop(journal);
+        let bytes = std::fs::read(dir.file()).unwrap();
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(text.contains("secret-token-of-slow"));
+        assert!(!text.contains("quick"), "neither its entry nor a done mark");
+    }
+
+    #[tokio::test]
+    async fn a_charge_final_while_its_entry_is_written_releases_at_once_and_is_marked_done() {
+        let dir = TempDir::new("late-finish");
+        let journal = FileJournal::open(&dir.file()).unwrap();
+        journal.append(Arc::new(test_entry("a"))).await.unwrap();
+        journal.finish("a");
+        journal.append(Arc::new(test_entry("b"))).await.unwrap();
+        drop(journal);
+        let kinds: Vec<String> = scan(&std::fs::read(dir.file()).unwrap())
+            .records
+            .iter()
+            .map(|r| match r {
+                Record::Open(e) => format!("open {}", e.request_id),
+                Record::Done(id) => format!("done {id}"),
+            })
+            .collect();
+        assert_eq!(kinds, ["open a", "done a", "open b"]);
+        let journal = FileJournal::open(&dir.file()).unwrap();
+        assert_eq!(ids(&journal), set(&["b"]));
+    }
+
+    #[test]
+    fn a_version_1_json_journal_is_read_and_rewritten_in_the_current_format() {
+        use crate::settle::journal::record::tests::json_journal;
+        let dir = TempDir::new("v1");
+        let old = json_journal(&[
+            serde_json::json!({"open": test_entry("a")}),
+            serde_json::json!({"open": test_entry("b")}),
+            serde_json::json!({"done": "a"}),
+        ]);
+        std::fs::write(dir.file(), &old).unwrap();
+        let journal = FileJournal::open(&dir.file()).unwrap();
+        assert_eq!(ids(&journal), set(&["b"]));
+        let entry = journal.unfinished().pop().unwrap();
+        assert_eq!(entry.token, "secret-token-of-b");
+        assert_eq!(url_of(&entry), "/ask");
+        drop(journal);
+        let bytes = std::fs::read(dir.file()).unwrap();
+        assert_eq!(format_of(&bytes), Format::Binary);
+        assert_eq!(scan(&bytes).records.len(), 1);
     }
 }

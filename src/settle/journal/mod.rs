@@ -90,6 +90,9 @@ pub struct JournalStats {
     pub unfinished: u64,
     /// Charges replayed from the journal (start-up and periodic passes).
     pub replayed: u64,
+    /// Charges whose outcome was final before their batch was written: nothing about
+    /// them reached the disk (see the module docs).
+    pub elided: u64,
 }
 
 /// One journaled charge: everything a settle or a redeem needs, the access token
@@ -99,7 +102,8 @@ pub struct JournalStats {
 pub(crate) struct JournalEntry {
     pub(crate) request_id: String,
     pub(crate) method: ChargeMethod,
-    pub(crate) payment_required: PaymentRequired,
+    /// Shared with the route (and, read back, with every entry of the same route).
+    pub(crate) payment_required: Arc<PaymentRequired>,
     pub(crate) token: String,
     pub(crate) plan_id: PlanId,
     pub(crate) subscriber: Address,
@@ -126,7 +130,7 @@ impl JournalEntry {
         JournalEntry {
             request_id: charge.request_id.clone(),
             method: charge.method,
-            payment_required: PaymentRequired::clone(&charge.payment_required),
+            payment_required: charge.payment_required.clone(),
             token: charge.caller.credential.token().expose().to_owned(),
             plan_id: charge.caller.plan_id.clone(),
             subscriber: charge.caller.subscriber.clone(),
@@ -141,10 +145,13 @@ impl JournalEntry {
 /// Where journal entries are kept. One implementation today (the local file); the
 /// shared store of the replicas work can add another without touching the layer.
 pub(crate) trait JournalStore: Send + Sync + 'static {
-    /// Records `entry`; the future resolves once it would survive a crash.
+    /// Records `entry`; the future resolves once it would survive a crash, or once
+    /// [`finish`](Self::finish) was called for it (a final charge needs no journal: a
+    /// store may then never write it).
     fn append(&self, entry: Arc<JournalEntry>) -> BoxFuture<'static, io::Result<()>>;
-    /// Marks a charge final. Need not be durable: a lost mark costs one replay, which
-    /// the backend answers idempotently.
+    /// Marks a charge final, and resolves its `append` future if it is still waiting.
+    /// Need not be durable: a lost mark costs one replay, which the backend answers
+    /// idempotently.
     fn finish(&self, request_id: &str);
     /// Every entry not marked final.
     fn unfinished(&self) -> Vec<Arc<JournalEntry>>;
@@ -197,25 +204,25 @@ impl ChargeJournal {
         self.claimed().remove(request_id);
     }
 
-    /// Writes `charge` to the journal and waits until it is durable. The ticket keeps
-    /// its request id claimed until the charge ends (or is dropped before it is due).
-    pub(crate) async fn record(self: &Arc<Self>, charge: &Charge) -> io::Result<JournalTicket> {
+    /// Hands `charge` to the journal. The ticket keeps its request id claimed until the
+    /// charge ends (or is dropped before it is due); the future resolves once the entry
+    /// is durable **or** the charge is final, whichever comes first: the moment its
+    /// response may be released (docs/guarantees.md). The charge may be sent before.
+    pub(crate) fn record(
+        self: &Arc<Self>,
+        charge: &Charge,
+    ) -> (JournalTicket, BoxFuture<'static, io::Result<()>>) {
         let entry = Arc::new(JournalEntry::of(charge));
         let request_id = entry.request_id.clone();
         // Claimed before it is visible to a replay pass.
         self.claim(&request_id);
-        match self.store.append(entry).await {
-            Ok(()) => Ok(JournalTicket {
-                journal: self.clone(),
-                request_id,
-                state: TicketState::Due,
-            }),
-            Err(e) => {
-                self.store.finish(&request_id);
-                self.release(&request_id);
-                Err(e)
-            }
-        }
+        let released = self.store.append(entry);
+        let ticket = JournalTicket {
+            journal: self.clone(),
+            request_id,
+            state: TicketState::Due,
+        };
+        (ticket, released)
     }
 
     pub(crate) fn stats(&self) -> JournalStats {
@@ -281,7 +288,7 @@ pub(crate) fn test_entry(request_id: &str) -> JournalEntry {
     JournalEntry {
         request_id: request_id.to_owned(),
         method: ChargeMethod::Settle,
-        payment_required,
+        payment_required: Arc::new(payment_required),
         token: format!("secret-token-of-{request_id}"),
         plan_id: "7".parse().unwrap(),
         subscriber: "0x1111111111111111111111111111111111111111"

@@ -155,7 +155,7 @@ fn replayed_charge(entry: &JournalEntry, context: &ReplayContext) -> Charge {
     Charge {
         backend: context.backend.clone(),
         method: entry.method,
-        payment_required: Arc::new(entry.payment_required.clone()),
+        payment_required: entry.payment_required.clone(),
         caller: Arc::new(Caller {
             subscriber: entry.subscriber.clone(),
             plan_id: entry.plan_id.clone(),
