@@ -29,6 +29,10 @@
 //!   journal (`charge_journal`, a file under `NVM_LOAD_JOURNAL_DIR`, default the system
 //!   temp dir): every charge is made durable (group commit) before its response. The
 //!   report gives fsyncs per journaled request and the journal on / off ratios.
+//! - `/paid-slow`, `/paid-slow-bg`, `/paid-slow-journal`, `/paid-slow-journal-bg`: the
+//!   same four over a sink whose settles each take `NVM_LOAD_SLOW_SETTLE_MS` (default
+//!   5 ms, a hosted settle's order of magnitude): what the charge timing costs when the
+//!   backend is not instant, with and without a journal.
 //!
 //! After a warm-up pass the rows run interleaved, `A B C A B C ...`, for
 //! `NVM_LOAD_ROUNDS` rounds of `NVM_LOAD_SECS` seconds each, so a noisy neighbour hurts
@@ -268,9 +272,35 @@ async fn run(duration: Duration, rounds: usize, concurrency: usize, workers: usi
     let bg_layer = sink_layer_with(ChargeTiming::Background, None);
     let journal_layer = sink_layer_with(ChargeTiming::BeforeResponse, Some("before.journal"));
     let journal_bg_layer = sink_layer_with(ChargeTiming::Background, Some("background.journal"));
+    // The same four over a slow settle.
+    let slow_ms: u64 = std::env::var("NVM_LOAD_SLOW_SETTLE_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let slow_sink = Sink::with_settle_delay(Duration::from_millis(slow_ms));
+    let slow_layer_with = |timing: ChargeTiming, journal: Option<&str>| {
+        let builder = PaymentLayer::builder_with_backend(slow_sink.clone(), Environment::Custom)
+            .plan_id(plan())
+            .agent_id(agent())
+            .credits(1u64)
+            .charge_timing(timing);
+        match journal {
+            Some(name) => builder.charge_journal(journal_dir.join(name)),
+            None => builder,
+        }
+        .build()
+        .unwrap()
+    };
+    let slow_layer = slow_layer_with(ChargeTiming::BeforeResponse, None);
+    let slow_bg_layer = slow_layer_with(ChargeTiming::Background, None);
+    let slow_journal_layer = slow_layer_with(ChargeTiming::BeforeResponse, Some("slow.journal"));
+    let slow_journal_bg_layer =
+        slow_layer_with(ChargeTiming::Background, Some("slow-background.journal"));
     let journals = [
         ("/paid-journal", journal_layer.clone()),
         ("/paid-journal-bg", journal_bg_layer.clone()),
+        ("/paid-slow-journal", slow_journal_layer.clone()),
+        ("/paid-slow-journal-bg", slow_journal_bg_layer.clone()),
     ];
     let dev_layer = PaymentLayer::builder(owner)
         .plan_id(dev_plan)
@@ -310,7 +340,11 @@ async fn run(duration: Duration, rounds: usize, concurrency: usize, workers: usi
         .route("/paid-devserver", post(answer).layer(dev_layer))
         .route("/paid-bg", post(answer).layer(bg_layer))
         .route("/paid-journal", post(answer).layer(journal_layer))
-        .route("/paid-journal-bg", post(answer).layer(journal_bg_layer));
+        .route("/paid-journal-bg", post(answer).layer(journal_bg_layer))
+        .route("/paid-slow", post(answer).layer(slow_layer))
+        .route("/paid-slow-bg", post(answer).layer(slow_bg_layer))
+        .route("/paid-slow-journal", post(answer).layer(slow_journal_layer))
+        .route("/paid-slow-journal-bg", post(answer).layer(slow_journal_bg_layer));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
@@ -319,6 +353,7 @@ async fn run(duration: Duration, rounds: usize, concurrency: usize, workers: usi
     // Another holder: the journal rows' ledger is not the `/paid` row's.
     let journal_token = HeaderValue::try_from(x402_token(&holder(1_000_000), None)).unwrap();
     let replica_token = HeaderValue::try_from(x402_token(&holder(7), None)).unwrap();
+    let slow_token = HeaderValue::try_from(x402_token(&holder(2_000_000), None)).unwrap();
     let mut rows = vec![
         Row {
             name: "unprotected",
@@ -368,6 +403,34 @@ async fn run(duration: Duration, rounds: usize, concurrency: usize, workers: usi
             name: "protected, sink, journal, background",
             path: "/paid-journal-bg",
             credentials: vec![journal_token],
+            also: None,
+            rounds: vec![],
+        },
+        Row {
+            name: "protected, slow settle",
+            path: "/paid-slow",
+            credentials: vec![slow_token.clone()],
+            also: None,
+            rounds: vec![],
+        },
+        Row {
+            name: "protected, slow settle, background",
+            path: "/paid-slow-bg",
+            credentials: vec![slow_token.clone()],
+            also: None,
+            rounds: vec![],
+        },
+        Row {
+            name: "protected, slow settle, journal",
+            path: "/paid-slow-journal",
+            credentials: vec![slow_token.clone()],
+            also: None,
+            rounds: vec![],
+        },
+        Row {
+            name: "protected, slow settle, journal, background",
+            path: "/paid-slow-journal-bg",
+            credentials: vec![slow_token],
             also: None,
             rounds: vec![],
         },
@@ -487,13 +550,15 @@ fn report_journal(rows: &[Row], journals: &[(&str, PaymentLayer)], before: &[Jou
     };
     println!("\ncharge journal (same run): req/s with the journal on / off, fsyncs per request");
     println!(
-        "| timing | off req/s | on req/s | on / off | requests | fsyncs | fsyncs per request |"
+        "| settle | timing | off req/s | on req/s | on / off | requests | written | elided | fsyncs | fsyncs per request |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for ((path, layer), before) in journals.iter().zip(before) {
-        let (timing, off) = match *path {
-            "/paid-journal" => ("before response", "/paid"),
-            _ => ("background", "/paid-bg"),
+        let (settle, timing, off) = match *path {
+            "/paid-journal" => ("instant", "before response", "/paid"),
+            "/paid-journal-bg" => ("instant", "background", "/paid-bg"),
+            "/paid-slow-journal" => ("slow", "before response", "/paid-slow"),
+            _ => ("slow", "background", "/paid-slow-bg"),
         };
         let (Some(on_rps), Some(off_rps)) = (rps(path), rps(off)) else {
             continue;
@@ -502,9 +567,19 @@ fn report_journal(rows: &[Row], journals: &[(&str, PaymentLayer)], before: &[Jou
         let fsyncs = after.fsyncs - before.fsyncs;
         let n = served(path);
         println!(
-            "| {timing} | {off_rps:.0} | {on_rps:.0} | {:.3} | {n} | {fsyncs} | {:.4} |",
+            "| {settle} | {timing} | {off_rps:.0} | {on_rps:.0} | {:.3} | {n} | {} | {} | {fsyncs} | {:.4} |",
             on_rps / off_rps,
+            after.appended - before.appended,
+            after.elided - before.elided,
             fsyncs as f64 / n.max(1) as f64
+        );
+    }
+    if let (Some(bg), Some(before_response)) =
+        (rps("/paid-slow-journal-bg"), rps("/paid-slow-journal"))
+    {
+        println!(
+            "slow settle, journal on: background / before response req/s = {:.3}",
+            bg / before_response
         );
     }
 }

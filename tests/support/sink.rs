@@ -80,13 +80,22 @@ impl Calls {
 pub struct Sink {
     pub calls: Calls,
     jwks: JwkSet,
+    /// How long each settle takes (zero: it answers at once), as a hosted settle
+    /// would (an HTTP round trip and the backend's own work).
+    settle_delay: std::time::Duration,
 }
 
 impl Sink {
     pub fn new() -> Arc<Self> {
+        Self::with_settle_delay(std::time::Duration::ZERO)
+    }
+
+    /// A sink whose settles each take `delay`.
+    pub fn with_settle_delay(delay: std::time::Duration) -> Arc<Self> {
         Arc::new(Sink {
             calls: Calls::default(),
             jwks: bearer_jwks(),
+            settle_delay: delay,
         })
     }
 }
@@ -126,6 +135,9 @@ impl PaymentBackend for Sink {
     ) -> BoxFuture<'a, Result<SettleResponse, Error>> {
         Box::pin(async move {
             count(&self.calls.settle);
+            if !self.settle_delay.is_zero() {
+                tokio::time::sleep(self.settle_delay).await;
+            }
             Ok(SettleResponse {
                 success: true,
                 error_reason: None,
