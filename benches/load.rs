@@ -344,7 +344,10 @@ async fn run(duration: Duration, rounds: usize, concurrency: usize, workers: usi
         .route("/paid-slow", post(answer).layer(slow_layer))
         .route("/paid-slow-bg", post(answer).layer(slow_bg_layer))
         .route("/paid-slow-journal", post(answer).layer(slow_journal_layer))
-        .route("/paid-slow-journal-bg", post(answer).layer(slow_journal_bg_layer));
+        .route(
+            "/paid-slow-journal-bg",
+            post(answer).layer(slow_journal_bg_layer),
+        );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });

@@ -1,20 +1,23 @@
 //! [`FileJournal`]: the charge journal of one machine, an append-only file of
 //! checksummed records written by one thread that group-commits.
 //!
-//! Every charge that must survive a crash is put on a queue for the writer thread,
-//! which takes everything queued, writes it in one `write` and makes it durable with
-//! one `fdatasync`; callers wait for that batch only. Under load a batch carries many
-//! entries, so an fsync is shared by many requests ([`JournalStats::fsyncs`]). The
-//! writer is woken only when it sleeps, and only by an entry: thread wake-ups, not the
-//! disk, were the cost of a first version with a channel per operation (a profile of
-//! the load bench showed a third of the time in futex wake and wait). `Done` marks
-//! never wake it and never wait: they ride in the next batch (or a flush within a
-//! second), and a mark lost in a crash costs one replay, which the backend answers
-//! idempotently.
+//! A request only queues its entry (an `Arc` of it, and a small [`Slot`] it waits on):
+//! encoding, hashing and writing happen on the writer thread, which takes everything
+//! queued, encodes it into one buffer, writes it with one `write` and makes it durable
+//! with one `fdatasync`; callers wait for that batch only. An entry whose charge became
+//! final before the writer took it is skipped (nothing about it is written, not even a
+//! `Done` mark): its response no longer waits on it (the module docs of `journal` say
+//! why that is safe). Under load a batch carries many entries, so an fsync is shared by
+//! many requests ([`JournalStats::fsyncs`]). The writer is woken only when it sleeps,
+//! and only by an entry: thread wake-ups, not the disk, were the cost of a first
+//! version with a channel per operation. `Done` marks never wake it and never wait:
+//! they ride in the next batch (or a flush within a second), and a mark lost in a
+//! crash costs one replay, which the backend answers idempotently.
 //!
-//! The file is rewritten with only the unfinished entries when it is opened (which
-//! also drops a torn tail) and whenever finished records outnumber live ones, so a
-//! finished charge's token does not stay on disk for long.
+//! The file is rewritten with only the unfinished entries (and the route records they
+//! reference) when it is opened (which also drops a torn tail and converts a version-1
+//! JSON journal) and whenever finished records outnumber live ones, so a finished
+//! charge's token does not stay on disk for long.
 
 use std::borrow::Borrow;
 use std::collections::{HashMap, HashSet};

