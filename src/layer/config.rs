@@ -453,8 +453,9 @@ impl PaymentLayerBuilder {
         self
     }
 
-    /// Writes every charge to a journal file at `path` before the response that makes
-    /// it due is released, and replays unfinished ones with the same request id at
+    /// Writes every charge to a journal file at `path` and releases the response that
+    /// makes it due only once the charge is durable there or already final at the
+    /// backend, whichever comes first, and replays unfinished ones with the same request id at
     /// start-up and every [`journal_replay_interval`](Self::journal_replay_interval):
     /// a served request is charged once even if the process is killed. The file holds
     /// subscribers' access tokens until their charges are final (mode `0600`); see the

@@ -13,8 +13,8 @@
 //! at the bound), and [`PaymentLayer::drain`](crate::PaymentLayer::drain) waits for
 //! them at shutdown and names those it could not finish ([`DrainReport`]).
 //!
-//! With a charge journal (`PaymentLayerBuilder::charge_journal`), a charge is also
-//! written to durable storage before the response that makes it due is released, and
+//! With a charge journal (`PaymentLayerBuilder::charge_journal`), the response that
+//! makes a charge due is released only once the charge is durable or final, and
 //! what a crash left unfinished is replayed with the same request id at start-up and
 //! periodically ([`JournalStats`] counts it).
 //!
