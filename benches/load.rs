@@ -105,6 +105,22 @@ struct Measured {
     elapsed: Duration,
     /// Latency of every successful request, in microseconds.
     latencies: Vec<u32>,
+    /// CPU time the whole process (server, client, journal writer) used meanwhile.
+    cpu: Duration,
+}
+
+/// User + system CPU time of this process so far, from `/proc/self/stat` (in ticks of
+/// `USER_HZ`, 100 per second on Linux): zero where there is no procfs.
+fn process_cpu() -> Duration {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return Duration::ZERO;
+    };
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    Duration::from_millis((ticks(11) + ticks(12)) * 10)
 }
 
 impl Measured {
@@ -490,7 +506,8 @@ async fn run(duration: Duration, rounds: usize, concurrency: usize, workers: usi
 
     for round in 0..rounds {
         for row in rows.iter_mut() {
-            let m = measure(
+            let cpu_before = process_cpu();
+            let mut m = measure(
                 addr,
                 (row.path, row.also),
                 row.credentials.clone(),
@@ -498,6 +515,7 @@ async fn run(duration: Duration, rounds: usize, concurrency: usize, workers: usi
                 duration,
             )
             .await;
+            m.cpu = process_cpu().saturating_sub(cpu_before);
             println!(
                 "  round {} {:<36} {:>8.0} req/s ({} failed)",
                 round + 1,
@@ -551,11 +569,19 @@ fn report_journal(rows: &[Row], journals: &[(&str, PaymentLayer)], before: &[Jou
             .flat_map(|r| r.rounds.iter().map(|m| m.ok))
             .sum()
     };
+    // Process CPU time (all threads) per request served: what the journal costs in
+    // core time, whatever the disk and the neighbours do to the wall clock.
+    let cpu_us = |path: &str| -> Option<f64> {
+        let row = rows.iter().find(|r| r.path == path)?;
+        let ok: u64 = row.rounds.iter().map(|m| m.ok).sum();
+        let cpu: f64 = row.rounds.iter().map(|m| m.cpu.as_secs_f64()).sum();
+        Some(cpu * 1e6 / ok.max(1) as f64)
+    };
     println!("\ncharge journal (same run): req/s with the journal on / off, fsyncs per request");
     println!(
-        "| settle | timing | off req/s | on req/s | on / off | requests | written | elided | fsyncs | fsyncs per request |"
+        "| settle | timing | off req/s | on req/s | on / off | requests | written | elided | fsyncs | fsyncs per request | core µs per request off / on |"
     );
-    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for ((path, layer), before) in journals.iter().zip(before) {
         let (settle, timing, off) = match *path {
             "/paid-journal" => ("instant", "before response", "/paid"),
@@ -570,11 +596,13 @@ fn report_journal(rows: &[Row], journals: &[(&str, PaymentLayer)], before: &[Jou
         let fsyncs = after.fsyncs - before.fsyncs;
         let n = served(path);
         println!(
-            "| {settle} | {timing} | {off_rps:.0} | {on_rps:.0} | {:.3} | {n} | {} | {} | {fsyncs} | {:.4} |",
+            "| {settle} | {timing} | {off_rps:.0} | {on_rps:.0} | {:.3} | {n} | {} | {} | {fsyncs} | {:.4} | {:.1} / {:.1} |",
             on_rps / off_rps,
             after.appended - before.appended,
             after.elided - before.elided,
-            fsyncs as f64 / n.max(1) as f64
+            fsyncs as f64 / n.max(1) as f64,
+            cpu_us(off).unwrap_or(0.0),
+            cpu_us(path).unwrap_or(0.0),
         );
     }
     if let (Some(bg), Some(before_response)) =
