@@ -8,9 +8,13 @@
 //! final before the writer took it is skipped (nothing about it is written, not even a
 //! `Done` mark): its response no longer waits on it (the module docs of `journal` say
 //! why that is safe). Under load a batch carries many entries, so an fsync is shared by
-//! many requests ([`JournalStats::fsyncs`]). The writer is woken only when it sleeps,
-//! and only by an entry: thread wake-ups, not the disk, were the cost of a first
-//! version with a channel per operation. `Done` marks never wake it and never wait:
+//! many requests ([`JournalStats::fsyncs`]). The writer, once asleep, is woken only by a
+//! response that waits for an entry (the first time its [`Released`] future is
+//! pending), never by a queued entry or mark: thread wake-ups, not the disk, were the
+//! cost of a first version with a channel per operation, and an entry whose charge is
+//! final before its response asks (the common case) then costs no wake-up at all.
+//! While awake (writing, or yielding twice before it sleeps) it takes whatever is
+//! queued, and asleep it flushes what is queued every [`FLUSH_MARKS_AFTER`]. `Done` marks never wake it and never wait:
 //! they ride in the next batch (or a flush within a second), and a mark lost in a
 //! crash costs one replay, which the backend answers idempotently.
 //!
@@ -110,22 +114,33 @@ impl Slot {
     }
 }
 
-/// Resolves once the entry is durable or its charge final.
-struct Released(Arc<Slot>);
+/// Resolves once the entry is durable or its charge final. The first time it has to
+/// wait, it wakes the writer: an entry nobody waits for (its charge is still running)
+/// does not cost a thread wake-up, and is usually final, so never written, by the
+/// time its response asks.
+struct Released {
+    slot: Arc<Slot>,
+    shared: Arc<Shared>,
+    asked: bool,
+}
 
 impl Future for Released {
     type Output = io::Result<()>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        if let Some(done) = self.0.outcome() {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if let Some(done) = self.slot.outcome() {
             return Poll::Ready(done);
         }
-        self.0.waker.register(cx.waker());
+        self.slot.waker.register(cx.waker());
         // Again after registering: a wake in between would otherwise be lost.
-        match self.0.outcome() {
-            Some(done) => Poll::Ready(done),
-            None => Poll::Pending,
+        if let Some(done) = self.slot.outcome() {
+            return Poll::Ready(done);
         }
+        if !self.asked {
+            self.asked = true;
+            self.shared.wanted();
+        }
+        Poll::Pending
     }
 }
 
@@ -135,7 +150,7 @@ struct Queue {
     ops: Vec<Op>,
     /// `Open` operations in `ops`: only those need the writer now.
     opens: usize,
-    /// The writer sleeps: the next `Open` must wake it.
+    /// The writer sleeps: a response waiting for an entry must wake it.
     idle: bool,
     /// The journal was dropped: write what is queued and stop.
     closed: bool,
@@ -166,7 +181,7 @@ impl Shared {
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queues `op`; wakes the writer only for an `Open` while it sleeps.
+    /// Queues `op`; never wakes the writer (a waiting response does: [`Self::wanted`]).
     fn push(&self, op: Op) -> Result<(), Op> {
         let is_open = matches!(op, Op::Open(..));
         let mut queue = self.lock();
@@ -175,19 +190,23 @@ impl Shared {
         }
         queue.ops.push(op);
         queue.opens += usize::from(is_open);
-        let wake = is_open && queue.idle;
-        if wake {
-            queue.idle = false;
-        }
+        Ok(())
+    }
+
+    /// A response waits for an entry: wakes the writer if it sleeps.
+    fn wanted(&self) {
+        let mut queue = self.lock();
+        let wake = queue.idle;
+        queue.idle = false;
         drop(queue);
         if wake {
             self.work.notify_one();
         }
-        Ok(())
     }
 
-    /// The next batch, once there is an entry to write (or marks older than
-    /// [`FLUSH_MARKS_AFTER`]); `None` once closed and empty.
+    /// The next batch, once there is an entry to write and the writer is awake (it
+    /// sleeps until a response waits for an entry, or for [`FLUSH_MARKS_AFTER`]);
+    /// `None` once closed and empty.
     fn next_batch(&self) -> Option<Vec<Op>> {
         let mut yields = 0;
         let mut queue = self.lock();
@@ -412,7 +431,11 @@ impl JournalStore for FileJournal {
         if self.shared.push(Op::Open(entry, slot.clone())).is_err() {
             slot.written(false);
         }
-        Box::pin(Released(slot))
+        Box::pin(Released {
+            slot,
+            shared: self.shared.clone(),
+            asked: false,
+        })
     }
 
     fn finish(&self, request_id: &str) {

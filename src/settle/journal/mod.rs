@@ -8,12 +8,13 @@
 //! Enabled with `PaymentLayerBuilder::charge_journal(path)`. The rule, for every
 //! timing: **a response is released only once its charge is durable or final**,
 //! whichever comes first. The entry is handed to the journal when the handler has
-//! succeeded, and the charge is sent without waiting for the disk:
+//! succeeded, and the charge is sent without waiting for the disk; the writer writes
+//! it as soon as a response waits for it (or with the batch it is writing anyway):
 //!
 //! | timing | the charge is sent | the response is released |
 //! |---|---|---|
-//! | `BeforeResponse` | at once, beside the write | when the charge is final, or when it is not (outcome unknown, backend unreachable) once the entry is durable |
-//! | `Background` | at once, beside the write | when the entry is durable or the charge final, whichever is first |
+//! | `BeforeResponse` | at once | when the charge is final, or when it is not (outcome unknown, backend unreachable) once the entry is durable |
+//! | `Background` | at once, while the entry is written | when the entry is durable or the charge final, whichever is first |
 //! | `OnBodyEnd` | at the body's end | the head, once the entry is durable; a body the client drops before its end marks it done uncharged, a process killed mid-stream charges it at replay |
 //!
 //! Why a final charge need not reach the disk (and, under load, almost none does: the
@@ -26,9 +27,10 @@
 //! backend, which is also true with the stricter rule of writing before the first
 //! attempt (the entry would be replayed and charge an unserved request the same way).
 //! So no served request is left uncharged by a crash, and the disk is needed only by
-//! charges that are slower than an fsync. The same holds for the issue's
-//! parenthetical, "before the first settle attempt", which this relaxes on purpose:
-//! the first attempt now runs beside the write.
+//! charges that are not final when their response asks. This relaxes on purpose the
+//! first rule, "before the first settle attempt" for `BeforeResponse`: the attempt
+//! no longer waits for the disk, and the entry is written only if the charge ends
+//! without a final outcome (or the writer is writing a batch anyway).
 //!
 //! A charge is final when the backend answered it (settled, or refused): its entry is
 //! marked done. Done marks are never fsynced on their own and never wait: they ride
