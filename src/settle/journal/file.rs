@@ -50,6 +50,10 @@ const FLUSH_MARKS_AFTER: Duration = Duration::from_secs(1);
 /// Times the writer yields its core, looking for more work, before it sleeps: it lets
 /// the requests in flight add their entries to the next batch.
 const YIELDS_BEFORE_SLEEP: usize = 2;
+/// Queued operations that wake a sleeping writer even if no response waits: entries
+/// (with their tokens) of charges long final must not pile up for a whole
+/// [`FLUSH_MARKS_AFTER`] under load, and are dropped by the writer in bulk.
+const WAKE_AT_QUEUED: usize = 256;
 
 enum Op {
     Open(Arc<JournalEntry>, Arc<Slot>),
@@ -181,7 +185,8 @@ impl Shared {
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queues `op`; never wakes the writer (a waiting response does: [`Self::wanted`]).
+    /// Queues `op`; wakes a sleeping writer only when [`WAKE_AT_QUEUED`] operations
+    /// wait (a waiting response wakes it too: [`Self::wanted`]).
     fn push(&self, op: Op) -> Result<(), Op> {
         let is_open = matches!(op, Op::Open(..));
         let mut queue = self.lock();
@@ -190,6 +195,14 @@ impl Shared {
         }
         queue.ops.push(op);
         queue.opens += usize::from(is_open);
+        let wake = queue.idle && queue.ops.len() >= WAKE_AT_QUEUED;
+        if wake {
+            queue.idle = false;
+        }
+        drop(queue);
+        if wake {
+            self.work.notify_one();
+        }
         Ok(())
     }
 
@@ -275,7 +288,7 @@ pub(crate) struct FileJournal {
     shared: Arc<Shared>,
     writer: Option<std::thread::JoinHandle<()>>,
     /// Unfinished entries, for replay.
-    live: Mutex<HashMap<String, Live>>,
+    live: Mutex<crate::hashing::HashMap<String, Live>>,
     counters: Arc<Counters>,
     path: PathBuf,
 }
@@ -399,7 +412,7 @@ impl FileJournal {
         })
     }
 
-    fn live(&self) -> MutexGuard<'_, HashMap<String, Live>> {
+    fn live(&self) -> MutexGuard<'_, crate::hashing::HashMap<String, Live>> {
         // A map updated in single statements: consistent even after a panic.
         self.live.lock().unwrap_or_else(|p| p.into_inner())
     }

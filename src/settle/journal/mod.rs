@@ -193,7 +193,7 @@ pub(crate) trait JournalStore: Send + Sync + 'static {
 /// so that a replay never runs beside the original charge of the same id.
 pub(crate) struct ChargeJournal {
     store: Arc<dyn JournalStore>,
-    claimed: Mutex<HashSet<String>>,
+    claimed: Mutex<HashSet<String, crate::hashing::RandomState>>,
     replay_every: Duration,
     replayed: AtomicU64,
     replayer_started: AtomicBool,
@@ -218,7 +218,7 @@ impl ChargeJournal {
         })
     }
 
-    fn claimed(&self) -> MutexGuard<'_, HashSet<String>> {
+    fn claimed(&self) -> MutexGuard<'_, HashSet<String, crate::hashing::RandomState>> {
         // A set of strings, consistent after every statement.
         self.claimed.lock().unwrap_or_else(|p| p.into_inner())
     }
