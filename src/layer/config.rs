@@ -333,6 +333,8 @@ impl PaymentLayerBuilder {
 
     /// How long a fetched balance is trusted (default 30 s; the local ledger counts
     /// every charge and reservation in between) and how many are kept (default 100 000).
+    /// A ledger also lives as long as a cached verification of one of its payer's
+    /// tokens (the hot path finds it there without a lookup) or a reservation holds it.
     pub fn balance_cache(mut self, ttl: Duration, capacity: u64) -> Self {
         self.config.balance_ttl = ttl;
         self.config.balance_capacity = capacity;

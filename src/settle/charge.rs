@@ -18,6 +18,7 @@ use crate::auth::{Caller, SingleUseClaim};
 use crate::backend::PaymentBackend;
 use crate::balance::Reservation;
 use crate::client::Error;
+use crate::metrics::ChargeMetrics;
 use crate::types::{Credits, NvmApiResult, PaymentRequired, SettleResponse};
 
 /// How a charge whose error is safe to retry is retried: exponential backoff from
@@ -142,14 +143,21 @@ impl Charge {
         }
     }
 
-    pub(super) async fn send(&self) -> Sent {
+    pub(super) async fn send(&self, metrics: &ChargeMetrics) -> Sent {
         let started = Instant::now();
         let mut backoff = self.retry.initial_backoff;
         let mut maybe_applied = false;
         let mut attempts = 0;
         loop {
             attempts += 1;
-            let err = match self.call_once().await {
+            let call_started = if attempts == 1 {
+                started
+            } else {
+                Instant::now()
+            };
+            let answer = self.call_once().await;
+            metrics.charge_call(self.method == ChargeMethod::Redeem, call_started.elapsed());
+            let err = match answer {
                 Ok(receipt) if receipt.success => {
                     return Sent {
                         status: SettleStatus::Settled,
@@ -184,7 +192,8 @@ impl Charge {
             if retryable && attempts < self.retry.max_attempts && in_window {
                 tracing::debug!(attempt = attempts, error = %err, "charge failed; retrying with the same request id");
                 crate::metrics::charge_retried();
-                tokio::time::sleep(backoff).await;
+                // Boxed: a timer is large, and only a retry needs one.
+                Box::pin(tokio::time::sleep(backoff)).await;
                 backoff = (backoff * 2).min(self.retry.max_backoff);
                 continue;
             }
@@ -226,13 +235,14 @@ impl PendingCharge {
         self.charge.credits = credits;
     }
 
-    /// Registers the charge among those in flight: it is about to be sent.
-    fn start(mut self) -> (Self, InFlight) {
+    /// Registers the charge among those in flight: it is about to be sent. (By
+    /// reference: moving the whole charge in and out again cost two copies of it.)
+    fn start(&mut self) -> InFlight {
         let in_flight = self.pending.enter(&self.charge.request_id);
         if let Some(ticket) = &mut self.journal {
             ticket.sending();
         }
-        (self, in_flight)
+        in_flight
     }
 
     /// Sends the charge, settles the reservation, logs and reports the outcome.
@@ -258,7 +268,7 @@ impl PendingCharge {
             request_id = %charge.request_id,
             credits = %charge.credits,
         );
-        let sent = charge.send().instrument(span.clone()).await;
+        let sent = charge.send(&pending.metrics).instrument(span.clone()).await;
         if let Some(ticket) = journal {
             ticket.end(!sent.retry_later);
         }
@@ -300,7 +310,8 @@ impl PendingCharge {
     pub(crate) fn spawn(self) -> Option<JoinHandle<SettleOutcome>> {
         match tokio::runtime::Handle::try_current() {
             Ok(handle) => {
-                let (charge, in_flight) = self.start();
+                let mut charge = self;
+                let in_flight = charge.start();
                 Some(handle.spawn(charge.execute(in_flight)))
             }
             Err(_) => {
@@ -316,8 +327,9 @@ impl PendingCharge {
     /// Runs the charge in the caller's task (no spawn on the hot path); if the caller
     /// is dropped before it completes (the client hung up), the rest of the charge
     /// moves to its own task, so it still completes and is reported.
-    pub(crate) fn run_to_completion(self) -> DetachOnDrop {
-        let (charge, in_flight) = self.start();
+    pub(crate) fn run_to_completion(mut self) -> DetachOnDrop {
+        let in_flight = self.start();
+        let charge = self;
         DetachOnDrop {
             charge: Some(Box::pin(charge.execute(in_flight))),
         }

@@ -94,7 +94,7 @@ impl ChargeJournal {
         }
         let in_flight = context.pending.enter(&entry.request_id);
         let charge = replayed_charge(&entry, context);
-        let sent = charge.send().await;
+        let sent = charge.send(&context.pending.metrics).await;
         if !sent.retry_later {
             self.store.finish(&entry.request_id);
         }
