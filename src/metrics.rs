@@ -141,12 +141,10 @@ impl ChargeMetrics {
     }
 
     /// One settle (`redeem` false) or redeem call took `elapsed`, errors included.
+    #[cfg(feature = "metrics")]
     #[inline]
     pub(crate) fn charge_call(&self, redeem: bool, elapsed: std::time::Duration) {
-        #[cfg(feature = "metrics")]
         self.calls[usize::from(redeem)].record(elapsed);
-        #[cfg(not(feature = "metrics"))]
-        let _ = (redeem, elapsed);
     }
 
     /// A charge ended; `burned` is what the backend confirmed (settled charges only).
