@@ -44,6 +44,7 @@
 
 mod claims;
 mod connection;
+mod journal;
 mod lease;
 
 use std::fmt;
@@ -130,6 +131,11 @@ impl RedisStore {
             store: self.shared.clone(),
             replica: uuid::Uuid::new_v4().simple().to_string(),
         })
+    }
+
+    /// The charge journal of one more replica (one layer), with its own id and lease.
+    pub(crate) fn charge_journal(&self) -> Arc<dyn crate::settle::JournalStore> {
+        Arc::new(journal::RedisJournal::new(self.shared.clone()))
     }
 
     /// Single-use token claims in this store.

@@ -138,8 +138,8 @@ impl JournalEntry {
     }
 }
 
-/// Where journal entries are kept. One implementation today (the local file); the
-/// shared store of the replicas work can add another without touching the layer.
+/// Where journal entries are kept: the local file, or Redis shared by replicas
+/// (`shared::RedisJournal`, feature `redis`).
 pub(crate) trait JournalStore: Send + Sync + 'static {
     /// Records `entry`; the future resolves once it would survive a crash.
     fn append(&self, entry: Arc<JournalEntry>) -> BoxFuture<'static, io::Result<()>>;
@@ -148,6 +148,12 @@ pub(crate) trait JournalStore: Send + Sync + 'static {
     fn finish(&self, request_id: &str);
     /// Every entry not marked final.
     fn unfinished(&self) -> Vec<Arc<JournalEntry>>;
+    /// The entries a replay pass should send: by default [`unfinished`](Self::unfinished);
+    /// a store shared by replicas first takes over those of replicas that died.
+    fn replayable(&self) -> BoxFuture<'static, io::Result<Vec<Arc<JournalEntry>>>> {
+        let entries = self.unfinished();
+        Box::pin(async move { Ok(entries) })
+    }
     /// Counters (`replayed` is counted by [`ChargeJournal`]).
     fn stats(&self) -> JournalStats;
     /// Where it is, for logs (never an entry).
