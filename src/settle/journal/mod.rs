@@ -4,7 +4,8 @@
 //! start-up and periodically, so a served request is charged once even when the
 //! process is killed (`kill -9`, an out-of-memory kill, a failed deploy).
 //!
-//! Enabled with `PaymentLayerBuilder::charge_journal(path)`. When an entry is written:
+//! Enabled with `PaymentLayerBuilder::charge_journal(path)` (or `charge_journal_in`,
+//! in Redis). When an entry is written:
 //!
 //! | timing | journaled |
 //! |---|---|
@@ -38,9 +39,12 @@
 //! that never holds more than the charges in flight.
 //!
 //! The store is behind a small internal trait ([`JournalStore`]): the local file
-//! ([`FileJournal`], an append-only log with checksummed records and group commit)
-//! is the one implementation today; a Redis-backed one, so that a surviving replica
-//! replays a dead one's charges, is not there yet.
+//! ([`FileJournal`], an append-only log with checksummed records and group commit),
+//! or Redis (`shared::journal`, feature `redis`,
+//! `PaymentLayerBuilder::charge_journal_in`), where each replica's entries live under
+//! a liveness lease and a replay pass first takes over ([`JournalStore::replayable`])
+//! those of replicas whose lease expired, so a surviving replica replays a dead one's
+//! charges.
 //!
 //! ```
 //! use nvm_payments::settle::JournalStats;
@@ -82,7 +86,8 @@ pub struct JournalStats {
     /// Charges written to the journal (made durable) since it was opened.
     pub appended: u64,
     /// `fdatasync` calls made, compactions included: under load one covers many
-    /// charges (group commit), so `fsyncs / appended` is below 1.
+    /// charges (group commit), so `fsyncs / appended` is below 1. With the journal
+    /// in Redis: the write round trips (pipelines), as durable as Redis' persistence.
     pub fsyncs: u64,
     /// Rewrites that dropped finished entries.
     pub compactions: u64,
