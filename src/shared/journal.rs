@@ -220,18 +220,26 @@ impl Inner {
 /// next one. Ends when the journal is dropped (its sender goes).
 async fn write_batches(inner: Weak<Inner>, mut rx: mpsc::UnboundedReceiver<Op>) {
     let mut batch = Vec::new();
+    let mut unsent_finishes = Vec::new();
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let Some(strong) = inner.upgrade() else {
             return;
         };
+        batch.splice(0..0, unsent_finishes.drain(..));
         let result = strong.write(&batch).await;
         if let Err(reason) = &result {
             tracing::warn!(%reason, journal = %strong.describe(), "charge journal: redis write failed");
         }
         drop(strong);
         for op in batch.drain(..) {
-            if let Op::Append(_, done) = op {
-                let _ = done.send(result.clone());
+            match op {
+                Op::Append(_, done) => {
+                    let _ = done.send(result.clone());
+                }
+                // Sent again with the next write: a lost mark would leave a token in
+                // Redis for as long as this replica lives.
+                Op::Finish(id) if result.is_err() => unsent_finishes.push(Op::Finish(id)),
+                Op::Finish(_) => {}
             }
         }
     }

@@ -3,7 +3,8 @@
 //! with charges in flight has them replayed by a survivor once its lease expires, each
 //! served request id charged exactly once; a replica only stopped (its lease expired
 //! while its charge was at the backend) races the replay and the backend still spends
-//! once; a live replica's entries are never taken.
+//! once; a live replica's entries are never taken; without Redis a charge is made
+//! before its response.
 #![cfg(feature = "devserver")] // ed25519-dalek signs the bearer tokens
 
 use std::collections::HashSet;
@@ -307,4 +308,33 @@ async fn a_file_and_a_redis_journal_together_fail_build() {
         .build()
         .unwrap_err();
     assert_eq!(error.field, "charge_journal_in");
+}
+
+#[tokio::test]
+async fn without_redis_a_charge_is_made_before_its_response() {
+    let mut redis = RedisServer::start();
+    let backend = MockBackend::new(100);
+    let store = RedisStore::builder(redis.url())
+        .prefix(PREFIX)
+        .timeout(Duration::from_millis(200))
+        .connect()
+        .await
+        .expect("redis reachable");
+    let layer = builder(backend.clone())
+        .charge_journal_in(store)
+        .journal_replay_interval(NO_PERIODIC_PASS)
+        .charge_timing(ChargeTiming::Background)
+        .build()
+        .unwrap();
+    redis.stop();
+    let response = layer
+        .layer(Inner::ok().service())
+        .oneshot(x402_request(valid_x402()))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    // Not journaled, so not left to the background: charged before the response.
+    assert_eq!(backend.charged_ids(), 1);
+    let stats = layer.journal_stats().unwrap();
+    assert_eq!((stats.appended, stats.unfinished), (0, 0), "{stats:?}");
 }
