@@ -492,7 +492,8 @@ impl PaymentLayerBuilder {
     /// Keeps the charge journal in Redis instead of a file: the journal of
     /// [`charge_journal`](Self::charge_journal), readable by every replica, so a
     /// replica that survives replays (same request ids) the charges of one that died,
-    /// one lease TTL (`RedisStoreBuilder::lease_ttl`) after its last renewal. Redis
+    /// at its first replay pass after the dead one's liveness lease expired (one
+    /// `RedisStoreBuilder::lease_ttl` after its last renewal). Redis
     /// holds each unfinished charge's access token until the charge is final; how
     /// durable an entry is depends on Redis' persistence (`appendonly yes`,
     /// `appendfsync always` for a charge to survive a Redis crash): README, "Charge

@@ -19,7 +19,14 @@
 //! restart without persistence), no lease is granted for one lease TTL, since leases
 //! granted before may still be served.
 //!
-//! Keys start with the prefix (default `nvm`), hold digests and numbers, never a token;
+//! The charge journal can live here too
+//! ([`PaymentLayerBuilder::charge_journal_in`](crate::PaymentLayerBuilder::charge_journal_in)):
+//! each replica's unfinished charges under a liveness lease, taken over and replayed
+//! by a surviving replica when that lease expires.
+//!
+//! Keys start with the prefix (default `nvm`). The balance, lease and claim keys hold
+//! digests and numbers, never a token; the journal's entries hold access tokens until
+//! their charges are final (README, "Charge journal");
 //! every call has a timeout (default 500 ms).
 //!
 //! ```no_run
