@@ -144,7 +144,7 @@ impl JournalEntry {
 }
 
 /// Where journal entries are kept: the local file, or Redis shared by replicas
-/// (`shared::RedisJournal`, feature `redis`).
+/// (`shared::journal::RedisJournal`, feature `redis`).
 pub(crate) trait JournalStore: Send + Sync + 'static {
     /// Records `entry`; the future resolves once it would survive a crash.
     fn append(&self, entry: Arc<JournalEntry>) -> BoxFuture<'static, io::Result<()>>;
