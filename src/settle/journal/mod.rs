@@ -4,7 +4,8 @@
 //! start-up and periodically, so a served request is charged once even when the
 //! process is killed (`kill -9`, an out-of-memory kill, a failed deploy).
 //!
-//! Enabled with `PaymentLayerBuilder::charge_journal(path)`. When an entry is written:
+//! Enabled with `PaymentLayerBuilder::charge_journal(path)` (or `charge_journal_in`,
+//! in Redis). When an entry is written:
 //!
 //! | timing | journaled |
 //! |---|---|
@@ -38,9 +39,12 @@
 //! that never holds more than the charges in flight.
 //!
 //! The store is behind a small internal trait ([`JournalStore`]): the local file
-//! ([`FileJournal`], an append-only log with checksummed records and group commit)
-//! is the one implementation today; a Redis-backed one, so that a surviving replica
-//! replays a dead one's charges, is not there yet.
+//! ([`FileJournal`], an append-only log with checksummed records and group commit),
+//! or Redis (`shared::journal`, feature `redis`,
+//! `PaymentLayerBuilder::charge_journal_in`), where each replica's entries live under
+//! a liveness lease and a replay pass first takes over ([`JournalStore::replayable`])
+//! those of replicas whose lease expired, so a surviving replica replays a dead one's
+//! charges.
 //!
 //! ```
 //! use nvm_payments::settle::JournalStats;
@@ -82,7 +86,8 @@ pub struct JournalStats {
     /// Charges written to the journal (made durable) since it was opened.
     pub appended: u64,
     /// `fdatasync` calls made, compactions included: under load one covers many
-    /// charges (group commit), so `fsyncs / appended` is below 1.
+    /// charges (group commit), so `fsyncs / appended` is below 1. With the journal
+    /// in Redis: the write round trips (pipelines), as durable as Redis' persistence.
     pub fsyncs: u64,
     /// Rewrites that dropped finished entries.
     pub compactions: u64,
@@ -138,8 +143,8 @@ impl JournalEntry {
     }
 }
 
-/// Where journal entries are kept. One implementation today (the local file); the
-/// shared store of the replicas work can add another without touching the layer.
+/// Where journal entries are kept: the local file, or Redis shared by replicas
+/// (`shared::journal::RedisJournal`, feature `redis`).
 pub(crate) trait JournalStore: Send + Sync + 'static {
     /// Records `entry`; the future resolves once it would survive a crash.
     fn append(&self, entry: Arc<JournalEntry>) -> BoxFuture<'static, io::Result<()>>;
@@ -148,6 +153,12 @@ pub(crate) trait JournalStore: Send + Sync + 'static {
     fn finish(&self, request_id: &str);
     /// Every entry not marked final.
     fn unfinished(&self) -> Vec<Arc<JournalEntry>>;
+    /// The entries a replay pass should send: by default [`unfinished`](Self::unfinished);
+    /// a store shared by replicas first takes over those of replicas that died.
+    fn replayable(&self) -> BoxFuture<'static, io::Result<Vec<Arc<JournalEntry>>>> {
+        let entries = self.unfinished();
+        Box::pin(async move { Ok(entries) })
+    }
     /// Counters (`replayed` is counted by [`ChargeJournal`]).
     fn stats(&self) -> JournalStats;
     /// Where it is, for logs (never an entry).
