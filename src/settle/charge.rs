@@ -251,60 +251,59 @@ impl PendingCharge {
     }
 
     /// Sends the charge, settles the reservation, logs and reports the outcome.
-    async fn execute(self, in_flight: InFlight) -> SettleOutcome {
-        let PendingCharge {
-            charge,
-            reservation,
-            single_use,
-            hook,
-            pending,
-            journal,
-        } = self;
+    async fn execute(mut self, in_flight: InFlight) -> SettleOutcome {
+        // Fields used in place, not destructured into locals: the locals would be a
+        // second copy of the charge in this future's state, which is boxed per request.
         // Spent before the first call: a replay arriving while this charge is sent
         // must not be admitted.
-        if let Some(claim) = single_use {
+        if let Some(claim) = self.single_use.take() {
             claim.spend();
         }
         // A debug span: at `info` a settled charge costs no span and no log line; the
         // failed and unknown ones carry their request id themselves (log_outcome).
         let span = tracing::debug_span!(
             "nvm.settle",
-            token = %charge.caller.token_digest,
-            request_id = %charge.request_id,
-            credits = %charge.credits,
+            token = %self.charge.caller.token_digest,
+            request_id = %self.charge.request_id,
+            credits = %self.charge.credits,
         );
-        let sent = charge.send(&pending.metrics).instrument(span.clone()).await;
-        if let Some(ticket) = journal {
+        let sent = self
+            .charge
+            .send(&self.pending.metrics)
+            .instrument(span.clone())
+            .await;
+        if let Some(ticket) = self.journal.take() {
             ticket.end(!sent.retry_later);
         }
+        let credits = self.charge.credits;
         let burned = sent
             .receipt
             .as_ref()
             .and_then(|r| r.credits_redeemed)
-            .unwrap_or(charge.credits);
+            .unwrap_or(credits);
         match sent.status {
-            SettleStatus::Settled => reservation.commit(burned, false),
+            SettleStatus::Settled => self.reservation.commit(burned, false),
             // Our view of the balance disagreed with the backend's: learn it again.
-            SettleStatus::Failed => reservation.release(true),
+            SettleStatus::Failed => self.reservation.release(true),
             // It may have burned: count it, and learn the truth at the next fetch.
-            SettleStatus::Unknown => reservation.commit(charge.credits, true),
+            SettleStatus::Unknown => self.reservation.commit(credits, true),
         }
         let outcome = SettleOutcome {
             status: sent.status,
-            request_id: charge.request_id,
-            plan_id: charge.caller.plan_id.clone(),
-            subscriber: charge.caller.subscriber.clone(),
-            credits: charge.credits,
+            request_id: self.charge.request_id,
+            plan_id: self.charge.caller.plan_id.clone(),
+            subscriber: self.charge.caller.subscriber.clone(),
+            credits,
             attempts: sent.attempts,
             receipt: sent.receipt,
             reason: sent.reason,
         };
         span.in_scope(|| log_outcome(&outcome));
-        pending
+        self.pending
             .metrics
             .outcome(outcome.status, outcome.is_settled().then_some(burned));
         in_flight.finish(outcome.status);
-        if let Some(hook) = hook {
+        if let Some(hook) = self.hook {
             hook.on_settle(&outcome);
         }
         outcome
