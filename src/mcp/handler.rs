@@ -20,7 +20,8 @@ use super::reply::Refusal;
 /// A paid call is verified for its real price, reserved, run, and charged once
 /// (with the request id as the idempotency key) before its answer is sent; a call the
 /// tool answers with `isError: true` (or with an error) is not charged; a charge that
-/// does not settle withholds the answer.
+/// does not settle withholds the answer. Only complete answers are charged: see the
+/// [module docs](super) for input rounds and tasks.
 #[derive(Clone)]
 pub struct PaidHandler<H> {
     inner: H,
