@@ -1,6 +1,8 @@
-//! Paid MCP tools (`nvm_payments::mcp`) end to end against the devserver: rmcp's own
-//! client against an rmcp server wrapped by `McpPayments`, and the official Python
-//! `mcp` client (PyPI) against `examples/mcp_server.rs` run as a process.
+//! Paid MCP tools, prompts and resources (`nvm_payments::mcp`) end to end against the
+//! devserver: rmcp's own client against an rmcp server wrapped by `McpPayments` (and
+//! the wrapped handler called directly for "input required" rounds), the official
+//! Python `mcp` client (PyPI) against `examples/mcp_server.rs` run as a process, and
+//! that process shut down with SIGTERM while a charge is held at the backend.
 
 use super::agent_example::announced;
 use std::collections::HashMap;
