@@ -33,6 +33,9 @@
 //!   same four over a sink whose settles each take `NVM_LOAD_SLOW_SETTLE_MS` (default
 //!   5 ms, a hosted settle's order of magnitude): what the charge timing costs when the
 //!   backend is not instant, with and without a journal.
+//! - `/paid-journal-redis` and `/paid-journal-redis-bg`: the same with the journal in
+//!   Redis (`charge_journal_in`, the bench's `redis-server`, a store per row): the
+//!   report gives Redis round trips per journaled request and the on / off ratios.
 //!
 //! After a warm-up pass the rows run interleaved, `A B C A B C ...`, for
 //! `NVM_LOAD_ROUNDS` rounds of `NVM_LOAD_SECS` seconds each, so a noisy neighbour hurts
@@ -337,6 +340,27 @@ async fn run(duration: Duration, rounds: usize, concurrency: usize, workers: usi
         .connect()
         .await
         .expect("redis");
+    // The journal in Redis, a store per row so each row's round trips are its own.
+    let mut redis_journals = Vec::new();
+    for (path, timing) in [
+        ("/paid-journal-redis", ChargeTiming::BeforeResponse),
+        ("/paid-journal-redis-bg", ChargeTiming::Background),
+    ] {
+        let journal_store = RedisStore::builder(redis.url())
+            .prefix(path.trim_start_matches('/'))
+            .connect()
+            .await
+            .expect("redis");
+        let layer = PaymentLayer::builder_with_backend(journal_sink.clone(), Environment::Custom)
+            .plan_id(plan())
+            .agent_id(agent())
+            .credits(1u64)
+            .charge_timing(timing)
+            .charge_journal_in(journal_store.clone())
+            .build()
+            .unwrap();
+        redis_journals.push((path, layer, journal_store));
+    }
     let replica_sink = Sink::new();
     let replica = |shared: bool| {
         let builder = PaymentLayer::builder_with_backend(replica_sink.clone(), Environment::Custom)
@@ -368,6 +392,14 @@ async fn run(duration: Duration, rounds: usize, concurrency: usize, workers: usi
         .route(
             "/paid-slow-journal-bg",
             post(answer).layer(slow_journal_bg_layer),
+        )
+        .route(
+            "/paid-journal-redis",
+            post(answer).layer(redis_journals[0].1.clone()),
+        )
+        .route(
+            "/paid-journal-redis-bg",
+            post(answer).layer(redis_journals[1].1.clone()),
         );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -426,6 +458,20 @@ async fn run(duration: Duration, rounds: usize, concurrency: usize, workers: usi
         Row {
             name: "protected, sink, journal, background",
             path: "/paid-journal-bg",
+            credentials: vec![journal_token.clone()],
+            also: None,
+            rounds: vec![],
+        },
+        Row {
+            name: "protected, sink, journal in Redis",
+            path: "/paid-journal-redis",
+            credentials: vec![journal_token.clone()],
+            also: None,
+            rounds: vec![],
+        },
+        Row {
+            name: "protected, sink, journal in Redis, bg",
+            path: "/paid-journal-redis-bg",
             credentials: vec![journal_token],
             also: None,
             rounds: vec![],
@@ -508,6 +554,10 @@ async fn run(duration: Duration, rounds: usize, concurrency: usize, workers: usi
         .map(|(_, layer)| layer.journal_stats().unwrap_or_default())
         .collect();
     let redis_before = store.round_trips();
+    let redis_journal_before: Vec<_> = redis_journals
+        .iter()
+        .map(|(_, _, store)| store.round_trips())
+        .collect();
 
     for round in 0..rounds {
         for row in rows.iter_mut() {
@@ -535,6 +585,7 @@ async fn run(duration: Duration, rounds: usize, concurrency: usize, workers: usi
     report(&rows, &sink, &server);
     report_replicas(&rows, store.round_trips() - redis_before);
     report_journal(&rows, &journals, &journal_before);
+    report_redis_journal(&rows, &redis_journals, &redis_journal_before);
     drop(journals);
     let _ = std::fs::remove_dir_all(&journal_dir);
 }
@@ -616,6 +667,39 @@ fn report_journal(rows: &[Row], journals: &[(&str, PaymentLayer)], before: &[Jou
         println!(
             "slow settle, journal on: background / before response req/s = {:.3}",
             bg / before_response
+        );
+    }
+}
+
+/// The journal in Redis against no journal, same run: req/s ratios and Redis round
+/// trips per journaled request (writes, lease renewals and replay passes together).
+fn report_redis_journal(
+    rows: &[Row],
+    journals: &[(&str, PaymentLayer, RedisStore)],
+    before: &[u64],
+) {
+    let tally = |path: &str| {
+        let row = rows.iter().find(|r| r.path == path)?;
+        let ok: u64 = row.rounds.iter().map(|m| m.ok).sum();
+        let secs: f64 = row.rounds.iter().map(|m| m.elapsed.as_secs_f64()).sum();
+        Some((ok, ok as f64 / secs))
+    };
+    println!("\ncharge journal in Redis (same run): req/s with it on / off, Redis round trips per request");
+    println!("| timing | off req/s | on req/s | on / off | requests | round trips | per request |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for ((path, _, store), before) in journals.iter().zip(before) {
+        let (timing, off) = match *path {
+            "/paid-journal-redis" => ("before response", "/paid"),
+            _ => ("background", "/paid-bg"),
+        };
+        let (Some((n, on_rps)), Some((_, off_rps))) = (tally(path), tally(off)) else {
+            continue;
+        };
+        let trips = store.round_trips() - before;
+        println!(
+            "| {timing} | {off_rps:.0} | {on_rps:.0} | {:.3} | {n} | {trips} | {:.4} |",
+            on_rps / off_rps,
+            trips as f64 / n.max(1) as f64
         );
     }
 }

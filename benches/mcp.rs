@@ -29,8 +29,23 @@
 //! After a warm-up pass the rows run interleaved, `free same-bytes paid ...`, for
 //! `NVM_MCP_ROUNDS` rounds of `NVM_MCP_SECS` seconds each; the table gives every round
 //! and the ratios of the same run.
+//!
+//! In process, without the transport (its noise hides the paywall's cost):
+//!
+//! ```text
+//! cargo bench --bench mcp -- handler --warm-up-time 1 --measurement-time 3
+//! NVM_MCP_PROFILE=10000 valgrind --tool=callgrind target/release/deps/mcp-<hash>
+//! ```
+//!
+//! `handler` runs criterion's `mcp_handler/{free,free_same_bytes,paid}`: one
+//! `tools/call` through the `PaidHandler`'s `call_tool` on a current-thread runtime,
+//! the answer then written as JSON (as the transport would); `NVM_MCP_PROFILE=N` makes
+//! N warm paid calls the same way and nothing else, for instruction counts
+//! (`NVM_MCP_PROFILE_TOOL=echo` for the free ones), then says how many times a warm
+//! call of each tool was polled.
 #![allow(unreachable_pub)] // helpers shared between test and bench binaries by path
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -308,7 +323,154 @@ async fn run(clients: &[Client], tool: &'static str, meta: &RequestMetaObject, s
     calls as f64 / started.elapsed().as_secs_f64()
 }
 
+/// A `PaidHandler` called directly, with the peer of a session over an in-memory
+/// pipe (a `RequestContext` needs one; nothing is sent through it).
+struct Direct {
+    handler: nvm_payments::mcp::PaidHandler<Tools>,
+    peer: rmcp::Peer<RoleServer>,
+    meta: RequestMetaObject,
+    _sessions: (
+        Client,
+        RunningService<RoleServer, nvm_payments::mcp::PaidHandler<Tools>>,
+    ),
+}
+
+impl Direct {
+    async fn new() -> (Direct, Arc<Sink>) {
+        let sink = Sink::new();
+        let layer = PaymentLayer::builder_with_backend(sink.clone(), Environment::Custom)
+            .plan_id(plan())
+            .agent_id(agent());
+        let mcp = McpPayments::builder(layer)
+            .server_name("bench")
+            .tool("weather", 2u64)
+            .build()
+            .expect("a valid paywall");
+        let (ours, theirs) = tokio::io::duplex(1 << 16);
+        let handler = mcp.wrap(Tools);
+        let server = tokio::spawn(handler.clone().serve(ours));
+        let client = ClientConfig::default()
+            .serve(theirs)
+            .await
+            .expect("a client session");
+        let server = server.await.expect("join").expect("a server session");
+        let direct = Direct {
+            handler,
+            peer: server.peer().clone(),
+            meta: paying(&x402_token(&holder(1), None)),
+            _sessions: (client, server),
+        };
+        (direct, sink)
+    }
+
+    /// One call of `tool`, its answer written as JSON; answers the JSON's length.
+    async fn call(&self, tool: &'static str) -> usize {
+        let mut context =
+            RequestContext::new(rmcp::model::NumberOrString::Number(1), self.peer.clone());
+        context.meta = self.meta.clone();
+        let mut params = CallToolRequestParams::new(tool);
+        params.arguments = serde_json::json!({"city": "Rome"}).as_object().cloned();
+        let response = self
+            .handler
+            .call_tool(params, context)
+            .await
+            .expect("a call");
+        let CallToolResponse::Complete(result) = &response else {
+            panic!("{tool}: not complete");
+        };
+        assert_ne!(result.is_error, Some(true), "{tool}: {result:?}");
+        serde_json::to_vec(result).expect("JSON").len()
+    }
+
+    async fn calls(&self, tool: &'static str, n: u64) -> Duration {
+        let started = Instant::now();
+        for _ in 0..n {
+            std::hint::black_box(self.call(tool).await);
+        }
+        started.elapsed()
+    }
+}
+
+fn current_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime")
+}
+
+/// criterion's `mcp_handler/{free,free_same_bytes,paid}`.
+fn handler_bench() {
+    let rt = current_thread();
+    let (direct, sink) = rt.block_on(Direct::new());
+    for tool in ["echo", "echo_receipt", "weather"] {
+        rt.block_on(direct.call(tool));
+    }
+    let before = sink.calls.get();
+    let mut criterion = criterion::Criterion::default().configure_from_args();
+    let mut group = criterion.benchmark_group("mcp_handler");
+    for (id, tool) in [
+        ("free", "echo"),
+        ("free_same_bytes", "echo_receipt"),
+        ("paid", "weather"),
+    ] {
+        group.bench_function(id, |b| {
+            b.iter_custom(|n| rt.block_on(direct.calls(tool, n)))
+        });
+    }
+    group.finish();
+    let after = sink.calls.get();
+    println!(
+        "mcp_handler: after the warm-up, verify {}, balance {}, settle {} (one per paid call)",
+        after[0] - before[0],
+        after[1] - before[1],
+        after[3] - before[3]
+    );
+    criterion.final_summary();
+}
+
+/// `n` warm calls and nothing else, for callgrind.
+fn profile(n: u64) {
+    let tool = match std::env::var("NVM_MCP_PROFILE_TOOL").as_deref() {
+        Ok("echo") => "echo",
+        _ => "weather",
+    };
+    let rt = current_thread();
+    let (direct, _sink) = rt.block_on(Direct::new());
+    rt.block_on(direct.call(tool));
+    let elapsed = rt.block_on(direct.calls(tool, n));
+    println!("{n} {tool} calls in {elapsed:?}");
+    // Each extra poll is a trip through the scheduler, which costs far more on a busy
+    // multi-threaded server than on this runtime.
+    for tool in ["echo", "weather"] {
+        let polls = rt.block_on(async {
+            let mut call = std::pin::pin!(direct.call(tool));
+            let mut polls = 0u32;
+            std::future::poll_fn(|cx| {
+                polls += 1;
+                call.as_mut().poll(cx)
+            })
+            .await;
+            polls
+        });
+        println!("a warm {tool} call: polled {polls} times");
+    }
+}
+
 fn main() {
+    if let Some(n) = std::env::var("NVM_MCP_PROFILE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        profile(n);
+        return;
+    }
+    if std::env::args()
+        .skip(1)
+        .any(|a| a.starts_with("handler") || a.starts_with("mcp_handler"))
+    {
+        handler_bench();
+        return;
+    }
     let secs = env_or("NVM_MCP_SECS", 2);
     let rounds = env_or("NVM_MCP_ROUNDS", 3);
     let concurrency = env_or("NVM_MCP_CONCURRENCY", 8);

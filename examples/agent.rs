@@ -15,7 +15,8 @@
 //! | `SHUTDOWN_GRACE_SECS` | how long in-flight requests may take to finish on shutdown (default 10) |
 //! | `NVM_REDIS_URL` | when set, replicas share balances and single-use tokens through this Redis (README, "Running several replicas") |
 //! | `NVM_REDIS_LEASE_TTL_MS` | how long a replica's credit lease lives in Redis (default 15000) |
-//! | `NVM_CHARGE_JOURNAL` | when set, a charge journal file: charges survive a crash and are replayed at the next start (README, "Charge journal") |
+//! | `NVM_CHARGE_JOURNAL` | when set, a charge journal file: charges survive a crash and are replayed at the next start (README, "Charge journal"); `redis` keeps it in `NVM_REDIS_URL`'s Redis, where another replica replays a dead one's charges |
+//! | `NVM_JOURNAL_REPLAY_MS` | how often unfinished journal entries are replayed (default 30000) |
 //! | `NVM_CHARGE_TIMING` | `before-response` (default), `body-end` or `background` |
 //! | `METRICS_PORT` | when set, `GET /metrics` (Prometheus text) on this port of 127.0.0.1, apart from the paid API (`0` picks one) |
 //!
@@ -137,6 +138,7 @@ async fn run() -> Result<(), Box<dyn Error>> {
     let unsettled: Arc<Mutex<Vec<SettleOutcome>>> = Arc::default();
     let record = unsettled.clone();
     let mut builder = PaymentLayer::builder(payments);
+    let journal = std::env::var("NVM_CHARGE_JOURNAL").ok();
     // Several replicas share one balance through Redis (README, "Running several replicas").
     if let Ok(url) = std::env::var("NVM_REDIS_URL") {
         let lease_ttl = Duration::from_millis(env_or("NVM_REDIS_LEASE_TTL_MS", 15_000)?);
@@ -144,7 +146,12 @@ async fn run() -> Result<(), Box<dyn Error>> {
             .lease_ttl(lease_ttl)
             .connect()
             .await?;
+        if journal.as_deref() == Some("redis") {
+            builder = builder.charge_journal_in(store.clone());
+        }
         builder = builder.shared(store);
+    } else if journal.as_deref() == Some("redis") {
+        return Err("NVM_CHARGE_JOURNAL=redis needs NVM_REDIS_URL".into());
     }
     let mut builder = builder
         .plan_ids(plans)
@@ -153,9 +160,12 @@ async fn run() -> Result<(), Box<dyn Error>> {
         .meter_route(Method::POST, "/stream", MeterRule::per_unit(1u64))
         .receipt_at_stream_end()
         .charge_timing(timing);
-    if let Ok(path) = std::env::var("NVM_CHARGE_JOURNAL") {
-        builder = builder.charge_journal(path);
+    match journal {
+        Some(path) if path != "redis" => builder = builder.charge_journal(path),
+        _ => {}
     }
+    let replay_every = Duration::from_millis(env_or("NVM_JOURNAL_REPLAY_MS", 30_000)?);
+    builder = builder.journal_replay_interval(replay_every);
     let payment = builder
         .on_settle(move |outcome: &SettleOutcome| {
             if outcome.status != SettleStatus::Settled {

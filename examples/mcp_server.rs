@@ -147,6 +147,7 @@ async fn run() -> Result<(), Box<dyn Error>> {
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown_signal().await;
+            println!("shutting down: no new calls, draining the charges in flight");
             // Ends the sessions' open streams, so the server can stop.
             stop_sessions.cancel();
         })

@@ -1,9 +1,10 @@
 //! What authentication yields: the [`Caller`] handlers see, and the [`Payer`] whose
 //! balance the next step charges.
 
+use std::any::Any;
 use std::fmt;
 use std::hash::{BuildHasher, Hash, Hasher};
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock, OnceLock};
 
 use foldhash::quality::RandomState;
 
@@ -43,11 +44,25 @@ impl fmt::Debug for Caller {
 /// the reservation's cost (BENCHMARKS.md). The hasher is seeded at random per process,
 /// so callers cannot aim collisions at the ledger tables; equality still compares the
 /// fields.
-#[derive(Debug, Clone)]
+///
+/// It also carries the payer's ledger once the balance step has found it, so a warm
+/// request makes one cache lookup (its verification) instead of two. The slot is typed
+/// `Any` because the balance step comes after this one and is not imported here.
 pub(crate) struct Payer {
     pub(crate) plan_id: PlanId,
     pub(crate) holder: Address,
     hash: u64,
+    /// The balance step's ledger for this payer (see `BalanceCache::ledger`).
+    pub(crate) ledger: OnceLock<Arc<dyn Any + Send + Sync>>,
+}
+
+impl fmt::Debug for Payer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Payer")
+            .field("plan_id", &self.plan_id)
+            .field("holder", &self.holder)
+            .finish_non_exhaustive()
+    }
 }
 
 static PAYER_HASHER: LazyLock<RandomState> = LazyLock::new(RandomState::default);
@@ -60,6 +75,17 @@ impl Payer {
             plan_id,
             holder,
             hash,
+            ledger: OnceLock::new(),
+        }
+    }
+
+    /// The same payer with an empty ledger slot: a key that does not keep a ledger alive.
+    pub(crate) fn bare(&self) -> Self {
+        Payer {
+            plan_id: self.plan_id.clone(),
+            holder: self.holder.clone(),
+            hash: self.hash,
+            ledger: OnceLock::new(),
         }
     }
 }

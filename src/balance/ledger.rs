@@ -141,19 +141,33 @@ impl BalanceCache {
         self.ledgers.entry_count()
     }
 
+    /// The ledger of `key`. A warm request finds it in the payer itself (the
+    /// verification that admitted it keeps its payer): no lookup. That ledger is the
+    /// one every other path finds, because the payer's slot holds it strongly and
+    /// `live` hands out the ledger still alive for a payer before making a new one.
     pub(super) async fn ledger(&self, key: &Arc<Payer>) -> Arc<Ledger> {
-        if let Some(ledger) = self.ledgers.get(key).await {
+        if let Some(ledger) = key.ledger.get().and_then(|l| l.clone().downcast().ok()) {
             return ledger;
         }
         // Boxed: the rare miss must not weigh on every request's future.
         Box::pin(async {
-            let ledger = self
-                .live
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .find_or_create(key);
-            // moka may refuse it (full cache): `live` still finds it while it is used.
-            self.ledgers.insert(key.clone(), ledger.clone()).await;
+            let ledger = match self.ledgers.get(key).await {
+                Some(ledger) => ledger,
+                None => {
+                    let ledger = self
+                        .live
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .find_or_create(key);
+                    // A key without a slot: the cache's key must not keep the ledger
+                    // alive beyond the cache's own value. moka may refuse it (full
+                    // cache): `live` still finds it while it is used.
+                    let bare = Arc::new(key.bare());
+                    self.ledgers.insert(bare, ledger.clone()).await;
+                    ledger
+                }
+            };
+            let _ = key.ledger.set(ledger.clone());
             ledger
         })
         .await
@@ -288,7 +302,9 @@ impl LiveLedgers {
             return ledger;
         }
         let ledger = Arc::new(Ledger::new());
-        self.map.insert(key.clone(), Arc::downgrade(&ledger));
+        // A key without a slot: a key that held its ledger would never let it die.
+        self.map
+            .insert(Arc::new(key.bare()), Arc::downgrade(&ledger));
         if self.map.len() > self.sweep_at {
             self.map.retain(|_, ledger| ledger.strong_count() > 0);
             // Amortised: the next sweep once the map has doubled again.
@@ -382,7 +398,9 @@ mod tests {
         let two = Credits::from(2u64);
         let held = cache.reserve(&key, two, &backend).await.unwrap();
         cache.ledgers.invalidate(&key).await;
-        let second = cache.reserve(&key, two, &backend).await;
+        // Another token of the same payer: its key has no ledger yet, so it looks.
+        let other = Arc::new(key.bare());
+        let second = cache.reserve(&other, two, &backend).await;
         assert!(
             matches!(second, Err(BalanceDenied::Insufficient { .. })),
             "the reservation still counts"
@@ -393,7 +411,7 @@ mod tests {
         held.release(false);
         cache.ledgers.invalidate(&key).await;
         cache
-            .reserve(&key, two, &backend)
+            .reserve(&Arc::new(key.bare()), two, &backend)
             .await
             .unwrap()
             .release(false);

@@ -107,7 +107,10 @@ impl PlanCache {
 
     /// The plan's credits config if it was loaded less than the TTL ago.
     pub(crate) fn get(&self, plan_id: &PlanId) -> Option<Arc<PlanCreditsConfig>> {
-        self.fresh_plan(plan_id).map(|plan| plan.credits.clone())
+        // On every request: one clone, of the config only.
+        let fresh = self.fresh.read().unwrap_or_else(|p| p.into_inner());
+        let (plan, at) = fresh.get(plan_id)?;
+        (at.elapsed() < self.ttl).then(|| plan.credits.clone())
     }
 
     fn fresh_plan(&self, plan_id: &PlanId) -> Option<Arc<PricedPlan>> {

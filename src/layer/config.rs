@@ -153,6 +153,9 @@ pub(crate) struct LayerConfig {
     pub(crate) leases: Option<Arc<dyn crate::balance::LeaseStore>>,
     pub(crate) claims: Option<Arc<dyn crate::auth::SharedClaims>>,
     pub(crate) journal_path: Option<PathBuf>,
+    /// The charge journal in Redis (`charge_journal_in`), instead of a file.
+    #[cfg(feature = "redis")]
+    pub(crate) journal_redis: Option<crate::shared::RedisStore>,
     pub(crate) journal_replay: Duration,
     /// Opened by `build()`.
     pub(crate) journal: Option<Arc<ChargeJournal>>,
@@ -231,6 +234,8 @@ impl PaymentLayerBuilder {
                 leases: None,
                 claims: None,
                 journal_path: None,
+                #[cfg(feature = "redis")]
+                journal_redis: None,
                 journal_replay: crate::settle::DEFAULT_REPLAY_INTERVAL,
                 journal: None,
                 meter: None,
@@ -333,6 +338,8 @@ impl PaymentLayerBuilder {
 
     /// How long a fetched balance is trusted (default 30 s; the local ledger counts
     /// every charge and reservation in between) and how many are kept (default 100 000).
+    /// A ledger also lives as long as a cached verification of one of its payer's
+    /// tokens (the hot path finds it there without a lookup) or a reservation holds it.
     pub fn balance_cache(mut self, ttl: Duration, capacity: u64) -> Self {
         self.config.balance_ttl = ttl;
         self.config.balance_capacity = capacity;
@@ -485,8 +492,41 @@ impl PaymentLayerBuilder {
         self
     }
 
+    /// Keeps the charge journal in Redis instead of a file: the journal of
+    /// [`charge_journal`](Self::charge_journal), readable by every replica, so a
+    /// replica that survives replays (same request ids) the charges of one that died,
+    /// at its first replay pass after the dead one's liveness lease expired (one
+    /// `RedisStoreBuilder::lease_ttl` after its last renewal). Redis
+    /// holds each unfinished charge's access token until the charge is final; how
+    /// durable an entry is depends on Redis' persistence (`appendonly yes`,
+    /// `appendfsync always` for a charge to survive a Redis crash): README, "Charge
+    /// journal". `build()` fails with `ConfigError { field: "charge_journal_in", .. }`
+    /// when a file journal is set too. Works with or without
+    /// [`shared`](Self::shared) balances.
+    ///
+    /// ```no_run
+    /// # async fn run(payments: nvm_payments::Payments) -> Result<(), Box<dyn std::error::Error>> {
+    /// use nvm_payments::{shared::RedisStore, ChargeTiming, PaymentLayer};
+    /// let store = RedisStore::connect("redis://127.0.0.1:6379/").await?;
+    /// let layer = PaymentLayer::builder(payments)
+    ///     .plan_id("1234".parse()?)
+    ///     .shared(store.clone())
+    ///     .charge_journal_in(store)
+    ///     .charge_timing(ChargeTiming::Background)
+    ///     .build()?;
+    /// # let _ = layer;
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "redis")]
+    pub fn charge_journal_in(mut self, store: crate::shared::RedisStore) -> Self {
+        self.config.journal_redis = Some(store);
+        self
+    }
+
     /// How often unfinished journal entries are replayed (default 30 s; the first
-    /// pass runs at start-up). Only with [`charge_journal`](Self::charge_journal).
+    /// pass runs at start-up). Only with [`charge_journal`](Self::charge_journal) or
+    /// `charge_journal_in`.
     pub fn journal_replay_interval(mut self, every: Duration) -> Self {
         self.config.journal_replay = every;
         self
@@ -547,6 +587,11 @@ impl PaymentLayerBuilder {
         if let Some(path) = &self.config.journal_path {
             let journal = ChargeJournal::open_file(path, self.config.journal_replay)
                 .map_err(|e| journal_error(path, e))?;
+            self.config.journal = Some(journal);
+        }
+        #[cfg(feature = "redis")]
+        if let Some(store) = &self.config.journal_redis {
+            let journal = ChargeJournal::new(store.charge_journal(), self.config.journal_replay);
             self.config.journal = Some(journal);
         }
         Ok((self.backend, self.config))
@@ -613,6 +658,13 @@ impl PaymentLayerBuilder {
         c.retry
             .check()
             .map_err(|reason| bad("charge_retry", reason))?;
+        #[cfg(feature = "redis")]
+        if c.journal_redis.is_some() && c.journal_path.is_some() {
+            return Err(bad(
+                "charge_journal_in",
+                "one charge journal per layer: a file (`charge_journal`) or Redis, not both",
+            ));
+        }
         if c.journal_replay.is_zero() {
             return Err(bad("journal_replay_interval", "must be greater than zero"));
         }

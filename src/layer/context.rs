@@ -46,6 +46,15 @@ impl PaymentContext {
         }
     }
 
+    /// The request id, taken without a copy when no clone of this context is left (the
+    /// handler has dropped its request): the charge is the last to need it.
+    pub(crate) fn into_request_id(self) -> String {
+        match Arc::try_unwrap(self.inner) {
+            Ok(inner) => inner.request_id,
+            Err(shared) => shared.request_id.clone(),
+        }
+    }
+
     /// The subscriber paying for this request.
     pub fn subscriber(&self) -> &Address {
         &self.inner.caller.subscriber

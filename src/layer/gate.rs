@@ -197,36 +197,26 @@ impl Gate {
 
     /// Steps 1–3: finds the credential, authenticates it, and reserves the credits of
     /// this request.
-    pub(crate) async fn admit(
-        &self,
-        parts: &Parts,
-        route: &Arc<Route>,
-    ) -> Result<Admission, Rejection> {
+    ///
+    /// Not an `async fn` itself: a wrapper future would copy the whole admission future
+    /// into its own state once more on every request.
+    pub(crate) fn admit<'a>(
+        &'a self,
+        parts: &'a Parts,
+        route: &'a Arc<Route>,
+    ) -> impl std::future::Future<Output = Result<Admission, Rejection>> + Send + 'a {
         // A metered request asks for the most it may cost: its cap, or the plan's
         // maximum (0 is read as the maximum).
         let requested = match &route.meter {
             Some(rule) => rule.cap().unwrap_or(Credits::ZERO),
             None => self.config.credits.for_request(parts),
         };
-        self.admit_priced(parts, route, requested).await
+        self.admit_priced(parts, route, requested)
     }
 
     /// [`admit`](Self::admit) with the price decided by the caller (the MCP server
     /// prices each tool, not each HTTP request).
     pub(crate) async fn admit_priced(
-        &self,
-        parts: &Parts,
-        route: &Arc<Route>,
-        requested: Credits,
-    ) -> Result<Admission, Rejection> {
-        let admission = self.admit_steps(parts, route, requested).await;
-        if admission.is_ok() {
-            self.metrics.admitted();
-        }
-        admission
-    }
-
-    async fn admit_steps(
         &self,
         parts: &Parts,
         route: &Arc<Route>,
@@ -263,7 +253,8 @@ impl Gate {
         }
         // Before the balance: a replay is refused without touching the ledger.
         let single_use = match verified.single_use {
-            Some(token) => Some(self.auth.claim_single_use(token, &key).await?),
+            // Boxed: only x402 v3 tokens claim, and its future would double this one's size.
+            Some(token) => Some(Box::pin(self.auth.claim_single_use(token, &key)).await?),
             None => None,
         };
         let reservation = tracing::Instrument::instrument(
@@ -277,6 +268,7 @@ impl Gate {
             (ChargeVia::Redeem, _) | (_, Credential::Bearer { .. }) => ChargeMethod::Redeem,
             (_, Credential::X402 { .. }) => ChargeMethod::Settle,
         };
+        self.metrics.admitted();
         Ok(Admission {
             context: PaymentContext::new(
                 caller.clone(),
@@ -570,7 +562,7 @@ impl Gate {
                 method: admission.method,
                 payment_required: admission.route.payment_required.clone(),
                 caller: admission.caller,
-                request_id: admission.context.request_id().to_owned(),
+                request_id: admission.context.into_request_id(),
                 credits,
                 retry: self.config.retry,
             },
@@ -613,9 +605,10 @@ fn new_request_id() -> String {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
     let random: [u8; 10] = rand::random();
-    uuid::Builder::from_unix_timestamp_millis(millis, &random)
-        .into_uuid()
-        .to_string()
+    let uuid = uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid();
+    // Encoded into a stack buffer: `to_string` goes through the formatting machinery.
+    let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    uuid.hyphenated().encode_lower(&mut text).to_owned()
 }
 
 /// The credential text of the request, as [`credential::extract_credential`] would

@@ -12,20 +12,52 @@ use base64::Engine;
 use bytes::Bytes;
 use http::HeaderValue;
 
-use crate::types::SettleResponse;
+use crate::types::{Credits, SettleResponse};
 
 /// The header value of `receipt`, or `None` if it cannot be one (never, in practice:
 /// base64 is always a valid header value).
 pub(crate) fn receipt_header(receipt: &SettleResponse) -> Option<HeaderValue> {
-    let json = receipt_json(receipt);
-    let mut encoded = vec![0u8; base64::encoded_len(json.len(), true)?];
+    // A buffer of this thread's, reused: the JSON only lives until it is encoded.
+    let reused = JSON.try_with(|buffer| {
+        let mut json = buffer.try_borrow_mut().ok()?;
+        json.clear();
+        write_json(&mut json, receipt);
+        let header = encode(&json);
+        if json.capacity() > MAX_KEPT {
+            // One huge receipt must not pin its buffer to the thread for ever.
+            *json = String::new();
+        }
+        Some(header)
+    });
+    match reused {
+        Ok(Some(header)) => header,
+        // The thread is exiting, or (never) the buffer is in use: a buffer of its own.
+        _ => encode(&receipt_json(receipt)),
+    }
+}
+
+fn encode(json: &str) -> Option<HeaderValue> {
+    let mut encoded = vec![0; base64::encoded_len(json.len(), true)?];
     let written = STANDARD.encode_slice(json.as_bytes(), &mut encoded).ok()?;
     encoded.truncate(written);
     HeaderValue::from_maybe_shared(Bytes::from(encoded)).ok()
 }
 
+thread_local! {
+    static JSON: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
+/// Largest JSON buffer a thread keeps between receipts.
+const MAX_KEPT: usize = 4_096;
+
 fn receipt_json(r: &SettleResponse) -> String {
-    let mut out = String::with_capacity(
+    let mut out = String::new();
+    write_json(&mut out, r);
+    out
+}
+
+fn write_json(out: &mut String, r: &SettleResponse) {
+    out.reserve(
         160 + r.transaction.len()
             + r.network.len()
             + r.error_reason.as_ref().map_or(0, String::len)
@@ -37,25 +69,53 @@ fn receipt_json(r: &SettleResponse) -> String {
         "{\"success\":false"
     });
     if let Some(reason) = &r.error_reason {
-        field(&mut out, "errorReason", reason);
+        field(out, "errorReason", reason);
     }
     if let Some(payer) = &r.payer {
-        field(&mut out, "payer", payer.as_str());
+        field(out, "payer", payer.as_str());
     }
-    field(&mut out, "transaction", &r.transaction);
-    field(&mut out, "network", &r.network);
+    field(out, "transaction", &r.transaction);
+    field(out, "network", &r.network);
     if let Some(credits) = &r.credits_redeemed {
-        // Decimal digits only: nothing to escape.
-        let _ = write!(out, ",\"creditsRedeemed\":\"{credits}\"");
+        amount(out, "creditsRedeemed", credits);
     }
     if let Some(credits) = &r.remaining_balance {
-        let _ = write!(out, ",\"remainingBalance\":\"{credits}\"");
+        amount(out, "remainingBalance", credits);
     }
     if let Some(tx) = &r.order_tx {
-        field(&mut out, "orderTx", tx);
+        field(out, "orderTx", tx);
     }
     out.push('}');
-    out
+}
+
+/// `,"name":"digits"`: decimal digits only, nothing to escape. An amount that fits in
+/// 64 bits (almost all) is written without the formatting machinery.
+fn amount(out: &mut String, name: &str, credits: &Credits) {
+    out.push_str(",\"");
+    out.push_str(name);
+    out.push_str("\":\"");
+    match credits.to_u64() {
+        Some(mut n) => {
+            let mut digits = [0u8; 20];
+            let mut at = digits.len();
+            loop {
+                at -= 1;
+                // `n % 10` is below 10: the cast cannot truncate.
+                digits[at] = b'0' + (n % 10) as u8;
+                n /= 10;
+                if n == 0 {
+                    break;
+                }
+            }
+            for &d in &digits[at..] {
+                out.push(char::from(d));
+            }
+        }
+        None => {
+            let _ = write!(out, "{credits}");
+        }
+    }
+    out.push('"');
 }
 
 /// `,"name":"value"` with `value` escaped as JSON requires.
@@ -114,7 +174,21 @@ mod tests {
             remaining_balance: None,
             order_tx: None,
         };
-        vec![full, refused]
+        let mut all = vec![full.clone(), refused];
+        // Every digit count of the 64-bit path, its edges, and past them.
+        let u64_max = Credits::from(u64::MAX);
+        let past = u64_max.saturating_add(Credits::from(1u64));
+        let mut amounts = vec![Credits::ZERO, u64_max, past];
+        amounts.extend((0..20).map(|p| Credits::from(10u64.pow(p))));
+        amounts.extend((1..20).map(|p| Credits::from(10u64.pow(p) - 1)));
+        for credits in amounts {
+            all.push(SettleResponse {
+                credits_redeemed: Some(credits),
+                remaining_balance: Some(credits),
+                ..full.clone()
+            });
+        }
+        all
     }
 
     #[test]

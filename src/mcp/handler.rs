@@ -10,7 +10,8 @@ use rmcp::service::{
 };
 use rmcp::{ErrorData as McpError, ServerHandler};
 
-use super::paywall::McpPayments;
+use super::paywall::{McpPayments, Paywall, Ticket};
+use super::reply::Refusal;
 
 /// A `ServerHandler` that charges for the items priced in its [`McpPayments`]; made by
 /// [`McpPayments::wrap`]. Serve it as any handler (e.g. rmcp's
@@ -19,7 +20,8 @@ use super::paywall::McpPayments;
 /// A paid call is verified for its real price, reserved, run, and charged once
 /// (with the request id as the idempotency key) before its answer is sent; a call the
 /// tool answers with `isError: true` (or with an error) is not charged; a charge that
-/// does not settle withholds the answer.
+/// does not settle withholds the answer. Only complete answers are charged: see the
+/// [module docs](super) for input rounds and tasks.
 #[derive(Clone)]
 pub struct PaidHandler<H> {
     inner: H,
@@ -72,12 +74,14 @@ impl<H: ServerHandler> PaidHandler<H> {
             Err(refusal) => return refusal.into_tool_result().map(Into::into),
         };
         // An error here drops the ticket: its reservation is released, nothing charged.
-        let mut result = match self.inner.call_tool(request, context).await? {
-            CallToolResponse::Complete(result) => result,
-            other => {
-                tracing::warn!("a paid tool answered an incomplete result: not charged");
-                return Ok(other);
-            }
+        let mut result = match self
+            .inner
+            .call_tool(request, context)
+            .await?
+            .into_complete()
+        {
+            Ok(result) => result,
+            Err(other) => return uncharged(other),
         };
         if result.is_error == Some(true) {
             tracing::debug!("the tool failed: not charged");
@@ -86,11 +90,7 @@ impl<H: ServerHandler> PaidHandler<H> {
         let final_credits = kept.and_then(|arguments| price.after(&arguments, &result));
         match paywall.settle(ticket, final_credits).await {
             Ok(receipts) => {
-                result
-                    .meta
-                    .get_or_insert_with(MetaObject::default)
-                    .0
-                    .extend(receipts);
+                extend_meta(&mut result.meta, receipts);
                 Ok(result.into())
             }
             Err(refusal) => refusal.into_tool_result().map(Into::into),
@@ -110,21 +110,9 @@ impl<H: ServerHandler> PaidHandler<H> {
         let ticket = paywall
             .admit("tools", &request.name, credits, &mut context)
             .await
-            .map_err(|refusal| refusal.into_error())?;
-        let mut result = match self.inner.get_prompt(request, context).await? {
-            GetPromptResponse::Complete(result) => result,
-            other => return Ok(other),
-        };
-        let receipts = paywall
-            .settle(ticket, None)
-            .await
-            .map_err(|refusal| refusal.into_error())?;
-        result
-            .meta
-            .get_or_insert_with(MetaObject::default)
-            .0
-            .extend(receipts);
-        Ok(GetPromptResponse::Complete(result))
+            .map_err(Refusal::into_error)?;
+        let answer = self.inner.get_prompt(request, context).await?;
+        charge_answer(paywall, ticket, answer).await
     }
 
     async fn paid_resource(
@@ -139,22 +127,115 @@ impl<H: ServerHandler> PaidHandler<H> {
         let ticket = paywall
             .admit("resources", &request.uri, credits, &mut context)
             .await
-            .map_err(|refusal| refusal.into_error())?;
-        let mut result = match self.inner.read_resource(request, context).await? {
-            ReadResourceResponse::Complete(result) => result,
-            other => return Ok(other),
-        };
-        let receipts = paywall
-            .settle(ticket, None)
-            .await
-            .map_err(|refusal| refusal.into_error())?;
-        result
-            .meta
-            .get_or_insert_with(MetaObject::default)
-            .0
-            .extend(receipts);
-        Ok(ReadResourceResponse::Complete(result))
+            .map_err(Refusal::into_error)?;
+        let answer = self.inner.read_resource(request, context).await?;
+        charge_answer(paywall, ticket, answer).await
     }
+}
+
+/// The answer of a paid item: charged only when it is the complete result (its
+/// receipts then go into the result's `_meta`).
+trait PaidAnswer: Sized + From<Self::Complete> {
+    /// The kind of item, for the logs and the error (`tool`, `prompt`, `resource`).
+    const ITEM: &'static str;
+    /// The complete result.
+    type Complete;
+    /// The complete result, or the answer back when it is something else.
+    fn into_complete(self) -> Result<Self::Complete, Self>;
+    /// One round of a multi-round call (MCP "input required"): the client asks again
+    /// with the same request and its inputs.
+    fn is_input_round(&self) -> bool;
+    /// The `_meta` of a complete result.
+    fn meta(result: &mut Self::Complete) -> &mut Option<MetaObject>;
+}
+
+/// The three rmcp answers, alike but for their types.
+macro_rules! paid_answer {
+    ($answer:ident, $complete:ident, $item:literal) => {
+        impl PaidAnswer for $answer {
+            const ITEM: &'static str = $item;
+            type Complete = $complete;
+            fn into_complete(self) -> Result<$complete, Self> {
+                match self {
+                    $answer::Complete(result) => Ok(result),
+                    other => Err(other),
+                }
+            }
+            fn is_input_round(&self) -> bool {
+                matches!(self, $answer::InputRequired(_))
+            }
+            fn meta(result: &mut $complete) -> &mut Option<MetaObject> {
+                &mut result.meta
+            }
+        }
+    };
+}
+
+paid_answer!(CallToolResponse, CallToolResult, "tool");
+paid_answer!(GetPromptResponse, GetPromptResult, "prompt");
+paid_answer!(ReadResourceResponse, ReadResourceResult, "resource");
+
+/// Step 5 for a prompt or resource that answered: charged once when complete.
+async fn charge_answer<A: PaidAnswer>(
+    paywall: &Paywall,
+    ticket: Ticket,
+    answer: A,
+) -> Result<A, McpError> {
+    // Returning before the charge drops the ticket: the reservation is released.
+    let mut result = match answer.into_complete() {
+        Ok(result) => result,
+        Err(other) => return uncharged(other),
+    };
+    let receipts = paywall
+        .settle(ticket, None)
+        .await
+        .map_err(Refusal::into_error)?;
+    extend_meta(A::meta(&mut result), receipts);
+    Ok(result.into())
+}
+
+/// A paid item's answer that is not its complete result: an input round is served
+/// uncharged, anything else refused uncharged.
+fn uncharged<A: PaidAnswer>(answer: A) -> Result<A, McpError> {
+    if answer.is_input_round() {
+        Ok(input_round(answer))
+    } else {
+        Err(incomplete(A::ITEM))
+    }
+}
+
+/// An "input required" round of a paid item, served and not charged: it holds no
+/// result, and the client asks again with the same request (its `_meta` payment
+/// too) and the inputs; the round that completes is the one charged. Charging every
+/// round would charge one item several times.
+fn input_round<A: PaidAnswer>(answer: A) -> A {
+    tracing::debug!(
+        item = A::ITEM,
+        "an input-required round: not charged (the round that completes is)"
+    );
+    answer
+}
+
+/// A paid item that answered neither its complete result nor an input round (a
+/// tool answering with a task): refused and not charged. Its result would reach the
+/// client through `tasks/get`, which is not paid for, so serving it gives away what
+/// is priced; charging it would charge for work not done yet.
+fn incomplete(item: &str) -> McpError {
+    tracing::error!(
+        item,
+        "a paid MCP item answered neither its complete result nor an input round \
+         (a task?): refused and not charged"
+    );
+    McpError::internal_error(
+        format!("this paid {item} answered neither a complete result nor an input round: refused, not charged"),
+        None,
+    )
+}
+
+fn extend_meta(meta: &mut Option<MetaObject>, receipts: JsonObject) {
+    meta.get_or_insert_with(MetaObject::default)
+        .0
+        .extend(receipts);
 }
 
 // Every method of the trait, delegated (the list follows rmcp 3.11's own wrapper impl

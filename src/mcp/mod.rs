@@ -20,6 +20,12 @@
 //!    `_meta["nevermined/credits"]`. A tool that fails (`isError: true` or an error)
 //!    is not charged; a charge that does not settle withholds the result.
 //!
+//! Only a complete answer is charged. An "input required" round of a multi-round
+//! request is served uncharged: the client asks again with the same request (and
+//! `_meta` payment), and the round that completes is charged once. A paid tool that
+//! answers with a task is refused (an internal error) and not charged: its result
+//! would be fetched with `tasks/get`, which is not paid for.
+//!
 //! A refused `tools/call` is a result with `isError: true`: the `PaymentRequired`
 //! (`error: "payment required"` or `"settlement failed"`) as `structuredContent` and as
 //! the first text, as the SDKs send it, then the x402 MCP transport spec's

@@ -12,7 +12,9 @@ use rmcp::service::RequestContext;
 use rmcp::{RoleServer, ServerHandler};
 
 use super::config::McpPaymentsBuilder;
-use super::credential::{call_credential, credential_head, logical_url, META_PAYMENT};
+use super::credential::{
+    call_credential, credential_head, logical_url, EncodedPayments, META_PAYMENT,
+};
 use super::handler::PaidHandler;
 use super::price::Price;
 use super::reply::{receipts, Refusal};
@@ -40,6 +42,8 @@ pub(crate) struct Paywall {
     tools: HashMap<String, Price>,
     prompts: HashMap<String, Credits>,
     resources: HashMap<String, Credits>,
+    /// In-band payments already encoded.
+    encoded: EncodedPayments,
 }
 
 /// An admitted call: charged by [`Paywall::settle`], released when dropped.
@@ -68,6 +72,7 @@ impl McpPayments {
                 tools,
                 prompts,
                 resources,
+                encoded: EncodedPayments::default(),
             }),
         }
     }
@@ -158,8 +163,8 @@ impl Paywall {
         route: &Arc<Route>,
         credits: Credits,
     ) -> Result<Admission, Rejection> {
-        let head = call_credential(meta, extensions)
-            .and_then(|text| credential_head(text.as_deref()))
+        let head = call_credential(meta, extensions, &self.encoded)
+            .map(credential_head)
             .map_err(|err| match err {
                 crate::credential::TokenError::TooLarge { .. } => Rejection::credential_too_large(),
                 _ => Rejection::credential_not_ascii(),

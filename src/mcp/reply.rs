@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use rmcp::model::{CallToolResult, ContentBlock, ErrorCode, JsonObject};
 use rmcp::ErrorData as McpError;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 use crate::rejection::{Rejection, RejectionKind};
 use crate::settle::SettleOutcome;
@@ -156,8 +156,40 @@ fn unavailable_body(message: &str, retry_after: Duration) -> Value {
 }
 
 /// The settle receipt as the SDK's client reads it: known fields only, no nulls.
+///
+/// Built by hand, as the HTTP layer writes its receipt header (`layer/receipt.rs`):
+/// it is made on every charged call, and serde's `to_value` went through its
+/// serializer for a handful of fixed fields. A unit test holds it equal to serde's.
 fn receipt_json(receipt: &SettleResponse) -> Value {
-    serde_json::to_value(receipt).unwrap_or(Value::Null)
+    receipt_object(receipt, None)
+}
+
+/// [`receipt_json`], with `creditsRedeemed` already written when the caller has it.
+fn receipt_object(r: &SettleResponse, redeemed: Option<&str>) -> Value {
+    let mut m = Map::new();
+    m.insert("success".to_owned(), Value::Bool(r.success));
+    if let Some(reason) = &r.error_reason {
+        m.insert("errorReason".to_owned(), Value::String(reason.clone()));
+    }
+    if let Some(payer) = &r.payer {
+        m.insert("payer".to_owned(), payer.as_str().into());
+    }
+    m.insert("transaction".to_owned(), r.transaction.as_str().into());
+    m.insert("network".to_owned(), r.network.as_str().into());
+    if let Some(credits) = &r.credits_redeemed {
+        let text = redeemed.map_or_else(|| credits.to_string(), str::to_owned);
+        m.insert("creditsRedeemed".to_owned(), Value::String(text));
+    }
+    if let Some(balance) = &r.remaining_balance {
+        m.insert(
+            "remainingBalance".to_owned(),
+            Value::String(balance.to_string()),
+        );
+    }
+    if let Some(tx) = &r.order_tx {
+        m.insert("orderTx".to_owned(), Value::String(tx.clone()));
+    }
+    Value::Object(m)
 }
 
 /// The `_meta` keys of a served paid call: the settle receipt and the Nevermined
@@ -168,36 +200,37 @@ pub(crate) fn receipts(
     subscriber: &Address,
 ) -> JsonObject {
     let mut meta = JsonObject::new();
-    let credits = match outcome {
-        Some(outcome) => {
-            let receipt = outcome.receipt.as_ref();
-            if let Some(receipt) = receipt {
-                meta.insert(META_PAYMENT_RESPONSE.to_owned(), receipt_json(receipt));
-            }
-            json!({
-                "txHash": receipt.map(|r| r.transaction.as_str()).filter(|t| !t.is_empty()),
-                "creditsRedeemed": receipt
-                    .and_then(|r| r.credits_redeemed)
-                    .unwrap_or(outcome.credits)
-                    .to_string(),
-                "remainingBalance": receipt
-                    .and_then(|r| r.remaining_balance)
-                    .map(|b| b.to_string()),
-                "planId": plan_id,
-                "subscriberAddress": subscriber,
-                "success": true,
-            })
-        }
-        None => json!({
-            "txHash": null,
-            "creditsRedeemed": "0",
-            "remainingBalance": null,
-            "planId": plan_id,
-            "subscriberAddress": subscriber,
-            "success": true,
-        }),
+    let receipt = outcome.and_then(|o| o.receipt.as_ref());
+    // Each amount is written once and shared by both objects.
+    let redeemed = match (outcome, receipt.and_then(|r| r.credits_redeemed)) {
+        (_, Some(credits)) => credits.to_string(),
+        (Some(outcome), None) => outcome.credits.to_string(),
+        (None, None) => "0".to_owned(),
     };
-    meta.insert(META_CREDITS.to_owned(), credits);
+    let remaining = match receipt.and_then(|r| r.remaining_balance) {
+        Some(balance) => Value::String(balance.to_string()),
+        None => Value::Null,
+    };
+    let tx_hash = match receipt.map(|r| r.transaction.as_str()) {
+        Some(tx) if !tx.is_empty() => Value::String(tx.to_owned()),
+        _ => Value::Null,
+    };
+    if let Some(receipt) = receipt {
+        let mut object = receipt_object(receipt, Some(&redeemed));
+        if let (Value::Object(m), Value::String(_)) = (&mut object, &remaining) {
+            // Same digits: reuse them rather than write the number again.
+            m.insert("remainingBalance".to_owned(), remaining.clone());
+        }
+        meta.insert(META_PAYMENT_RESPONSE.to_owned(), object);
+    }
+    let mut credits = Map::new();
+    credits.insert("txHash".to_owned(), tx_hash);
+    credits.insert("creditsRedeemed".to_owned(), Value::String(redeemed));
+    credits.insert("remainingBalance".to_owned(), remaining);
+    credits.insert("planId".to_owned(), plan_id.as_str().into());
+    credits.insert("subscriberAddress".to_owned(), subscriber.as_str().into());
+    credits.insert("success".to_owned(), Value::Bool(true));
+    meta.insert(META_CREDITS.to_owned(), Value::Object(credits));
     meta
 }
 
@@ -230,6 +263,76 @@ mod tests {
         serde_json::from_value(json!({"success": true, "transaction": "0xtx",
             "network": "eip155:84532", "creditsRedeemed": "2", "remainingBalance": "98"}))
         .unwrap()
+    }
+
+    /// The receipts as serde wrote them before they were built by hand.
+    fn receipts_by_serde(
+        outcome: Option<&SettleOutcome>,
+        plan_id: &PlanId,
+        subscriber: &Address,
+    ) -> JsonObject {
+        let mut meta = JsonObject::new();
+        let credits = match outcome {
+            Some(outcome) => {
+                let receipt = outcome.receipt.as_ref();
+                if let Some(receipt) = receipt {
+                    meta.insert(
+                        META_PAYMENT_RESPONSE.to_owned(),
+                        serde_json::to_value(receipt).unwrap(),
+                    );
+                }
+                json!({
+                    "txHash": receipt.map(|r| r.transaction.as_str()).filter(|t| !t.is_empty()),
+                    "creditsRedeemed": receipt
+                        .and_then(|r| r.credits_redeemed)
+                        .unwrap_or(outcome.credits)
+                        .to_string(),
+                    "remainingBalance": receipt
+                        .and_then(|r| r.remaining_balance)
+                        .map(|b| b.to_string()),
+                    "planId": plan_id,
+                    "subscriberAddress": subscriber,
+                    "success": true,
+                })
+            }
+            None => json!({
+                "txHash": null, "creditsRedeemed": "0", "remainingBalance": null,
+                "planId": plan_id, "subscriberAddress": subscriber, "success": true,
+            }),
+        };
+        meta.insert(META_CREDITS.to_owned(), credits);
+        meta
+    }
+
+    #[test]
+    fn receipts_built_by_hand_are_the_ones_serde_writes() {
+        let full: SettleResponse = serde_json::from_value(json!({"success": false,
+            "errorReason": "a \"quoted\" reason", "payer": "0x00000000000000000000000000000000000000a1",
+            "transaction": "0xtx", "network": "eip155:84532", "creditsRedeemed": "2",
+            "remainingBalance": "98", "orderTx": "0xorder"}))
+        .unwrap();
+        let sparse: SettleResponse =
+            serde_json::from_value(json!({"success": true, "transaction": "", "network": ""}))
+                .unwrap();
+        for receipt in [Some(settled()), Some(full), Some(sparse), None] {
+            let o = outcome(SettleStatus::Settled, receipt);
+            assert_eq!(
+                receipts(Some(&o), &o.plan_id, &o.subscriber),
+                receipts_by_serde(Some(&o), &o.plan_id, &o.subscriber),
+                "{o:?}"
+            );
+            if let Some(receipt) = &o.receipt {
+                assert_eq!(
+                    receipt_json(receipt),
+                    serde_json::to_value(receipt).unwrap()
+                );
+            }
+        }
+        let o = outcome(SettleStatus::Settled, None);
+        assert_eq!(
+            receipts(None, &o.plan_id, &o.subscriber),
+            receipts_by_serde(None, &o.plan_id, &o.subscriber)
+        );
     }
 
     #[test]

@@ -18,6 +18,7 @@ use crate::auth::{Caller, SingleUseClaim};
 use crate::backend::PaymentBackend;
 use crate::balance::Reservation;
 use crate::client::Error;
+use crate::metrics::ChargeMetrics;
 use crate::types::{Credits, NvmApiResult, PaymentRequired, SettleResponse};
 
 /// How a charge whose error is safe to retry is retried: exponential backoff from
@@ -142,14 +143,26 @@ impl Charge {
         }
     }
 
-    pub(super) async fn send(&self) -> Sent {
+    pub(super) async fn send(&self, metrics: &ChargeMetrics) -> Sent {
         let started = Instant::now();
         let mut backoff = self.retry.initial_backoff;
         let mut maybe_applied = false;
         let mut attempts = 0;
         loop {
             attempts += 1;
-            let err = match self.call_once().await {
+            #[cfg(feature = "metrics")]
+            let call_started = if attempts == 1 {
+                started
+            } else {
+                Instant::now()
+            };
+            let answer = self.call_once().await;
+            // Without the feature, no clock read for a duration nobody records.
+            #[cfg(feature = "metrics")]
+            metrics.charge_call(self.method == ChargeMethod::Redeem, call_started.elapsed());
+            #[cfg(not(feature = "metrics"))]
+            let _ = metrics;
+            let err = match answer {
                 Ok(receipt) if receipt.success => {
                     return Sent {
                         status: SettleStatus::Settled,
@@ -184,7 +197,8 @@ impl Charge {
             if retryable && attempts < self.retry.max_attempts && in_window {
                 tracing::debug!(attempt = attempts, error = %err, "charge failed; retrying with the same request id");
                 crate::metrics::charge_retried();
-                tokio::time::sleep(backoff).await;
+                // Boxed: a timer is large, and only a retry needs one.
+                Box::pin(tokio::time::sleep(backoff)).await;
                 backoff = (backoff * 2).min(self.retry.max_backoff);
                 continue;
             }
@@ -226,70 +240,70 @@ impl PendingCharge {
         self.charge.credits = credits;
     }
 
-    /// Registers the charge among those in flight: it is about to be sent.
-    fn start(mut self) -> (Self, InFlight) {
+    /// Registers the charge among those in flight: it is about to be sent. (By
+    /// reference: moving the whole charge in and out again cost two copies of it.)
+    fn start(&mut self) -> InFlight {
         let in_flight = self.pending.enter(&self.charge.request_id);
         if let Some(ticket) = &mut self.journal {
             ticket.sending();
         }
-        (self, in_flight)
+        in_flight
     }
 
     /// Sends the charge, settles the reservation, logs and reports the outcome.
-    async fn execute(self, in_flight: InFlight) -> SettleOutcome {
-        let PendingCharge {
-            charge,
-            reservation,
-            single_use,
-            hook,
-            pending,
-            journal,
-        } = self;
+    async fn execute(mut self, in_flight: InFlight) -> SettleOutcome {
+        // Fields used in place, not destructured into locals: the locals would be a
+        // second copy of the charge in this future's state, which is boxed per request.
         // Spent before the first call: a replay arriving while this charge is sent
         // must not be admitted.
-        if let Some(claim) = single_use {
+        if let Some(claim) = self.single_use.take() {
             claim.spend();
         }
         // A debug span: at `info` a settled charge costs no span and no log line; the
         // failed and unknown ones carry their request id themselves (log_outcome).
         let span = tracing::debug_span!(
             "nvm.settle",
-            token = %charge.caller.token_digest,
-            request_id = %charge.request_id,
-            credits = %charge.credits,
+            token = %self.charge.caller.token_digest,
+            request_id = %self.charge.request_id,
+            credits = %self.charge.credits,
         );
-        let sent = charge.send().instrument(span.clone()).await;
-        if let Some(ticket) = journal {
+        let sent = self
+            .charge
+            .send(&self.pending.metrics)
+            .instrument(span.clone())
+            .await;
+        if let Some(ticket) = self.journal.take() {
             ticket.end(!sent.retry_later);
         }
+        let credits = self.charge.credits;
         let burned = sent
             .receipt
             .as_ref()
             .and_then(|r| r.credits_redeemed)
-            .unwrap_or(charge.credits);
+            .unwrap_or(credits);
         match sent.status {
-            SettleStatus::Settled => reservation.commit(burned, false),
+            SettleStatus::Settled => self.reservation.commit(burned, false),
             // Our view of the balance disagreed with the backend's: learn it again.
-            SettleStatus::Failed => reservation.release(true),
+            SettleStatus::Failed => self.reservation.release(true),
             // It may have burned: count it, and learn the truth at the next fetch.
-            SettleStatus::Unknown => reservation.commit(charge.credits, true),
+            SettleStatus::Unknown => self.reservation.commit(credits, true),
         }
         let outcome = SettleOutcome {
             status: sent.status,
-            request_id: charge.request_id,
-            plan_id: charge.caller.plan_id.clone(),
-            subscriber: charge.caller.subscriber.clone(),
-            credits: charge.credits,
+            request_id: self.charge.request_id,
+            plan_id: self.charge.caller.plan_id.clone(),
+            subscriber: self.charge.caller.subscriber.clone(),
+            credits,
             attempts: sent.attempts,
             receipt: sent.receipt,
             reason: sent.reason,
         };
         span.in_scope(|| log_outcome(&outcome));
-        pending
+        self.pending
             .metrics
             .outcome(outcome.status, outcome.is_settled().then_some(burned));
         in_flight.finish(outcome.status);
-        if let Some(hook) = hook {
+        if let Some(hook) = self.hook {
             hook.on_settle(&outcome);
         }
         outcome
@@ -300,7 +314,8 @@ impl PendingCharge {
     pub(crate) fn spawn(self) -> Option<JoinHandle<SettleOutcome>> {
         match tokio::runtime::Handle::try_current() {
             Ok(handle) => {
-                let (charge, in_flight) = self.start();
+                let mut charge = self;
+                let in_flight = charge.start();
                 Some(handle.spawn(charge.execute(in_flight)))
             }
             Err(_) => {
@@ -316,8 +331,9 @@ impl PendingCharge {
     /// Runs the charge in the caller's task (no spawn on the hot path); if the caller
     /// is dropped before it completes (the client hung up), the rest of the charge
     /// moves to its own task, so it still completes and is reported.
-    pub(crate) fn run_to_completion(self) -> DetachOnDrop {
-        let (charge, in_flight) = self.start();
+    pub(crate) fn run_to_completion(mut self) -> DetachOnDrop {
+        let in_flight = self.start();
+        let charge = self;
         DetachOnDrop {
             charge: Some(Box::pin(charge.execute(in_flight))),
         }

@@ -40,6 +40,8 @@ pub use journal::JournalStats;
 pub(crate) use journal::{
     ChargeJournal, OpenError as JournalOpenError, ReplayContext, DEFAULT_REPLAY_INTERVAL,
 };
+#[cfg(feature = "redis")]
+pub(crate) use journal::{JournalEntry, JournalStore};
 pub use meter::{Meter, MeterRule};
 pub use outcome::{OnSettle, SettleOutcome, SettleStatus};
 pub use pending::{DrainReport, PendingFull};

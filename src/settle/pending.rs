@@ -67,8 +67,11 @@ pub(crate) struct PendingCharges {
     registry: Mutex<Registry>,
     /// `registry.in_flight.len()`, read without the lock on every admission.
     count: AtomicUsize,
-    /// Woken whenever a charge leaves the registry.
+    /// Woken whenever a charge leaves the registry while a drain waits.
     left: Notify,
+    /// Drains waiting now: a charge that leaves wakes them only if there are any (a
+    /// `notify_waiters` takes a lock, on every charge otherwise).
+    draining: AtomicUsize,
     settled: AtomicU64,
     failed: AtomicU64,
     unknown: AtomicU64,
@@ -106,7 +109,11 @@ impl PendingCharges {
             self.count.fetch_sub(1, Ordering::Relaxed);
             self.metrics.left();
         }
-        self.left.notify_waiters();
+        // SeqCst with the drain's increment: a drain that registered after this load
+        // looks at the registry after this removal (docs of `drain`).
+        if self.draining.load(Ordering::SeqCst) > 0 {
+            self.left.notify_waiters();
+        }
     }
 
     fn counts(&self) -> (u64, u64, u64) {
@@ -120,6 +127,9 @@ impl PendingCharges {
     /// Waits until no charge is in flight or `timeout` has passed.
     pub(crate) async fn drain(&self, timeout: Duration) -> DrainReport {
         let before = self.counts();
+        // Counted before the first look: a charge leaving after it sees the drain and
+        // wakes it; one that left before it is not in the registry the drain reads.
+        let _draining = DrainingGuard::enter(&self.draining);
         let empty = async {
             loop {
                 // Register for the wake-up before looking, so none is missed.
@@ -168,6 +178,22 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.charges.leave(self.key);
+    }
+}
+
+/// Counts a waiting drain for as long as it waits, even if its future is dropped.
+struct DrainingGuard<'a>(&'a AtomicUsize);
+
+impl<'a> DrainingGuard<'a> {
+    fn enter(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        DrainingGuard(count)
+    }
+}
+
+impl Drop for DrainingGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

@@ -57,6 +57,19 @@ impl RedisConnection {
         }
     }
 
+    /// Sends a pipeline (one round trip), within the timeout.
+    pub(crate) async fn pipeline<T: FromRedisValue>(
+        &self,
+        pipe: &redis::Pipeline,
+    ) -> Result<T, String> {
+        self.round_trips.fetch_add(1, Ordering::Relaxed);
+        let mut conn = self.manager.clone();
+        match tokio::time::timeout(self.timeout, pipe.query_async(&mut conn)).await {
+            Ok(result) => result.map_err(|e| describe(&e)),
+            Err(_) => Err("redis call timed out".to_owned()),
+        }
+    }
+
     /// Runs one command, within the timeout.
     pub(crate) async fn command<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, String> {
         self.round_trips.fetch_add(1, Ordering::Relaxed);

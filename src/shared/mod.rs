@@ -19,7 +19,14 @@
 //! restart without persistence), no lease is granted for one lease TTL, since leases
 //! granted before may still be served.
 //!
-//! Keys start with the prefix (default `nvm`), hold digests and numbers, never a token;
+//! The charge journal can live here too
+//! ([`PaymentLayerBuilder::charge_journal_in`](crate::PaymentLayerBuilder::charge_journal_in)):
+//! each replica's unfinished charges under a liveness lease, taken over and replayed
+//! by a surviving replica when that lease expires.
+//!
+//! Keys start with the prefix (default `nvm`). The balance, lease and claim keys hold
+//! digests and numbers, never a token; the journal's entries hold access tokens until
+//! their charges are final (README, "Charge journal");
 //! every call has a timeout (default 500 ms).
 //!
 //! ```no_run
@@ -44,6 +51,7 @@
 
 mod claims;
 mod connection;
+mod journal;
 mod lease;
 
 use std::fmt;
@@ -130,6 +138,11 @@ impl RedisStore {
             store: self.shared.clone(),
             replica: uuid::Uuid::new_v4().simple().to_string(),
         })
+    }
+
+    /// The charge journal of one more replica (one layer), with its own id and lease.
+    pub(crate) fn charge_journal(&self) -> Arc<dyn crate::settle::JournalStore> {
+        Arc::new(journal::RedisJournal::new(self.shared.clone()))
     }
 
     /// Single-use token claims in this store.

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -22,7 +23,9 @@ macro_rules! decimal_id {
     ($(#[$doc:meta])* $name:ident, $kind:literal) => {
         $(#[$doc])*
         #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-        pub struct $name(String);
+        // Shared text: ids are cloned into every caller, charge and outcome, and a
+        // clone of an `Arc<str>` does not allocate.
+        pub struct $name(Arc<str>);
 
         impl $name {
             /// The id as it goes on the wire.
@@ -36,7 +39,7 @@ macro_rules! decimal_id {
             fn from_str(s: &str) -> Result<Self, Self::Err> {
                 let s = s.trim();
                 if is_decimal(s) {
-                    Ok($name(s.to_owned()))
+                    Ok($name(s.into()))
                 } else {
                     Err(ParseIdError { kind: $kind, reason: "expected a decimal integer string" })
                 }
@@ -70,10 +73,10 @@ macro_rules! decimal_id {
                         f.write_str(concat!("a ", $kind, " as a decimal string or integer"))
                     }
                     fn visit_u64<E: de::Error>(self, v: u64) -> Result<$name, E> {
-                        Ok($name(v.to_string()))
+                        Ok($name(v.to_string().into()))
                     }
                     fn visit_u128<E: de::Error>(self, v: u128) -> Result<$name, E> {
-                        Ok($name(v.to_string()))
+                        Ok($name(v.to_string().into()))
                     }
                     fn visit_str<E: de::Error>(self, v: &str) -> Result<$name, E> {
                         v.parse().map_err(E::custom)
@@ -117,7 +120,7 @@ decimal_id!(
 /// assert!("0x123".parse::<Address>().is_err());
 /// ```
 #[derive(Clone)]
-pub struct Address(String);
+pub struct Address(Arc<str>);
 
 impl PartialEq for Address {
     fn eq(&self, other: &Self) -> bool {
@@ -152,7 +155,7 @@ impl Ord for Address {
 impl Address {
     /// The zero address, `0x0000000000000000000000000000000000000000`.
     pub fn zero() -> Self {
-        Address(format!("0x{}", "0".repeat(40)))
+        Address(format!("0x{}", "0".repeat(40)).into())
     }
 
     /// The address as it was spelled, `0x…`.
@@ -178,7 +181,7 @@ impl FromStr for Address {
                 reason: "expected 0x followed by 40 hex digits",
             })?;
         if hex.len() == 40 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-            Ok(Address(format!("0x{hex}")))
+            Ok(Address(format!("0x{hex}").into()))
         } else {
             Err(ParseIdError {
                 kind: "address",

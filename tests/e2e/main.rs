@@ -14,6 +14,7 @@ mod cli;
 mod dev_server_cli;
 mod examples;
 mod journal_kill;
+mod journal_replicas;
 mod mcp;
 mod python_sdk;
 mod reliability_auth;

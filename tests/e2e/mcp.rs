@@ -1,6 +1,8 @@
-//! Paid MCP tools (`nvm_payments::mcp`) end to end against the devserver: rmcp's own
-//! client against an rmcp server wrapped by `McpPayments`, and the official Python
-//! `mcp` client (PyPI) against `examples/mcp_server.rs` run as a process.
+//! Paid MCP tools, prompts and resources (`nvm_payments::mcp`) end to end against the
+//! devserver: rmcp's own client against an rmcp server wrapped by `McpPayments` (and
+//! the wrapped handler called directly for "input required" rounds), the official
+//! Python `mcp` client (PyPI) against `examples/mcp_server.rs` run as a process, and
+//! that process shut down with SIGTERM while a charge is held at the backend.
 
 use super::agent_example::announced;
 use std::collections::HashMap;
@@ -18,9 +20,10 @@ use nvm_payments::mcp::McpPayments;
 use nvm_payments::{Credits, PaymentContext, SettleOutcome, SettleStatus};
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ClientConfig, ContentBlock,
-    GetPromptRequestParams, GetPromptResponse, GetPromptResult, JsonObject, ListToolsResult,
-    PaginatedRequestParams, PromptMessage, RequestMetaObject, Role, ServerCapabilities,
-    ServerConfig, Tool,
+    CreateTaskResult, GetPromptRequestParams, GetPromptResponse, GetPromptResult,
+    InputRequiredResult, JsonObject, ListToolsResult, PaginatedRequestParams, PromptMessage,
+    ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, RequestMetaObject,
+    ResourceContents, Role, ServerCapabilities, ServerConfig, Task, TaskStatus, Tool,
 };
 use rmcp::service::{RequestContext, RunningService};
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
@@ -34,8 +37,11 @@ use tokio::io::BufReader;
 
 use crate::support::reliability::{c, quick_retry, world, World, SETTLE, VERIFY};
 
-/// Tools that count their runs: `weather` (2 credits), `echo` (free), `fail` (2
-/// credits, answers `isError`).
+/// Items that count their runs. Tools: `weather` (2 credits), `echo` (free), `fail`
+/// (2 credits, answers `isError`), `deferred` (2 credits, answers a task). Prompts:
+/// `greet` (1), `broken` (1, an error), `interview` (1, asks for input once).
+/// Resources: `data://report` (3), `data://broken` (3, an error), `data://interview`
+/// (3, asks for input once), `data://free` (free).
 #[derive(Clone)]
 struct Tools {
     runs: Arc<AtomicUsize>,
@@ -48,20 +54,41 @@ impl ServerHandler for Tools {
             ServerCapabilities::builder()
                 .enable_tools()
                 .enable_prompts()
+                .enable_resources()
                 .build(),
         )
     }
 
     async fn get_prompt(
         &self,
-        _: GetPromptRequestParams,
+        request: GetPromptRequestParams,
         _: RequestContext<RoleServer>,
     ) -> Result<GetPromptResponse, McpError> {
         self.runs.fetch_add(1, Ordering::SeqCst);
-        let message = PromptMessage::new_text(Role::User, "Say hello");
-        Ok(GetPromptResponse::Complete(GetPromptResult::new(vec![
-            message,
-        ])))
+        match (&*request.name, request.request_state.as_deref()) {
+            ("broken", _) => Err(McpError::internal_error("the prompt broke", None)),
+            ("interview", None) => Ok(ask_for_input()),
+            _ => {
+                let message = PromptMessage::new_text(Role::User, "Say hello");
+                Ok(GetPromptResult::new(vec![message]).into())
+            }
+        }
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        _: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, McpError> {
+        self.runs.fetch_add(1, Ordering::SeqCst);
+        match (&*request.uri, request.request_state.as_deref()) {
+            ("data://broken", _) => Err(McpError::resource_not_found("no such report", None)),
+            ("data://interview", None) => Ok(ask_for_input()),
+            (uri, _) => {
+                let contents = ResourceContents::text("the report", uri);
+                Ok(ReadResourceResult::new(vec![contents]).into())
+            }
+        }
     }
 
     async fn list_tools(
@@ -108,13 +135,28 @@ impl ServerHandler for Tools {
             ))]),
             "echo" => CallToolResult::success(vec![ContentBlock::text(arg("text"))]),
             "fail" => CallToolResult::error(vec![ContentBlock::text("no such city")]),
+            "deferred" => {
+                let task = Task::new(
+                    "t-1",
+                    TaskStatus::Working,
+                    "2026-12-01T00:00:00Z",
+                    "2026-12-01T00:00:00Z",
+                );
+                return Ok(CallToolResponse::Task(CreateTaskResult::new(task)));
+            }
             _ => return Err(McpError::invalid_params("unknown tool", None)),
         };
         Ok(result.into())
     }
 }
 
-/// An MCP server on 127.0.0.1:0 selling `weather` and `fail` for 2 credits each.
+/// An "input required" round (MCP multi-round requests) asking to be called again
+/// with its request state.
+fn ask_for_input<R: From<InputRequiredResult>>() -> R {
+    InputRequiredResult::new(None, Some("round-2".to_owned())).into()
+}
+
+/// An MCP server on 127.0.0.1:0 selling the items of [`Tools`].
 struct Server {
     url: String,
     mcp: McpPayments,
@@ -133,7 +175,13 @@ async fn serve(w: &World) -> Server {
         .server_name("weather-srv")
         .tool("weather", 2u64)
         .tool("fail", 2u64)
+        .tool("deferred", 2u64)
         .prompt("greet", 1u64)
+        .prompt("broken", 1u64)
+        .prompt("interview", 1u64)
+        .resource("data://report", 3u64)
+        .resource("data://broken", 3u64)
+        .resource("data://interview", 3u64)
         .build()
         .unwrap();
     let tools = Tools {
@@ -551,4 +599,382 @@ async fn the_official_python_mcp_client_pays_for_the_example_servers_tools() {
     assert!(spends
         .values()
         .all(|s| s.len() == 1 && s[0].credits == Credits::from(2u64)));
+}
+
+/// `_meta` paying in band with `token`.
+fn paying(token: &str) -> RequestMetaObject {
+    let mut meta = RequestMetaObject::default();
+    meta.insert("x402/payment".to_owned(), payload(token));
+    meta
+}
+
+fn resource(uri: &str, token: Option<&str>) -> ReadResourceRequestParams {
+    let mut params = ReadResourceRequestParams::new(uri);
+    params.meta = token.map(paying);
+    params
+}
+
+fn prompt(name: &str, token: Option<&str>) -> GetPromptRequestParams {
+    let mut params = GetPromptRequestParams::new(name);
+    params.meta = token.map(paying);
+    params
+}
+
+/// The JSON-RPC error of a refused or failed call.
+fn mcp_error(error: ServiceError) -> McpError {
+    match error {
+        ServiceError::McpError(error) => error,
+        other => panic!("a JSON-RPC error, got {other:?}"),
+    }
+}
+
+/// The spends the ledger made, as `(request id, credits)`, one entry per spend.
+fn spends(w: &World) -> Vec<(String, Credits)> {
+    let mut all: Vec<_> = w
+        .spends_by_request()
+        .into_iter()
+        .flat_map(|(id, spends)| spends.into_iter().map(move |s| (id.clone(), s.credits)))
+        .collect();
+    all.sort();
+    all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paid_resource_is_refused_unpaid_then_served_and_charged_once() {
+    let w = world(1, 100).await;
+    let s = serve(&w).await;
+    let token = w.x402(0).await;
+    let session = client(&s.url, &[]).await;
+
+    let refused = mcp_error(
+        session
+            .read_resource(resource("data://report", None))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(refused.code.0, 402);
+    let data = refused.data.expect("the PaymentRequired in data");
+    assert_eq!(data["error"], "payment required");
+    assert_eq!(data["accepts"][0]["planId"], w.plan.to_string());
+    assert_eq!(
+        data["resource"]["url"],
+        "mcp://weather-srv/resources/data://report"
+    );
+    assert_eq!(s.tools.runs.load(Ordering::SeqCst), 0, "not read unpaid");
+
+    let free = session
+        .read_resource(resource("data://free", None))
+        .await
+        .unwrap();
+    assert_eq!(free.meta, None, "an unpriced resource passes through");
+
+    let served = session
+        .read_resource(resource("data://report", Some(&token)))
+        .await
+        .unwrap();
+    assert_eq!(served.contents.len(), 1);
+    let meta = served.meta.as_ref().expect("the receipts in _meta");
+    assert_eq!(meta["x402/payment-response"]["success"], true);
+    assert_eq!(meta["x402/payment-response"]["creditsRedeemed"], "3");
+    assert_eq!(meta["nevermined/credits"]["creditsRedeemed"], "3");
+    assert_eq!(w.balance(0).await, c(97));
+    let spends = spends(&w);
+    assert_eq!(spends.len(), 1, "charged once: {spends:?}");
+    assert_eq!(spends[0].1, c(3), "the resource's price");
+    let outcomes = s.outcomes.lock().unwrap().clone();
+    assert_eq!(outcomes.len(), 1);
+    assert_eq!(outcomes[0].status, SettleStatus::Settled);
+    assert_eq!(
+        outcomes[0].request_id, spends[0].0,
+        "settled with its request id"
+    );
+    assert_eq!(s.mcp.pending_charges(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paid_prompt_or_resource_that_errors_is_not_charged() {
+    // 3 credits: a reservation left behind by the failures would refuse the last read.
+    let w = world(1, 3).await;
+    let s = serve(&w).await;
+    let token = w.x402(0).await;
+    let session = client(&s.url, &[]).await;
+
+    let prompt_error = mcp_error(
+        session
+            .get_prompt(prompt("broken", Some(&token)))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(
+        prompt_error.message, "the prompt broke",
+        "the prompt's own error"
+    );
+    let resource_error = mcp_error(
+        session
+            .read_resource(resource("data://broken", Some(&token)))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(resource_error.message, "no such report");
+    assert_eq!(s.tools.runs.load(Ordering::SeqCst), 2, "both ran");
+    assert_eq!(w.server.stats().get(&format!("POST {SETTLE}")), 0);
+    assert!(s.outcomes.lock().unwrap().is_empty());
+    assert_eq!(w.balance(0).await, c(3));
+
+    let served = session
+        .read_resource(resource("data://report", Some(&token)))
+        .await
+        .unwrap();
+    assert_eq!(
+        served.meta.unwrap()["nevermined/credits"]["creditsRedeemed"],
+        "3"
+    );
+    assert_eq!(w.balance(0).await, c(0), "the reservations were released");
+}
+
+/// `handler` called directly, as the server calls it, with `_meta` paying with
+/// `token`: rmcp's transports send "input required" rounds only on protocol
+/// 2026-07-28 sessions, which its streamable-HTTP client does not open yet.
+struct Direct<H: ServerHandler> {
+    handler: H,
+    peer: rmcp::Peer<RoleServer>,
+    _sessions: (Client, RunningService<RoleServer, H>),
+}
+
+impl<H: ServerHandler + Clone> Direct<H> {
+    async fn new(handler: H) -> Self {
+        let (ours, theirs) = tokio::io::duplex(1 << 16);
+        let server = tokio::spawn(handler.clone().serve(ours));
+        let client = ClientConfig::default().serve(theirs).await.unwrap();
+        let server = server.await.unwrap().unwrap();
+        Direct {
+            handler,
+            peer: server.peer().clone(),
+            _sessions: (client, server),
+        }
+    }
+
+    fn context(&self, token: &str) -> RequestContext<RoleServer> {
+        let mut context =
+            RequestContext::new(rmcp::model::NumberOrString::Number(7), self.peer.clone());
+        context.meta = paying(token);
+        context
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_input_round_is_not_charged_and_the_round_that_completes_is_charged_once() {
+    let w = world(1, 100).await;
+    let s = serve(&w).await;
+    let token = w.x402(0).await;
+    let direct = Direct::new(s.mcp.wrap(s.tools.clone())).await;
+
+    // Each round is a request of its own, paid in band (rmcp's client repeats the
+    // request's `_meta` when it asks again): only the complete answer is charged.
+    let first = direct
+        .handler
+        .read_resource(
+            ReadResourceRequestParams::new("data://interview"),
+            direct.context(&token),
+        )
+        .await
+        .unwrap();
+    let ReadResourceResponse::InputRequired(round) = first else {
+        panic!("an input round, got {first:?}");
+    };
+    assert_eq!(round.meta, None, "no receipt: nothing charged");
+    assert_eq!(w.balance(0).await, c(100));
+    assert_eq!(s.mcp.pending_charges(), 0);
+    let mut again = ReadResourceRequestParams::new("data://interview");
+    again.request_state = round.request_state;
+    let done = direct
+        .handler
+        .read_resource(again, direct.context(&token))
+        .await
+        .unwrap();
+    let ReadResourceResponse::Complete(done) = done else {
+        panic!("the complete answer, got {done:?}");
+    };
+    assert_eq!(
+        done.meta.unwrap()["nevermined/credits"]["creditsRedeemed"],
+        "3"
+    );
+
+    let first = direct
+        .handler
+        .get_prompt(
+            GetPromptRequestParams::new("interview"),
+            direct.context(&token),
+        )
+        .await
+        .unwrap();
+    let GetPromptResponse::InputRequired(round) = first else {
+        panic!("an input round, got {first:?}");
+    };
+    let mut again = GetPromptRequestParams::new("interview");
+    again.request_state = round.request_state;
+    let done = direct
+        .handler
+        .get_prompt(again, direct.context(&token))
+        .await
+        .unwrap();
+    let GetPromptResponse::Complete(done) = done else {
+        panic!("the complete answer, got {done:?}");
+    };
+    assert_eq!(
+        done.meta.unwrap()["nevermined/credits"]["creditsRedeemed"],
+        "1"
+    );
+
+    assert_eq!(s.tools.runs.load(Ordering::SeqCst), 4, "two rounds each");
+    assert_eq!(w.balance(0).await, c(96), "3 + 1 credits");
+    let mut credits: Vec<_> = spends(&w).into_iter().map(|(_, c)| c).collect();
+    credits.sort();
+    assert_eq!(credits, [c(1), c(3)], "one spend per completed item");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paid_tool_answering_a_task_is_refused_and_not_charged() {
+    // Its result would come through `tasks/get`, which nobody pays for.
+    let w = world(1, 2).await;
+    let s = serve(&w).await;
+    let token = w.x402(0).await;
+    let session = client(&s.url, &[]).await;
+    let refused = session
+        .peer()
+        .call_tool_once(paid_call("deferred", json!({}), &token))
+        .await
+        .unwrap_err();
+    let error = mcp_error(refused);
+    assert!(error.message.contains("refused, not charged"), "{error:?}");
+    assert_eq!(s.tools.runs.load(Ordering::SeqCst), 1);
+    assert_eq!(w.server.stats().get(&format!("POST {SETTLE}")), 0);
+    // The 2 credits reserved for it were released.
+    let served = session
+        .call_tool(paid_call("weather", json!({"city": "Rome"}), &token))
+        .await
+        .unwrap();
+    assert_charged_two(&served, &w);
+    assert_eq!(w.balance(0).await, c(0));
+}
+
+/// The devserver's routes (same ledger) behind a front that holds every settle before
+/// it reaches the ledger until `release` is set; `held` says when one is held, and
+/// `answered` is set once the ledger has made a settle and before its reply leaves.
+struct HoldingFront {
+    url: String,
+    held: tokio::sync::mpsc::UnboundedReceiver<()>,
+    release: tokio::sync::watch::Sender<bool>,
+    answered: Arc<std::sync::atomic::AtomicBool>,
+}
+
+async fn holding_front(w: &World) -> HoldingFront {
+    let (held_tx, held) = tokio::sync::mpsc::unbounded_channel();
+    let (release, released) = tokio::sync::watch::channel(false);
+    let answered = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let done = answered.clone();
+    let hold = move |request: axum::extract::Request, next: axum::middleware::Next| {
+        let (held, mut released, done) = (held_tx.clone(), released.clone(), done.clone());
+        async move {
+            if request.uri().path() != SETTLE {
+                return next.run(request).await;
+            }
+            let _ = held.send(());
+            let _ = released.wait_for(|go| *go).await;
+            let response = next.run(request).await;
+            done.store(true, Ordering::SeqCst);
+            response
+        }
+    };
+    let app = nvm_payments::devserver::DevServer::router(w.server.state().clone())
+        .layer(axum::middleware::from_fn(hold));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    HoldingFront {
+        url,
+        held,
+        release,
+        answered,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_server_drains_a_charge_in_flight_on_sigterm_before_exiting() {
+    let w = world(1, 100).await;
+    let token = w.x402(0).await;
+    let mut front = holding_front(&w).await;
+    let mut server = tokio::process::Command::new(example_binary())
+        .env("NVM_API_KEY", w.owner.api_key.expose())
+        .env("NVM_BACKEND_URL", &front.url)
+        .env("NVM_PLAN_ID", w.plan.to_string())
+        .env("NVM_AGENT_ID", w.agent.to_string())
+        .env("PORT", "0")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start examples/mcp_server");
+    let mut stdout = BufReader::new(server.stdout.take().unwrap());
+    let url = announced(&mut stdout, "mcp server listening on ").await;
+
+    // A paid call whose charge reaches the backend and is held there.
+    let session = client(&url, &[]).await;
+    let peer = session.peer().clone();
+    let call = tokio::spawn(async move {
+        peer.call_tool(paid_call("weather", json!({"city": "Rome"}), &token))
+            .await
+    });
+    front
+        .held
+        .recv()
+        .await
+        .expect("the charge reaches the backend");
+
+    let pid = server.id().expect("the server's pid").to_string();
+    let signalled = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(signalled.success());
+    // Its logs share stdout: read up to its own line.
+    let mut line = String::new();
+    while !line.starts_with("shutting down") {
+        line.clear();
+        let read = tokio::io::AsyncBufReadExt::read_line(&mut stdout, &mut line)
+            .await
+            .unwrap();
+        assert_ne!(read, 0, "the server said it was shutting down");
+    }
+    // The exit is watched from now on: it must come only after the ledger made the charge.
+    let answered = front.answered.clone();
+    let mut exit = tokio::spawn(async move {
+        let status = server.wait().await.expect("wait for the server");
+        (status, answered.load(Ordering::SeqCst))
+    });
+    // Not a time assertion: an exit before the release would be the bug; the wait
+    // only gives a wrong example the chance to show it.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), &mut exit)
+            .await
+            .is_err(),
+        "the server exited with its charge still held"
+    );
+    front.release.send_replace(true);
+
+    let (status, charged_before_exit) = exit.await.unwrap();
+    assert!(status.success(), "the server exits cleanly: {status}");
+    assert!(charged_before_exit, "the server waited for its charge");
+    let mut rest = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut stdout, &mut rest)
+        .await
+        .unwrap();
+    assert!(rest.contains(" 0 unfinished"), "{rest}");
+    let spends = spends(&w);
+    assert_eq!(spends.len(), 1, "charged exactly once: {spends:?}");
+    assert_eq!(spends[0].1, c(2));
+    assert_eq!(w.balance(0).await, c(98));
+    // The call may or may not have got its answer before the sessions closed (rmcp's
+    // client may wait for a reconnection): either way it was charged once.
+    call.abort();
 }

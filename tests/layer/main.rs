@@ -12,6 +12,7 @@ mod charge;
 mod concurrency;
 mod devserver;
 mod journal;
+mod journal_redis;
 mod metering;
 mod metrics;
 mod pending;

@@ -98,3 +98,25 @@ fn ping(port: u16) -> bool {
     let mut buf = [0u8; 7];
     stream.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
 }
+
+impl RedisServer {
+    /// The keys matching `pattern` (`KEYS`: fine on a test's own small server).
+    pub fn keys(&self, pattern: &str) -> Vec<String> {
+        let client = redis::Client::open(self.url()).expect("a redis url");
+        let mut conn = client.get_connection().expect("redis reachable");
+        redis::cmd("KEYS")
+            .arg(pattern)
+            .query(&mut conn)
+            .expect("KEYS answers")
+    }
+
+    /// The number of fields of the hash at `key`.
+    pub fn hlen(&self, key: &str) -> usize {
+        let client = redis::Client::open(self.url()).expect("a redis url");
+        let mut conn = client.get_connection().expect("redis reachable");
+        redis::cmd("HLEN")
+            .arg(key)
+            .query(&mut conn)
+            .expect("HLEN answers")
+    }
+}

@@ -5,11 +5,13 @@
 //! request is charged once even when the process is killed (`kill -9`, an
 //! out-of-memory kill, a failed deploy).
 //!
-//! Enabled with `PaymentLayerBuilder::charge_journal(path)`. The rule, for every
-//! timing: **a response is released only once its charge is durable or final**,
-//! whichever comes first. The entry is handed to the journal when the handler has
-//! succeeded, and the charge is sent without waiting for the disk; the writer writes
-//! it as soon as a response waits for it (or with the batch it is writing anyway):
+//! Enabled with `PaymentLayerBuilder::charge_journal(path)` (or `charge_journal_in`,
+//! in Redis). The rule, for every timing: **a response is released only once its
+//! charge is durable or final**, whichever comes first. The entry is handed to the
+//! journal when the handler has succeeded, and the charge is sent without waiting for
+//! the store; the file's writer writes it as soon as a response waits for it (or with
+//! the batch it is writing anyway), the Redis store writes every entry and resolves
+//! once it is written:
 //!
 //! | timing | the charge is sent | the response is released |
 //! |---|---|---|
@@ -64,9 +66,12 @@
 //! that never holds more than the charges in flight.
 //!
 //! The store is behind a small internal trait ([`JournalStore`]): the local file
-//! ([`FileJournal`], an append-only log with checksummed records and group commit)
-//! is the one implementation today; a Redis-backed one, so that a surviving replica
-//! replays a dead one's charges, is not there yet.
+//! ([`FileJournal`], an append-only log with checksummed records and group commit),
+//! or Redis (`shared::journal`, feature `redis`,
+//! `PaymentLayerBuilder::charge_journal_in`), where each replica's entries live under
+//! a liveness lease and a replay pass first takes over ([`JournalStore::replayable`])
+//! those of replicas whose lease expired, so a surviving replica replays a dead one's
+//! charges.
 //!
 //! ```
 //! use nvm_payments::settle::JournalStats;
@@ -110,7 +115,8 @@ pub struct JournalStats {
     /// Charges written to the journal (made durable) since it was opened.
     pub appended: u64,
     /// `fdatasync` calls made, compactions included: under load one covers many
-    /// charges (group commit), so `fsyncs / appended` is below 1.
+    /// charges (group commit), so `fsyncs / appended` is below 1. With the journal
+    /// in Redis: the write round trips (pipelines), as durable as Redis' persistence.
     pub fsyncs: u64,
     /// Rewrites that dropped finished entries.
     pub compactions: u64,
@@ -170,12 +176,13 @@ impl JournalEntry {
     }
 }
 
-/// Where journal entries are kept. One implementation today (the local file); the
-/// shared store of the replicas work can add another without touching the layer.
+/// Where journal entries are kept: the local file, or Redis shared by replicas
+/// (`shared::journal::RedisJournal`, feature `redis`).
 pub(crate) trait JournalStore: Send + Sync + 'static {
-    /// Records `entry`; the future resolves once it would survive a crash, or once
-    /// [`finish`](Self::finish) was called for it (a final charge needs no journal: a
-    /// store may then never write it).
+    /// Records `entry`; the future resolves once it would survive a crash. A store may
+    /// also resolve it once [`finish`](Self::finish) was called for it, and then never
+    /// write it (a final charge needs no journal): the file store does, the Redis store
+    /// resolves when its write is done.
     fn append(&self, entry: Arc<JournalEntry>) -> BoxFuture<'static, io::Result<()>>;
     /// Marks a charge final, and resolves its `append` future if it is still waiting.
     /// Need not be durable: a lost mark costs one replay, which the backend answers
@@ -183,6 +190,12 @@ pub(crate) trait JournalStore: Send + Sync + 'static {
     fn finish(&self, request_id: &str);
     /// Every entry not marked final.
     fn unfinished(&self) -> Vec<Arc<JournalEntry>>;
+    /// The entries a replay pass should send: by default [`unfinished`](Self::unfinished);
+    /// a store shared by replicas first takes over those of replicas that died.
+    fn replayable(&self) -> BoxFuture<'static, io::Result<Vec<Arc<JournalEntry>>>> {
+        let entries = self.unfinished();
+        Box::pin(async move { Ok(entries) })
+    }
     /// Counters (`replayed` is counted by [`ChargeJournal`]).
     fn stats(&self) -> JournalStats;
     /// Where it is, for logs (never an entry).

@@ -74,7 +74,14 @@ impl ChargeJournal {
     }
 
     async fn pass(&self, context: &ReplayContext) -> usize {
-        let entries = self.store.unfinished();
+        let entries = match self.store.replayable().await {
+            Ok(entries) => entries,
+            Err(error) => {
+                // The next pass tries again; nothing is lost meanwhile.
+                tracing::warn!(%error, journal = %self.store.describe(), "charge journal: replay pass skipped");
+                return 0;
+            }
+        };
         let replayed = futures_util::stream::iter(entries)
             .map(|entry| self.replay(entry, context))
             .buffer_unordered(REPLAY_CONCURRENCY)
@@ -94,7 +101,7 @@ impl ChargeJournal {
         }
         let in_flight = context.pending.enter(&entry.request_id);
         let charge = replayed_charge(&entry, context);
-        let sent = charge.send().await;
+        let sent = charge.send(&context.pending.metrics).await;
         if !sent.retry_later {
             self.store.finish(&entry.request_id);
         }
