@@ -388,6 +388,38 @@ mod tests {
         }
     }
 
+    /// A ledger kept alive only by a cached verification's payer (no reservation, moka
+    /// has forgotten it) is still the one another token of the same payer gets: two
+    /// ledgers would each count the whole balance, and two tokens would spend it twice.
+    #[tokio::test]
+    async fn a_ledger_held_by_a_payer_slot_is_the_one_another_token_finds() {
+        let backend = Balance(Credits::from(2u64), AtomicUsize::new(0));
+        let cache = BalanceCache::new(Duration::from_secs(30), 8, None, Duration::from_secs(1));
+        let first_token = Arc::new(Payer::new("1".parse().unwrap(), Address::zero()));
+        let two = Credits::from(2u64);
+        cache
+            .reserve(&first_token, two, &backend)
+            .await
+            .unwrap()
+            .release(false);
+        assert!(
+            first_token.ledger.get().is_some(),
+            "the payer carries its ledger"
+        );
+        cache.ledgers.invalidate(&first_token.bare()).await;
+        cache.ledgers.run_pending_tasks().await;
+        assert_eq!(cache.ledgers.entry_count(), 0, "moka has forgotten it");
+        // Only the first token's payer holds the ledger now. A second token of the same
+        // payer gets that ledger: no second fetch (a new ledger would fetch) ...
+        let second_token = Arc::new(first_token.bare());
+        let held = cache.reserve(&second_token, two, &backend).await.unwrap();
+        assert_eq!(backend.1.load(Ordering::SeqCst), 1, "one ledger, one fetch");
+        // ... and the first token, on its warm path, sees what the second holds.
+        let refused = cache.reserve(&first_token, two, &backend).await;
+        assert!(matches!(refused, Err(BalanceDenied::Insufficient { .. })));
+        held.release(false);
+    }
+
     /// Idle time, capacity and refused admission all end in moka forgetting the entry:
     /// `invalidate` stands for each of them.
     #[tokio::test]
