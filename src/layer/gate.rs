@@ -470,11 +470,24 @@ impl Gate {
         // whichever comes first; the charge need not wait for the disk:
         // docs/guarantees.md, the charge journal.
         let mut released = None;
+        // Charged before its response: journaled only if the charge ends without a
+        // final outcome, since a crash before then leaves nothing served uncharged
+        // (src/settle/journal/mod.rs). A final charge costs the journal nothing.
+        let mut unfinished_to_journal = None;
         if let Some(journal) = &self.journal {
             journal.ensure_replaying();
-            let (ticket, durable) = journal.record(&pending.charge);
-            pending.journal = Some(ticket);
-            released = Some(durable);
+            if timing == ChargeTiming::BeforeResponse {
+                unfinished_to_journal = Some((
+                    journal,
+                    pending.charge.method,
+                    pending.charge.payment_required.clone(),
+                    pending.charge.caller.clone(),
+                ));
+            } else {
+                let (ticket, durable) = journal.record(&pending.charge);
+                pending.journal = Some(ticket);
+                released = Some(durable);
+            }
         }
         if timing == ChargeTiming::OnBodyEnd && !body.is_end_stream() {
             // Charged after the body: the head waits for the disk.
@@ -490,6 +503,18 @@ impl Gate {
             ChargeTiming::BeforeResponse => {
                 // A client that hangs up mid-charge cannot cancel it: see run_to_completion.
                 let outcome = pending.run_to_completion().await;
+                if let (Some((journal, method, payment_required, caller)), Some(outcome)) =
+                    (unfinished_to_journal, &outcome)
+                {
+                    if outcome.retry_later {
+                        released = Some(journal.record_unfinished(
+                            outcome,
+                            method,
+                            payment_required,
+                            &caller,
+                        ));
+                    }
+                }
                 if let Some(released) = released {
                     // At once when the charge is final; otherwise when it is durable.
                     if let Err(error) = released.await {

@@ -252,6 +252,7 @@ mod tests {
             attempts: 1,
             receipt,
             reason: None,
+            retry_later: false,
         }
     }
 

@@ -297,6 +297,7 @@ impl PendingCharge {
             attempts: sent.attempts,
             receipt: sent.receipt,
             reason: sent.reason,
+            retry_later: sent.retry_later,
         };
         span.in_scope(|| log_outcome(&outcome));
         self.pending

@@ -38,6 +38,9 @@ pub struct SettleOutcome {
     pub receipt: Option<SettleResponse>,
     /// Why it failed or is unknown.
     pub reason: Option<String>,
+    /// The backend gave no final answer (unknown outcome, or unreachable until the
+    /// retry window closed): a journaled charge stays for a replay.
+    pub(crate) retry_later: bool,
 }
 
 impl SettleOutcome {

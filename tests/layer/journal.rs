@@ -82,10 +82,11 @@ async fn before_response_sends_the_charge_at_once_and_releases_a_final_one_witho
     assert!(response.headers().contains_key("payment-response"));
     let stats = layer.journal_stats().unwrap();
     assert_eq!(stats.unfinished, 0, "{stats:?}");
+    // Final before its response: never handed to the journal at all.
+    assert_eq!((stats.appended, stats.elided), (0, 0), "{stats:?}");
     assert_eq!(backend.charged_ids(), 1);
     assert_eq!(inner.calls(), 1);
-    // Written and marked done, or final before its batch and never written: either
-    // way the next process owes nothing.
+    // The next process owes nothing.
     drop(layer);
     let next = builder(backend.clone())
         .charge_journal(dir.join("charges.journal"))

@@ -15,7 +15,7 @@
 //!
 //! | timing | the charge is sent | the response is released |
 //! |---|---|---|
-//! | `BeforeResponse` | at once | when the charge is final, or when it is not (outcome unknown, backend unreachable) once the entry is durable |
+//! | `BeforeResponse` | at once, with no entry | when the charge is final; when it is not (outcome unknown, backend unreachable, after its retries), the entry is made then and the response released once it is durable |
 //! | `Background` | at once, while the entry is written | when the entry is durable or the charge final, whichever is first |
 //! | `OnBodyEnd` | at the body's end | the head, once the entry is durable; a body the client drops before its end marks it done uncharged, a process killed mid-stream charges it at replay |
 //!
@@ -31,8 +31,8 @@
 //! So no served request is left uncharged by a crash, and the disk is needed only by
 //! charges that are not final when their response asks. This relaxes on purpose the
 //! first rule, "before the first settle attempt" for `BeforeResponse`: the attempt
-//! no longer waits for the disk, and the entry is written only if the charge ends
-//! without a final outcome (or the writer is writing a batch anyway).
+//! no longer waits for the disk, and the entry is made only if the charge ends
+//! without a final outcome, so a final charge costs the journal nothing.
 //!
 //! A charge is final when the backend answered it (settled, or refused): its entry is
 //! marked done. Done marks are never fsynced on their own and never wait: they ride
@@ -101,7 +101,8 @@ use serde::{Deserialize, Serialize};
 pub(crate) use file::{FileJournal, OpenError};
 pub(crate) use replay::ReplayContext;
 
-use super::{Charge, ChargeMethod};
+use super::{Charge, ChargeMethod, SettleOutcome};
+use crate::auth::Caller;
 use crate::types::{Address, Credits, PaymentRequired, PlanId, TokenDigest};
 
 /// Default pause between two replay passes.
@@ -169,11 +170,15 @@ impl JournalEntry {
             plan_id: charge.caller.plan_id.clone(),
             subscriber: charge.caller.subscriber.clone(),
             credits: charge.credits,
-            written_at: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
+            written_at: unix_seconds(),
         }
     }
+}
+
+fn unix_seconds() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// Where journal entries are kept: the local file, or Redis shared by replicas
@@ -253,7 +258,39 @@ impl ChargeJournal {
         self: &Arc<Self>,
         charge: &Charge,
     ) -> (JournalTicket, BoxFuture<'static, io::Result<()>>) {
-        let entry = Arc::new(JournalEntry::of(charge));
+        self.record_entry(JournalEntry::of(charge))
+    }
+
+    /// Journals a charge that has ended without a final outcome (`BeforeResponse`: its
+    /// retries are over, the response is about to be released): the future resolves
+    /// once the entry is durable, and a replay pass may take it from then on.
+    pub(crate) fn record_unfinished(
+        self: &Arc<Self>,
+        outcome: &SettleOutcome,
+        method: ChargeMethod,
+        payment_required: Arc<PaymentRequired>,
+        caller: &Caller,
+    ) -> BoxFuture<'static, io::Result<()>> {
+        let (ticket, durable) = self.record_entry(JournalEntry {
+            request_id: outcome.request_id.clone(),
+            method,
+            payment_required,
+            token: caller.credential.token().expose().to_owned(),
+            plan_id: outcome.plan_id.clone(),
+            subscriber: outcome.subscriber.clone(),
+            credits: outcome.credits,
+            written_at: unix_seconds(),
+        });
+        // Not final: it stays in the journal; the claim goes with the ticket.
+        ticket.end(false);
+        durable
+    }
+
+    fn record_entry(
+        self: &Arc<Self>,
+        entry: JournalEntry,
+    ) -> (JournalTicket, BoxFuture<'static, io::Result<()>>) {
+        let entry = Arc::new(entry);
         let request_id = entry.request_id.clone();
         // Claimed before it is visible to a replay pass.
         self.claim(&request_id);

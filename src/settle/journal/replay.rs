@@ -121,6 +121,7 @@ impl ChargeJournal {
             attempts: sent.attempts,
             receipt: sent.receipt,
             reason: sent.reason,
+            retry_later: sent.retry_later,
         };
         tracing::debug_span!("nvm.replay", token = %charge.caller.token_digest)
             .in_scope(|| log_outcome(&outcome));
