@@ -7,7 +7,7 @@
 
 #![cfg(unix)]
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::time::Duration;
 
 use nvm_payments::devserver::{DevServer, Fault};
@@ -16,6 +16,7 @@ use tokio::io::{AsyncReadExt, BufReader};
 use tokio::process::Child;
 
 use super::agent_example::{agent_command, announced, world, World};
+use crate::support::reliability::assert_served_spent_once;
 use crate::support::temp_dir::TempDir;
 
 const SETTLE: &str = "/api/v1/x402/settle";
@@ -193,22 +194,7 @@ async fn a_killed_agent_charges_every_served_request_once_after_restart() {
     );
 
     let spends = server.state().spends();
-    let mut per_id: HashMap<&str, usize> = HashMap::new();
-    for spend in &spends {
-        let id = spend
-            .request_id
-            .as_deref()
-            .expect("charged with a request id");
-        *per_id.entry(id).or_default() += 1;
-    }
-    for id in &served {
-        assert_eq!(
-            per_id.get(id.as_str()),
-            Some(&1),
-            "request {id} charged once"
-        );
-    }
-    assert!(per_id.values().all(|n| *n == 1), "no request charged twice");
+    assert_served_spent_once(&spends, &served);
     // Requests cut off by the kill may have been journaled (their handler ran) and
     // charged; no other request is.
     let extra = spends.len() - served.len();

@@ -7,7 +7,7 @@
 
 #![cfg(unix)]
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use nvm_payments::devserver::{DevServer, Fault};
@@ -17,6 +17,7 @@ use tokio::process::Child;
 
 use super::agent_example::{agent_command, announced, world, World};
 use crate::support::redis::RedisServer;
+use crate::support::reliability::assert_served_spent_once;
 
 const SETTLE: &str = "/api/v1/x402/settle";
 /// Requests served by A before the kill.
@@ -190,22 +191,7 @@ async fn a_survivor_replica_charges_a_killed_ones_served_requests_once() {
     }
 
     let spends = server.state().spends();
-    let mut per_id: HashMap<&str, usize> = HashMap::new();
-    for spend in &spends {
-        let id = spend
-            .request_id
-            .as_deref()
-            .expect("charged with a request id");
-        *per_id.entry(id).or_default() += 1;
-    }
-    for id in &served {
-        assert_eq!(
-            per_id.get(id.as_str()),
-            Some(&1),
-            "request {id} charged once"
-        );
-    }
-    assert!(per_id.values().all(|n| *n == 1), "no request charged twice");
+    assert_served_spent_once(&spends, &served);
     let balance = plans
         .get_plan_balance(&world.plan, None)
         .await

@@ -144,6 +144,24 @@ pub fn spends_by_request(spends: Vec<Spend>) -> HashMap<String, Vec<Spend>> {
     by_id
 }
 
+/// Asserts that every `served` request id was spent exactly once and that no request
+/// id was spent twice (a request cut off mid-flight may be spent once without being in
+/// `served`).
+pub fn assert_served_spent_once(spends: &[Spend], served: &[String]) {
+    let by_id = spends_by_request(spends.to_vec());
+    for id in served {
+        assert_eq!(
+            by_id.get(id).map(Vec::len),
+            Some(1),
+            "request {id} charged once"
+        );
+    }
+    assert!(
+        by_id.values().all(|s| s.len() == 1),
+        "no request charged twice"
+    );
+}
+
 /// A paid `/ask` that answers its request id and counts its runs.
 pub fn app(layer: PaymentLayer, runs: Arc<AtomicUsize>) -> Router {
     Router::new()
