@@ -8,6 +8,7 @@ use std::sync::{Arc, LazyLock, OnceLock};
 
 use foldhash::quality::RandomState;
 
+use super::front::Validity;
 use crate::credential::Credential;
 use crate::types::{Address, AgentId, PlanId, TokenDigest};
 
@@ -24,6 +25,9 @@ pub struct Caller {
     pub token_digest: TokenDigest,
     /// The credential itself, needed to charge; never handed to handlers.
     pub(crate) credential: Credential,
+    /// How long the verification that made it may be served from the per-thread front
+    /// of the verification cache, and whether it was forgotten.
+    pub(crate) validity: Validity,
 }
 
 impl fmt::Debug for Caller {

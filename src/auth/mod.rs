@@ -12,6 +12,7 @@
 mod bearer;
 mod caller;
 mod facilitator;
+mod front;
 mod single_use;
 mod verification;
 
@@ -25,6 +26,7 @@ use tokio::sync::Semaphore;
 
 pub use caller::Caller;
 pub(crate) use caller::Payer;
+pub(crate) use front::Validity;
 pub(crate) use single_use::{single_use_key, ClaimRefused, SharedClaims, SingleUseClaim};
 pub(crate) use verification::{VerificationKey, Verified};
 
@@ -89,6 +91,8 @@ pub(crate) struct Authenticator {
     single_use: Arc<SingleUseTokens>,
     /// Facilitator `verify` calls in flight, bounded whoever sends the tokens.
     verify_permits: Semaphore,
+    /// This authenticator's slots in the per-thread front of the verification cache.
+    front_owner: u64,
 }
 
 /// Entry counts, for `PaymentLayer::cache_sizes`.
@@ -123,6 +127,7 @@ impl Authenticator {
             verify_permits: Semaphore::new(config.max_verifications),
             key_hasher: RandomState::default(),
             check_hasher: RandomState::default(),
+            front_owner: front::new_owner(),
             config,
         }
     }
@@ -146,12 +151,20 @@ impl Authenticator {
         (hash_canonical(&self.key_hasher, credential), route)
     }
 
-    /// The cached verification of this token on this route (the hot path), checked
-    /// against the full token.
+    /// The verification of this token on this route if this thread served it lately
+    /// (the hot path: no await, no moka), checked against the full token; `None` says
+    /// nothing, ask [`cached`](Self::cached).
+    pub(crate) fn recent(&self, key: &VerificationKey, credential: &str) -> Option<Verified> {
+        front::get(self.front_owner, key, credential)
+    }
+
+    /// The cached verification of this token on this route, checked against the full
+    /// token.
     pub(crate) async fn cached(&self, key: &VerificationKey, credential: &str) -> Lookup {
         match self.verifications.get(key).await {
             None => Lookup::Miss,
             Some(v) if same_canonical(v.caller.credential.token().expose(), credential) => {
+                front::put(self.front_owner, *key, &v);
                 Lookup::Hit(v)
             }
             Some(_) => Lookup::Collision,
@@ -160,6 +173,15 @@ impl Authenticator {
 
     /// Forgets a verification (one made for a request that cannot be charged).
     pub(crate) async fn forget(&self, key: &VerificationKey) {
+        self.forget_verification(key).await;
+    }
+
+    /// Forgets a verification everywhere: flagged first, so that no thread's front
+    /// serves it once the cache has let it go.
+    async fn forget_verification(&self, key: &VerificationKey) {
+        if let Some(verified) = self.verifications.get(key).await {
+            verified.caller.validity.forget();
+        }
         self.verifications.invalidate(key).await;
     }
 
@@ -315,7 +337,7 @@ impl Authenticator {
         match claimed {
             Ok(claim) => Ok(claim),
             Err(ClaimRefused::Spent) => {
-                self.verifications.invalidate(key).await;
+                self.forget_verification(key).await;
                 Err(Rejection::single_use_spent())
             }
             Err(ClaimRefused::InFlight) => Err(Rejection::single_use_in_flight()),

@@ -15,7 +15,7 @@ use super::receipt::receipt_header;
 use super::rejection::{into_response, PAYMENT_RESPONSE};
 use super::route::{self, Route, RouteCache};
 use crate::auth::{
-    single_use_key, AuthConfig, Authenticator, Caller, Lookup, Payer, SingleUseClaim,
+    single_use_key, AuthConfig, Authenticator, Caller, Lookup, Payer, SingleUseClaim, Validity,
     VerificationKey, Verified,
 };
 use crate::backend::PaymentBackend;
@@ -225,17 +225,11 @@ impl Gate {
         let text = tracing::debug_span!("nvm.extract")
             .in_scope(|| credential_text(&parts.headers, &self.config.token_headers))?;
         let key = self.auth.key(text, route.id);
-        // Boxed: the rare verification must not weigh on every request's future.
-        let (verified, verify_request_id) = match self.auth.cached(&key, text).await {
-            Lookup::Hit(verified) => (verified, None),
-            Lookup::Miss => {
-                let verified = Box::pin(self.verify_once(parts, route, key, text, requested)).await;
-                // The caches grow on this path: a cheap moment to report their sizes.
-                #[cfg(feature = "metrics")]
-                Box::pin(self.cache_sizes()).await;
-                verified?
-            }
-            Lookup::Collision => Box::pin(self.verify_uncached(parts, route, requested)).await?,
+        let (verified, verify_request_id) = match self.auth.recent(&key, text) {
+            Some(verified) => (verified, None),
+            // Boxed: moka's lookup (and the rare verification) must not weigh on every
+            // request's future; a caller this thread served lately never gets here.
+            None => Box::pin(self.lookup_or_verify(parts, route, key, text, requested)).await?,
         };
         let caller = verified.caller;
         let plan = self.credits_config(&caller.plan_id).await?;
@@ -287,6 +281,29 @@ impl Gate {
             charge_now,
             meter,
         })
+    }
+
+    /// The verification cache's answer for a token this thread has not served lately,
+    /// or a verification.
+    async fn lookup_or_verify(
+        &self,
+        parts: &Parts,
+        route: &Route,
+        key: VerificationKey,
+        text: &str,
+        requested: Credits,
+    ) -> Result<(Verified, Option<String>), Rejection> {
+        match self.auth.cached(&key, text).await {
+            Lookup::Hit(verified) => Ok((verified, None)),
+            Lookup::Miss => {
+                let verified = Box::pin(self.verify_once(parts, route, key, text, requested)).await;
+                // The caches grow on this path: a cheap moment to report their sizes.
+                #[cfg(feature = "metrics")]
+                Box::pin(self.cache_sizes()).await;
+                verified
+            }
+            Lookup::Collision => Box::pin(self.verify_uncached(parts, route, requested)).await,
+        }
     }
 
     /// A token not verified yet for this route, verified once however many requests
@@ -392,6 +409,7 @@ impl Gate {
                 // The one SHA-256 of the token: computed once per verification.
                 token_digest: credential.digest(),
                 credential,
+                validity: Validity::for_ttl(ttl),
             }),
             ttl,
         })

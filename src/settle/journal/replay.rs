@@ -7,7 +7,7 @@ use std::sync::{Arc, Weak};
 use futures_util::StreamExt;
 
 use super::{ChargeJournal, JournalEntry};
-use crate::auth::Caller;
+use crate::auth::{Caller, Validity};
 use crate::backend::PaymentBackend;
 use crate::credential::{decode_x402_token, Credential};
 use crate::settle::charge::{log_outcome, Charge, ChargeMethod};
@@ -170,6 +170,7 @@ fn replayed_charge(entry: &JournalEntry, context: &ReplayContext) -> Charge {
             agent_id: None,
             token_digest: credential.digest(),
             credential,
+            validity: Validity::never(),
         }),
         request_id: entry.request_id.clone(),
         credits: entry.credits,
