@@ -43,18 +43,22 @@ pin_project! {
     enum Kind<B> {
         Rejected { #[pin] body: Full<Bytes> },
         Inner { #[pin] body: B },
-        Charging { #[pin] body: B, pending: Option<PendingCharge> },
-        Metered {
-            #[pin] body: B,
-            charge: MeteredCharge,
-            // The charge sent at the end, awaited for its receipt.
-            receipt: Option<JoinHandle<SettleOutcome>>,
-            // Trailers of the inner body, held back to carry the receipt too.
-            trailers: Option<HeaderMap>,
-            // The inner body has ended: it is not polled again.
-            ended: bool,
-        },
+        // The charges are boxed: they are rare, and a response moves several times
+        // on every request (hundreds of bytes copied each time otherwise).
+        Charging { #[pin] body: B, pending: Option<Box<PendingCharge>> },
+        Metered { #[pin] body: B, state: Box<MeteredState> },
     }
+}
+
+/// What a metered body keeps besides its inner body.
+struct MeteredState {
+    charge: MeteredCharge,
+    /// The charge sent at the end, awaited for its receipt.
+    receipt: Option<JoinHandle<SettleOutcome>>,
+    /// Trailers of the inner body, held back to carry the receipt too.
+    trailers: Option<HeaderMap>,
+    /// The inner body has ended: it is not polled again.
+    ended: bool,
 }
 
 /// Where a metered stream's receipt goes.
@@ -140,10 +144,12 @@ impl<B> PaymentBody<B> {
         PaymentBody {
             kind: Kind::Metered {
                 body,
-                charge,
-                receipt: None,
-                trailers: None,
-                ended: false,
+                state: Box::new(MeteredState {
+                    charge,
+                    receipt: None,
+                    trailers: None,
+                    ended: false,
+                }),
             },
         }
     }
@@ -152,7 +158,7 @@ impl<B> PaymentBody<B> {
         PaymentBody {
             kind: Kind::Charging {
                 body,
-                pending: Some(pending),
+                pending: Some(Box::new(pending)),
             },
         }
     }
@@ -200,13 +206,13 @@ where
                 }
                 Poll::Ready(frame)
             }
-            KindProj::Metered {
-                mut body,
-                charge,
-                receipt,
-                trailers,
-                ended,
-            } => loop {
+            KindProj::Metered { mut body, state } => loop {
+                let MeteredState {
+                    charge,
+                    receipt,
+                    trailers,
+                    ended,
+                } = &mut **state;
                 if let Some(handle) = receipt.as_mut() {
                     let outcome = ready!(Pin::new(handle).poll(cx));
                     *receipt = None;
@@ -257,17 +263,11 @@ where
         match &self.kind {
             Kind::Rejected { body } => body.is_end_stream(),
             Kind::Inner { body } | Kind::Charging { body, .. } => body.is_end_stream(),
-            Kind::Metered {
-                body,
-                charge,
-                receipt,
-                trailers,
-                ended,
-            } => {
-                if charge.receipt_at == ReceiptAt::Nowhere {
-                    *ended || body.is_end_stream()
+            Kind::Metered { body, state } => {
+                if state.charge.receipt_at == ReceiptAt::Nowhere {
+                    state.ended || body.is_end_stream()
                 } else {
-                    *ended && receipt.is_none() && trailers.is_none()
+                    state.ended && state.receipt.is_none() && state.trailers.is_none()
                 }
             }
         }
@@ -279,7 +279,7 @@ where
             Kind::Inner { body } | Kind::Charging { body, .. } => body.size_hint(),
             // A receipt adds bytes (or trailers, which need chunked encoding): no
             // exact length.
-            Kind::Metered { body, charge, .. } if charge.receipt_at != ReceiptAt::Nowhere => {
+            Kind::Metered { body, state } if state.charge.receipt_at != ReceiptAt::Nowhere => {
                 let mut hint = SizeHint::new();
                 hint.set_lower(body.size_hint().lower());
                 hint
@@ -313,7 +313,7 @@ fn receipt_frame<E>(
     }
 }
 
-fn fire(pending: &mut Option<PendingCharge>) {
+fn fire(pending: &mut Option<Box<PendingCharge>>) {
     if let Some(charge) = pending.take() {
         charge.spawn();
     }

@@ -519,8 +519,10 @@ impl Gate {
         }
         match timing {
             ChargeTiming::BeforeResponse => {
-                // A client that hangs up mid-charge cannot cancel it: see run_to_completion.
-                let outcome = pending.run_to_completion().await;
+                // Run in place: a client that hangs up from now on cannot cancel the
+                // charge, since the response future then detaches this one.
+                super::future::charge_sent();
+                let outcome = Some(pending.run_in_place().await);
                 if let (Some((journal, method, payment_required, caller)), Some(outcome)) =
                     (unfinished_to_journal, &outcome)
                 {

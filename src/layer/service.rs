@@ -68,9 +68,7 @@ where
         // Take the service that was driven to readiness; leave a clone in its place.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        ResponseFuture {
-            inner: Box::pin(guard(self.gate.clone(), inner, request)),
-        }
+        ResponseFuture::new(Box::pin(guard(self.gate.clone(), inner, request)))
     }
 }
 

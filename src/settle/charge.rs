@@ -1,12 +1,8 @@
 //! The charge of one served request: settle or redeem, retried only when safe.
 
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
 use std::time::Duration;
-
-use futures_util::future::BoxFuture;
 
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -329,9 +325,18 @@ impl PendingCharge {
         }
     }
 
-    /// Runs the charge in the caller's task (no spawn on the hot path); if the caller
+    /// Runs the charge in the caller's future, which must itself be completed once it
+    /// has polled this (the layer's `ResponseFuture` moves the request's future to its
+    /// own task when it is dropped mid-charge): no allocation of its own.
+    pub(crate) fn run_in_place(mut self) -> impl Future<Output = SettleOutcome> + Send {
+        let in_flight = self.start();
+        self.execute(in_flight)
+    }
+
+    /// Runs the charge in the caller's task (no spawn); if the caller
     /// is dropped before it completes (the client hung up), the rest of the charge
     /// moves to its own task, so it still completes and is reported.
+    #[cfg(feature = "mcp")]
     pub(crate) fn run_to_completion(mut self) -> DetachOnDrop {
         let in_flight = self.start();
         let charge = self;
@@ -342,23 +347,29 @@ impl PendingCharge {
 }
 
 /// The future of [`PendingCharge::run_to_completion`].
+#[cfg(feature = "mcp")]
 pub(crate) struct DetachOnDrop {
-    charge: Option<BoxFuture<'static, SettleOutcome>>,
+    charge: Option<futures_util::future::BoxFuture<'static, SettleOutcome>>,
 }
 
+#[cfg(feature = "mcp")]
 impl Future for DetachOnDrop {
     type Output = Option<SettleOutcome>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
         let Some(charge) = self.charge.as_mut() else {
-            return Poll::Ready(None);
+            return std::task::Poll::Ready(None);
         };
-        let outcome = ready!(charge.as_mut().poll(cx));
+        let outcome = std::task::ready!(charge.as_mut().poll(cx));
         self.charge = None;
-        Poll::Ready(Some(outcome))
+        std::task::Poll::Ready(Some(outcome))
     }
 }
 
+#[cfg(feature = "mcp")]
 impl Drop for DetachOnDrop {
     fn drop(&mut self) {
         if let Some(charge) = self.charge.take() {
