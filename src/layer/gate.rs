@@ -522,36 +522,39 @@ impl Gate {
                 // Run in place: a client that hangs up from now on cannot cancel the
                 // charge, since the response future then detaches this one.
                 super::future::charge_sent();
-                let outcome = Some(pending.run_in_place().await);
-                if let (Some((journal, method, payment_required, caller)), Some(outcome)) =
-                    (unfinished_to_journal, &outcome)
-                {
+                // What the response needs of the outcome is taken here, and the
+                // outcome dropped: it is large, and need not live across the wait below.
+                let outcome = pending.run_in_place().await;
+                let spent = spent_elsewhere(&outcome);
+                if spent {
+                    // The token paid for another request (another replica, a
+                    // restart): withhold the work, as payments-py 1.18 does.
+                    tracing::warn!(request_id = %outcome.request_id,
+                        "single-use token already spent at the backend: response withheld");
+                }
+                let receipt = outcome.receipt.as_ref().and_then(receipt_header);
+                if let Some((journal, method, payment_required, caller)) = unfinished_to_journal {
                     if outcome.retry_later {
                         released = Some(journal.record_unfinished(
-                            outcome,
+                            &outcome,
                             method,
                             payment_required,
                             &caller,
                         ));
                     }
                 }
+                drop(outcome);
                 if let Some(released) = released {
                     // At once when the charge is final; otherwise when it is durable.
                     if let Err(error) = released.await {
                         tracing::error!(%error, "charge journal unavailable: this charge's outcome is not final and not durable");
                     }
                 }
-                if let Some(outcome) = outcome {
-                    if spent_elsewhere(&outcome) {
-                        // The token paid for another request (another replica, a
-                        // restart): withhold the work, as payments-py 1.18 does.
-                        tracing::warn!(request_id = %outcome.request_id,
-                            "single-use token already spent at the backend: response withheld");
-                        return self.reject(Rejection::single_use_spent(), &admission_route);
-                    }
-                    if let Some(value) = outcome.receipt.as_ref().and_then(receipt_header) {
-                        parts.headers.insert(PAYMENT_RESPONSE, value);
-                    }
+                if spent {
+                    return self.reject(Rejection::single_use_spent(), &admission_route);
+                }
+                if let Some(value) = receipt {
+                    parts.headers.insert(PAYMENT_RESPONSE, value);
                 }
                 Response::from_parts(parts, PaymentBody::inner(body))
             }

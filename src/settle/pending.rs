@@ -9,7 +9,6 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 use super::SettleStatus;
-use crate::hashing::HashMap;
 
 /// What to do with a request when the layer already has its maximum of charges in
 /// flight (`PaymentLayerBuilder::pending_charges`).
@@ -55,10 +54,78 @@ impl DrainReport {
     }
 }
 
+/// The request ids of the charges in flight, in a slab: a charge's key is its slot,
+/// so entering and leaving hash nothing and (for the usual UUID) allocate nothing.
 #[derive(Default)]
 struct Registry {
-    next_key: u64,
-    in_flight: HashMap<u64, String>,
+    slots: Vec<Option<StoredId>>,
+    /// Slots free for the next charge.
+    free: Vec<usize>,
+}
+
+impl Registry {
+    fn insert(&mut self, request_id: &str) -> usize {
+        let id = Some(StoredId::new(request_id));
+        match self.free.pop() {
+            Some(key) => {
+                self.slots[key] = id;
+                key
+            }
+            None => {
+                self.slots.push(id);
+                self.slots.len() - 1
+            }
+        }
+    }
+
+    fn remove(&mut self, key: usize) -> bool {
+        match self.slots.get_mut(key).and_then(Option::take) {
+            Some(_) => {
+                self.free.push(key);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.free.len() == self.slots.len()
+    }
+
+    fn request_ids(&self) -> impl Iterator<Item = &str> {
+        self.slots.iter().flatten().map(StoredId::as_str)
+    }
+}
+
+/// A request id kept without an allocation when it is short (a UUID: 36 bytes).
+enum StoredId {
+    Inline { len: u8, bytes: [u8; INLINE_ID] },
+    Heap(String),
+}
+
+const INLINE_ID: usize = 40;
+
+impl StoredId {
+    fn new(id: &str) -> Self {
+        match (u8::try_from(id.len()), id.len() <= INLINE_ID) {
+            (Ok(len), true) => {
+                let mut bytes = [0u8; INLINE_ID];
+                bytes[..id.len()].copy_from_slice(id.as_bytes());
+                StoredId::Inline { len, bytes }
+            }
+            _ => StoredId::Heap(id.to_owned()),
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            // The bytes of a `str`, cut at its own length: always UTF-8.
+            StoredId::Inline { len, bytes } => {
+                std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or_default()
+            }
+            StoredId::Heap(id) => id,
+        }
+    }
 }
 
 /// The registry of charges in flight, shared by every clone of one layer.
@@ -92,10 +159,7 @@ impl PendingCharges {
     /// Registers a charge that starts now; it leaves the registry when the guard
     /// is finished or dropped.
     pub(crate) fn enter(self: &std::sync::Arc<Self>, request_id: &str) -> InFlight {
-        let mut registry = self.lock();
-        let key = registry.next_key;
-        registry.next_key += 1;
-        registry.in_flight.insert(key, request_id.to_owned());
+        let key = self.lock().insert(request_id);
         self.count.fetch_add(1, Ordering::Relaxed);
         self.metrics.entered();
         InFlight {
@@ -104,8 +168,8 @@ impl PendingCharges {
         }
     }
 
-    fn leave(&self, key: u64) {
-        if self.lock().in_flight.remove(&key).is_some() {
+    fn leave(&self, key: usize) {
+        if self.lock().remove(key) {
             self.count.fetch_sub(1, Ordering::Relaxed);
             self.metrics.left();
         }
@@ -134,7 +198,7 @@ impl PendingCharges {
             loop {
                 // Register for the wake-up before looking, so none is missed.
                 let left = self.left.notified();
-                if self.lock().in_flight.is_empty() {
+                if self.lock().is_empty() {
                     return;
                 }
                 left.await;
@@ -142,7 +206,7 @@ impl PendingCharges {
         };
         let _ = tokio::time::timeout(timeout, empty).await;
         let after = self.counts();
-        let mut unfinished: Vec<String> = self.lock().in_flight.values().cloned().collect();
+        let mut unfinished: Vec<String> = self.lock().request_ids().map(str::to_owned).collect();
         unfinished.sort();
         for request_id in &unfinished {
             tracing::error!(%request_id, "charge still in flight when the drain timed out: reconcile by request id");
@@ -159,7 +223,7 @@ impl PendingCharges {
 /// One charge in the registry.
 pub(crate) struct InFlight {
     charges: std::sync::Arc<PendingCharges>,
-    key: u64,
+    key: usize,
 }
 
 impl InFlight {
@@ -226,5 +290,24 @@ mod tests {
         let _stuck = charges.enter("stuck");
         let report = charges.drain(Duration::from_secs(1)).await;
         assert_eq!(report.unfinished, vec!["stuck".to_owned()]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slots_are_reused_and_ids_of_any_length_are_kept() {
+        let charges = Arc::new(PendingCharges::default());
+        let uuid = "0193a5c2-7b4e-7d2a-9f3e-1c2b3a4d5e6f";
+        let long = "agent-request-".repeat(8);
+        let a = charges.enter("first");
+        let b = charges.enter(uuid);
+        drop(a);
+        let c = charges.enter(&long);
+        assert_eq!(charges.lock().slots.len(), 2, "the freed slot was reused");
+        let report = charges.drain(Duration::from_millis(10)).await;
+        let mut expected = vec![uuid.to_owned(), long.clone()];
+        expected.sort();
+        assert_eq!(report.unfinished, expected);
+        drop((b, c));
+        assert!(charges.lock().is_empty());
+        assert_eq!(charges.len(), 0);
     }
 }
