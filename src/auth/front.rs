@@ -13,12 +13,19 @@
 //!   (`Authenticator::forget`, a spent single-use token), and the front checks both;
 //! - slots are keyed by the authenticator too: two layers never share a verification.
 //!
+//! A slot is picked by a randomly seeded hash of the raw token text sampled at 16 places
+//! (and its length and route), not of all of it: the canonical hash of the whole token
+//! (the cache's key, kept in the slot) is computed only on a miss. Any two tokens that
+//! differ only where the sample does not look share a slot and evict each other, which
+//! costs a miss each, never a mix-up; the seed keeps anyone from aiming at a slot.
+//!
 //! A miss costs a slot comparison and falls back to the cache; 128 direct-mapped slots
 //! per thread hold the callers a thread serves most recently.
 
 use std::cell::RefCell;
+use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, LazyLock, Weak};
 use std::time::{Duration, Instant};
 
 use super::verification::{VerificationKey, Verified};
@@ -66,6 +73,8 @@ impl Validity {
 
 struct Slot {
     owner: u64,
+    route: u64,
+    /// The cache's key of the token (its canonical hash and route), for the request.
     key: VerificationKey,
     caller: Weak<Caller>,
     payer: Weak<Payer>,
@@ -83,22 +92,58 @@ pub(crate) fn new_owner() -> u64 {
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
-fn index(key: &VerificationKey) -> usize {
-    // The token hash is randomly seeded; the route hash spreads one token's routes.
+/// Words of the token read for its slot: spread over the whole token, so that tokens
+/// of one plan (alike at both ends) still land apart.
+const SAMPLES: usize = 16;
+
+static SLOT_SEED: LazyLock<(foldhash::fast::RandomState, u64)> =
+    LazyLock::new(|| (Default::default(), rand::random()));
+
+/// The slot of a raw credential text on a route.
+fn index(credential: &str, route: u64) -> usize {
+    let bytes = credential.as_bytes();
+    let (seed, start) = &*SLOT_SEED;
+    let mut hasher = seed.build_hasher();
+    hasher.write_u64(route);
+    hasher.write_usize(bytes.len());
+    if bytes.len() <= SAMPLES * 8 {
+        hasher.write(bytes);
+    } else {
+        // The words are folded by a multiply and then hashed once with the seed: a
+        // seeded hash per word cost more than the rest of the lookup. (The fold starts
+        // from a random value, so nobody can aim two tokens at one fold either.)
+        let last = bytes.len() - 8;
+        let step = last / (SAMPLES - 1);
+        let word = |at: usize| {
+            bytes
+                .get(at..at + 8)
+                .and_then(|w| <[u8; 8]>::try_from(w).ok())
+                .map_or(0, u64::from_le_bytes)
+        };
+        let mut folded = *start;
+        for i in 0..SAMPLES - 1 {
+            folded = (folded.rotate_left(23) ^ word(i * step)).wrapping_mul(FOLD);
+        }
+        folded = (folded.rotate_left(23) ^ word(last)).wrapping_mul(FOLD);
+        hasher.write_u64(folded);
+    }
     // Truncation is the point: only the low bits pick the slot.
     #[allow(clippy::cast_possible_truncation)]
-    let mixed = (key.0 ^ key.1.rotate_left(29)) as usize;
-    mixed & (SLOTS - 1)
+    let slot = hasher.finish() as usize;
+    slot & (SLOTS - 1)
 }
 
-/// The verification of `credential` under `key`, if this thread's front holds it and it
-/// still holds.
-pub(crate) fn get(owner: u64, key: &VerificationKey, credential: &str) -> Option<Verified> {
+/// An odd 64-bit constant (the golden ratio's): multiplying by it spreads every bit.
+const FOLD: u64 = 0x9E37_79B9_7F4A_7C15;
+
+/// The cache key and verification of `credential` on `route`, if this thread's front
+/// holds it and it still holds.
+pub(crate) fn get(owner: u64, credential: &str, route: u64) -> Option<(VerificationKey, Verified)> {
     FRONT
         .try_with(|front| {
             let front = front.try_borrow().ok()?;
-            let slot = front.get(index(key))?.as_ref()?;
-            if slot.owner != owner || slot.key != *key {
+            let slot = front.get(index(credential, route))?.as_ref()?;
+            if slot.owner != owner || slot.route != route {
                 return None;
             }
             let caller = slot.caller.upgrade()?;
@@ -107,19 +152,21 @@ pub(crate) fn get(owner: u64, key: &VerificationKey, credential: &str) -> Option
             {
                 return None;
             }
-            Some(Verified {
+            let verified = Verified {
                 caller,
                 payer: slot.payer.upgrade()?,
                 single_use: slot.single_use,
                 ttl: slot.ttl,
-            })
+            };
+            Some((slot.key, verified))
         })
         .ok()
         .flatten()
 }
 
-/// Remembers a verification the cache just served on this thread.
-pub(crate) fn put(owner: u64, key: VerificationKey, verified: &Verified) {
+/// Remembers a verification the cache just served on this thread for `credential`
+/// (this spelling of the token) under `key` on its route.
+pub(crate) fn put(owner: u64, credential: &str, key: VerificationKey, verified: &Verified) {
     let _ = FRONT.try_with(|front| {
         let Ok(mut front) = front.try_borrow_mut() else {
             return;
@@ -127,9 +174,10 @@ pub(crate) fn put(owner: u64, key: VerificationKey, verified: &Verified) {
         if front.is_empty() {
             front.resize_with(SLOTS, || None);
         }
-        if let Some(slot) = front.get_mut(index(&key)) {
+        if let Some(slot) = front.get_mut(index(credential, key.1)) {
             *slot = Some(Slot {
                 owner,
+                route: key.1,
                 key,
                 caller: Arc::downgrade(&verified.caller),
                 payer: Arc::downgrade(&verified.payer),
@@ -207,14 +255,15 @@ mod tests {
         let auth = authenticator(false);
         let token = "eyJhbGciOiJFZERTQSJ9.eyJzdWIiOiJhIn0.c2lnYQ";
         let (key, made) = cache_and_serve(&auth, token).await;
-        let hit = auth.recent(&key, token).expect("served by the front");
+        let (front_key, hit) = auth.recent(token, 1).expect("served by the front");
+        assert_eq!(front_key, key);
         assert!(Arc::ptr_eq(&hit.caller, &made.caller));
         assert!(Arc::ptr_eq(&hit.payer, &made.payer));
 
         // A 404 or a spent single-use token forgets it: no thread may serve it again,
         // although this test still holds it.
         auth.forget(&key).await;
-        assert!(auth.recent(&key, token).is_none());
+        assert!(auth.recent(token, 1).is_none());
         assert!(matches!(auth.cached(&key, token).await, Lookup::Miss));
     }
 
@@ -227,12 +276,15 @@ mod tests {
         let (key_a, _held) = cache_and_serve(&auth, a).await;
         let key_b = auth.key(b, 1);
         assert_eq!(key_a, key_b, "the test hook makes every token collide");
-        assert!(auth.recent(&key_a, a).is_some());
-        assert!(auth.recent(&key_b, b).is_none(), "b is not a");
+        assert!(auth.recent(a, 1).is_some());
+        assert!(auth.recent(b, 1).is_none(), "b is not a");
         assert!(matches!(auth.cached(&key_b, b).await, Lookup::Collision));
-        // Another spelling of the same token is the same token.
+        // Another spelling of the same token is the same token: served by the cache,
+        // then by the front under that spelling.
         let padded = format!(" {a}== ");
-        assert!(auth.recent(&key_a, &padded).is_some());
+        assert!(matches!(auth.cached(&key_a, &padded).await, Lookup::Hit(_)));
+        let (key, _) = auth.recent(&padded, 1).expect("the other spelling");
+        assert_eq!(key, key_a);
     }
 
     #[test]
@@ -240,11 +292,11 @@ mod tests {
         clear();
         let token = "eyJhbGciOiJFZERTQSJ9.eyJzdWIiOiJhIn0.c2lnYQ";
         let expired = verified(token, Duration::ZERO);
-        put(7, (1, 1), &expired);
-        assert!(get(7, &(1, 1), token).is_none());
+        put(7, token, (1, 1), &expired);
+        assert!(get(7, token, 1).is_none());
         let live = verified(token, Duration::from_secs(60));
-        put(7, (1, 1), &live);
-        assert!(get(7, &(1, 1), token).is_some());
+        put(7, token, (1, 1), &live);
+        assert!(get(7, token, 1).is_some());
     }
 
     #[test]
@@ -252,13 +304,42 @@ mod tests {
         clear();
         let token = "eyJhbGciOiJFZERTQSJ9.eyJzdWIiOiJhIn0.c2lnYQ";
         let live = verified(token, Duration::from_secs(60));
-        put(8, (2, 2), &live);
-        assert!(get(9, &(2, 2), token).is_none(), "another layer's slot");
-        assert!(get(8, &(2, 3), token).is_none(), "another route");
-        assert!(get(8, &(2, 2), token).is_some());
+        put(8, token, (2, 2), &live);
+        assert!(get(9, token, 2).is_none(), "another layer's slot");
+        assert!(get(8, token, 3).is_none(), "another route");
+        assert!(get(8, token, 2).is_some());
         let caller = Arc::downgrade(&live.caller);
         drop(live);
         assert!(caller.upgrade().is_none(), "the slot held it only weakly");
-        assert!(get(8, &(2, 2), token).is_none());
+        assert!(get(8, token, 2).is_none());
+    }
+
+    #[test]
+    fn two_tokens_in_one_slot_evict_each_other_and_are_never_confused() {
+        clear();
+        // 200 bytes: the sample reads bytes 0..8 and 12..20 (step 192 / 15 = 12) but
+        // not 8..12.
+        let a = format!("eyJ{}", "x".repeat(197));
+        let mut b = a.clone().into_bytes();
+        b[9] = b'y';
+        let b = String::from_utf8(b).unwrap();
+        assert_eq!(index(&a, 4), index(&b, 4), "the sample does not see byte 9");
+        let (va, vb) = (
+            verified(&a, Duration::from_secs(60)),
+            verified(&b, Duration::from_secs(60)),
+        );
+        put(5, &a, (11, 4), &va);
+        assert!(get(5, &b, 4).is_none(), "b is not a");
+        let (key, hit) = get(5, &a, 4).unwrap();
+        assert_eq!(key, (11, 4));
+        assert!(Arc::ptr_eq(&hit.caller, &va.caller));
+        put(5, &b, (22, 4), &vb);
+        assert!(
+            get(5, &a, 4).is_none(),
+            "evicted: a miss, not b's verification"
+        );
+        let (key, hit) = get(5, &b, 4).unwrap();
+        assert_eq!(key, (22, 4));
+        assert!(Arc::ptr_eq(&hit.caller, &vb.caller));
     }
 }

@@ -151,11 +151,16 @@ impl Authenticator {
         (hash_canonical(&self.key_hasher, credential), route)
     }
 
-    /// The verification of this token on this route if this thread served it lately
-    /// (the hot path: no await, no moka), checked against the full token; `None` says
-    /// nothing, ask [`cached`](Self::cached).
-    pub(crate) fn recent(&self, key: &VerificationKey, credential: &str) -> Option<Verified> {
-        front::get(self.front_owner, key, credential)
+    /// The cache key and verification of this token on this route if this thread
+    /// served it lately (the hot path: no await, no moka, not even the token's
+    /// canonical hash), checked against the full token; `None` says nothing, ask
+    /// [`cached`](Self::cached).
+    pub(crate) fn recent(
+        &self,
+        credential: &str,
+        route: u64,
+    ) -> Option<(VerificationKey, Verified)> {
+        front::get(self.front_owner, credential, route)
     }
 
     /// The cached verification of this token on this route, checked against the full
@@ -164,7 +169,7 @@ impl Authenticator {
         match self.verifications.get(key).await {
             None => Lookup::Miss,
             Some(v) if same_canonical(v.caller.credential.token().expose(), credential) => {
-                front::put(self.front_owner, *key, &v);
+                front::put(self.front_owner, credential, *key, &v);
                 Lookup::Hit(v)
             }
             Some(_) => Lookup::Collision,

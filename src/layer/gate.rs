@@ -224,12 +224,16 @@ impl Gate {
     ) -> Result<Admission, Rejection> {
         let text = tracing::debug_span!("nvm.extract")
             .in_scope(|| credential_text(&parts.headers, &self.config.token_headers))?;
-        let key = self.auth.key(text, route.id);
-        let (verified, verify_request_id) = match self.auth.recent(&key, text) {
-            Some(verified) => (verified, None),
+        let (key, verified, verify_request_id) = match self.auth.recent(text, route.id) {
+            Some((key, verified)) => (key, verified, None),
             // Boxed: moka's lookup (and the rare verification) must not weigh on every
             // request's future; a caller this thread served lately never gets here.
-            None => Box::pin(self.lookup_or_verify(parts, route, key, text, requested)).await?,
+            None => {
+                let key = self.auth.key(text, route.id);
+                let (verified, request_id) =
+                    Box::pin(self.lookup_or_verify(parts, route, key, text, requested)).await?;
+                (key, verified, request_id)
+            }
         };
         let caller = verified.caller;
         let plan = self.credits_config(&caller.plan_id).await?;
