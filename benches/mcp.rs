@@ -30,6 +30,28 @@
 //! `NVM_MCP_ROUNDS` rounds of `NVM_MCP_SECS` seconds each; the table gives every round
 //! and the ratios of the same run.
 //!
+//! The table is made twice, once per client (`NVM_MCP_CLIENT=rmcp`, `=raw`, default
+//! `rmcp,raw`):
+//!
+//! - `rmcp`: rmcp's own client, which decodes every answer. It decodes a result by
+//!   trying the untagged `ServerResult`'s variants in turn (15 before `CallToolResult`),
+//!   most of them building the result's `_meta` and dropping it: a paid answer's receipts cost
+//!   this client ≈ 180 000 instructions, five times what they cost the server, and in
+//!   this one process that client work is counted against the server.
+//! - `raw`: a minimal client sending the same bytes as rmcp's (same headers and JSON,
+//!   a new connection per call as rmcp's default client makes) and reading each answer
+//!   to its end without decoding it, so its work does not depend on the answer: the
+//!   ratios then are the server's (the paywall's and the bigger answer's cost).
+//!
+//! For profiles, `NVM_MCP_ONLY=echo|echo_receipt|weather` runs one row only (after its
+//! own warm-up), and `NVM_MCP_CALLS=N` makes every session call N times instead of
+//! for a time (warm-up included: 2 × N calls per session), e.g. instructions per call
+//! over HTTP, server and client:
+//!
+//! ```text
+//! NVM_MCP_CLIENT=raw NVM_MCP_ONLY=weather NVM_MCP_CALLS=150 valgrind --tool=callgrind target/release/deps/mcp-<hash> --bench
+//! ```
+//!
 //! In process, without the transport (its noise hides the paywall's cost):
 //!
 //! ```text
