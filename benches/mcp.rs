@@ -45,8 +45,8 @@
 //!
 //! For profiles, `NVM_MCP_ONLY=echo|echo_receipt|weather` runs one row only (after its
 //! own warm-up), and `NVM_MCP_CALLS=N` makes every session call N times instead of
-//! for a time (warm-up included: 2 × N calls per session), e.g. instructions per call
-//! over HTTP, server and client:
+//! for a time (its warm-up too: with `NVM_MCP_ONLY`, 2 × N calls per session), e.g.
+//! for instructions per call over HTTP, server and client (the slope between two N):
 //!
 //! ```text
 //! NVM_MCP_CLIENT=raw NVM_MCP_ONLY=weather NVM_MCP_CALLS=150 valgrind --tool=callgrind target/release/deps/mcp-<hash> --bench
