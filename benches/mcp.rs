@@ -30,6 +30,28 @@
 //! `NVM_MCP_ROUNDS` rounds of `NVM_MCP_SECS` seconds each; the table gives every round
 //! and the ratios of the same run.
 //!
+//! The table is made twice, once per client (`NVM_MCP_CLIENT=rmcp`, `=raw`, default
+//! `rmcp,raw`):
+//!
+//! - `rmcp`: rmcp's own client, which decodes every answer. It decodes a result by
+//!   trying the untagged `ServerResult`'s variants in turn (15 before `CallToolResult`),
+//!   most of them building the result's `_meta` and dropping it: a paid answer's receipts cost
+//!   this client ≈ 180 000 instructions, five times what they cost the server, and in
+//!   this one process that client work is counted against the server.
+//! - `raw`: a minimal client sending the same bytes as rmcp's (same headers and JSON,
+//!   a new connection per call as rmcp's default client makes) and reading each answer
+//!   to its end without decoding it, so its work does not depend on the answer: the
+//!   ratios then are the server's (the paywall's and the bigger answer's cost).
+//!
+//! For profiles, `NVM_MCP_ONLY=echo|echo_receipt|weather` runs one row only (after its
+//! own warm-up), and `NVM_MCP_CALLS=N` makes every session call N times instead of
+//! for a time (its warm-up too: with `NVM_MCP_ONLY`, 2 × N calls per session), e.g.
+//! for instructions per call over HTTP, server and client (the slope between two N):
+//!
+//! ```text
+//! NVM_MCP_CLIENT=raw NVM_MCP_ONLY=weather NVM_MCP_CALLS=150 valgrind --tool=callgrind target/release/deps/mcp-<hash> --bench
+//! ```
+//!
 //! In process, without the transport (its noise hides the paywall's cost):
 //!
 //! ```text
@@ -301,6 +323,8 @@ async fn versus_python(secs: u64, rounds: u64, concurrency: u64) {
 async fn run(clients: &[Client], tool: &'static str, meta: &RequestMetaObject, secs: u64) -> f64 {
     let started = Instant::now();
     let until = started + Duration::from_secs(secs);
+    // A fixed number of calls per session instead, for instruction counts.
+    let fixed = env_or("NVM_MCP_CALLS", 0);
     let tasks = clients.iter().map(|client| {
         let peer = client.peer().clone();
         let mut params = CallToolRequestParams::new(tool);
@@ -308,7 +332,11 @@ async fn run(clients: &[Client], tool: &'static str, meta: &RequestMetaObject, s
         params.meta = Some(meta.clone());
         tokio::spawn(async move {
             let mut calls = 0u64;
-            while Instant::now() < until {
+            while if fixed > 0 {
+                calls < fixed
+            } else {
+                Instant::now() < until
+            } {
                 let result = peer.call_tool(params.clone()).await.expect("a call");
                 assert_ne!(result.is_error, Some(true), "{tool}: {result:?}");
                 calls += 1;
@@ -321,6 +349,208 @@ async fn run(clients: &[Client], tool: &'static str, meta: &RequestMetaObject, s
         calls += task.await.expect("a client task");
     }
     calls as f64 / started.elapsed().as_secs_f64()
+}
+
+/// A session of a minimal MCP client over raw HTTP/1.1: it sends the bytes rmcp's
+/// client sends (same headers, same JSON, a new connection per call as rmcp's default
+/// client makes) and reads each answer to its end without decoding its JSON, so its
+/// work is the same for a free and a paid answer. rmcp's client decodes a result by
+/// trying `ServerResult`'s untagged variants in turn, 15 of them before
+/// `CallToolResult`, each building the result's `_meta` and dropping it: that client
+/// work, not the server's, is most of what a paid answer's receipts cost the rmcp rows
+/// (BENCHMARKS.md, "Paid MCP tool calls: where a paid call's time goes").
+struct RawSession {
+    addr: std::net::SocketAddr,
+    head: String,
+}
+
+impl RawSession {
+    /// Initializes a session on the server at `url` as rmcp's client does.
+    async fn open(url: &str) -> RawSession {
+        let addr: std::net::SocketAddr = url
+            .trim_start_matches("http://")
+            .trim_end_matches("/mcp")
+            .parse()
+            .expect("an address");
+        let base = format!(
+            "POST /mcp HTTP/1.1\r\naccept: text/event-stream, application/json\r\n\
+             content-type: application/json\r\nhost: {addr}\r\n"
+        );
+        let init = r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"capabilities":{},"clientInfo":{"name":"raw","version":"0"},"protocolVersion":"2025-11-25"}}"#;
+        let answer = exchange(addr, &base, init).await;
+        let session = answer
+            .lines()
+            .find_map(|line| {
+                let (name, value) = line.split_once(':')?;
+                name.eq_ignore_ascii_case("mcp-session-id")
+                    .then(|| value.trim().to_owned())
+            })
+            .expect("an mcp-session-id");
+        let head = format!(
+            "POST /mcp HTTP/1.1\r\naccept: text/event-stream, application/json\r\n\
+             mcp-protocol-version: 2025-11-25\r\nmcp-session-id: {session}\r\n\
+             content-type: application/json\r\nhost: {addr}\r\n"
+        );
+        let answer = exchange(
+            addr,
+            &head,
+            r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
+        RawSession { addr, head }
+    }
+
+    /// One `tools/call` of `tool` with `_meta` `meta`, answered (not an error).
+    async fn call(&self, id: u64, tool: &str, meta: &RequestMetaObject) {
+        let mut meta = meta.clone();
+        meta.insert("progressToken".to_owned(), id.into());
+        let body = serde_json::json!({"jsonrpc": "2.0", "id": id + 1, "method": "tools/call",
+            "params": {"_meta": meta, "arguments": {"city": "Rome"}, "name": tool}});
+        let answer = exchange(self.addr, &self.head, &body.to_string()).await;
+        assert!(answer.contains(r#""isError":false"#), "{tool}: {answer}");
+    }
+}
+
+/// One POST of `body` on a new connection; answers the whole response as text.
+async fn exchange(addr: std::net::SocketAddr, head: &str, body: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream.set_nodelay(true).expect("nodelay");
+    let request = format!("{head}content-length: {}\r\n\r\n{body}", body.len());
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut answer = Vec::with_capacity(1024);
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut buf).await.expect("read");
+        answer.extend_from_slice(&buf[..n]);
+        let done = n == 0
+            || answer.ends_with(b"\r\n0\r\n\r\n")
+            || (answer.starts_with(b"HTTP/1.1 202") && answer.ends_with(b"\r\n\r\n"));
+        if done {
+            break;
+        }
+    }
+    String::from_utf8(answer).expect("UTF-8")
+}
+
+/// [`run`] with [`RawSession`]s.
+async fn run_raw(
+    sessions: &Arc<Vec<RawSession>>,
+    tool: &'static str,
+    meta: &RequestMetaObject,
+    secs: u64,
+) -> f64 {
+    let started = Instant::now();
+    let until = started + Duration::from_secs(secs);
+    let fixed = env_or("NVM_MCP_CALLS", 0);
+    let tasks = (0..sessions.len()).map(|i| {
+        let sessions = sessions.clone();
+        let meta = meta.clone();
+        tokio::spawn(async move {
+            let mut calls = 0u64;
+            while if fixed > 0 {
+                calls < fixed
+            } else {
+                Instant::now() < until
+            } {
+                sessions[i].call(calls, tool, &meta).await;
+                calls += 1;
+            }
+            calls
+        })
+    });
+    let mut calls = 0;
+    for task in tasks {
+        calls += task.await.expect("a client task");
+    }
+    calls as f64 / started.elapsed().as_secs_f64()
+}
+
+/// The sessions of one table: rmcp's client, or the raw one.
+enum Clients {
+    Rmcp(Vec<Client>),
+    Raw(Arc<Vec<RawSession>>),
+}
+
+impl Clients {
+    async fn run(&self, tool: &'static str, meta: &RequestMetaObject, secs: u64) -> f64 {
+        match self {
+            Clients::Rmcp(clients) => run(clients, tool, meta, secs).await,
+            Clients::Raw(sessions) => run_raw(sessions, tool, meta, secs).await,
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Clients::Rmcp(_) => "rmcp client (decodes every answer)",
+            Clients::Raw(_) => "raw HTTP client (the same bytes, no decoding)",
+        }
+    }
+}
+
+/// The interleaved rows of one client kind (or the one row of `only`).
+async fn table(
+    clients: &Clients,
+    only: Option<&str>,
+    meta: &RequestMetaObject,
+    secs: u64,
+    rounds: u64,
+    concurrency: u64,
+) {
+    // Warm-up: caches filled, code paths taken.
+    for tool in ["echo", "echo_receipt", "weather"] {
+        if only.is_none_or(|only| only == tool) {
+            let rate = clients.run(tool, meta, 1).await;
+            if only.is_some() {
+                println!("warm-up {tool}: {rate:.0} calls/s, 1 s");
+            }
+        }
+    }
+    // One row only, for `strace -c`, `perf` or callgrind of one kind of call.
+    if let Some(tool) = only {
+        let tool: &'static str = match tool {
+            "echo" => "echo",
+            "echo_receipt" => "echo_receipt",
+            _ => "weather",
+        };
+        let rate = clients.run(tool, meta, secs).await;
+        println!(
+            "{}: {tool}: {rate:.0} calls/s, {concurrency} sessions, {secs} s",
+            clients.name()
+        );
+        return;
+    }
+    println!(
+        "mcp tool calls/s, {}, {concurrency} sessions, {secs} s per row",
+        clients.name()
+    );
+    println!(
+        "round | free (echo) | free, same bytes | paid (weather) | paid / free | paid / same bytes"
+    );
+    let (mut free_sum, mut same_sum, mut paid_sum) = (0.0, 0.0, 0.0);
+    for round in 1..=rounds {
+        let free = clients.run("echo", meta, secs).await;
+        let same = clients.run("echo_receipt", meta, secs).await;
+        let paid = clients.run("weather", meta, secs).await;
+        free_sum += free;
+        same_sum += same;
+        paid_sum += paid;
+        println!(
+            "{round:5} | {free:11.0} | {same:16.0} | {paid:14.0} | {:11.3} | {:.3}",
+            paid / free,
+            paid / same
+        );
+    }
+    let n = rounds as f64;
+    println!(
+        "  all | {:11.0} | {:16.0} | {:14.0} | {:11.3} | {:.3}",
+        free_sum / n,
+        same_sum / n,
+        paid_sum / n,
+        paid_sum / free_sum,
+        paid_sum / same_sum
+    );
 }
 
 /// A `PaidHandler` called directly, with the peer of a session over an in-memory
@@ -481,40 +711,25 @@ fn main() {
     runtime.block_on(async {
         let (url, sink) = serve().await;
         let meta = paying(&x402_token(&holder(1), None));
-        let clients = sessions(&url, concurrency, None).await;
-        // Warm-up: caches filled, connections open.
-        for tool in ["echo", "echo_receipt", "weather"] {
-            run(&clients, tool, &meta, 1).await;
+        let kinds = std::env::var("NVM_MCP_CLIENT").unwrap_or_else(|_| "rmcp,raw".to_owned());
+        let only = std::env::var("NVM_MCP_ONLY").ok();
+        for kind in kinds.split(',') {
+            let clients = match kind.trim() {
+                "raw" => {
+                    let mut raw = Vec::new();
+                    for _ in 0..concurrency {
+                        raw.push(RawSession::open(&url).await);
+                    }
+                    Clients::Raw(Arc::new(raw))
+                }
+                _ => Clients::Rmcp(sessions(&url, concurrency, None).await),
+            };
+            let settled_before = sink.calls.get()[3];
+            table(&clients, only.as_deref(), &meta, secs, rounds, concurrency).await;
+            let settles = sink.calls.get()[3] - settled_before;
+            println!("settles made with this client: {settles} (one per paid call)");
+            println!();
         }
-        let settled_before = sink.calls.get()[3];
-
-        println!("mcp tool calls/s, {concurrency} sessions, {secs} s per row");
-        println!("round | free (echo) | free, same bytes | paid (weather) | paid / free | paid / same bytes");
-        let (mut free_sum, mut same_sum, mut paid_sum) = (0.0, 0.0, 0.0);
-        for round in 1..=rounds {
-            let free = run(&clients, "echo", &meta, secs).await;
-            let same = run(&clients, "echo_receipt", &meta, secs).await;
-            let paid = run(&clients, "weather", &meta, secs).await;
-            free_sum += free;
-            same_sum += same;
-            paid_sum += paid;
-            println!(
-                "{round:5} | {free:11.0} | {same:16.0} | {paid:14.0} | {:11.3} | {:.3}",
-                paid / free,
-                paid / same
-            );
-        }
-        let n = rounds as f64;
-        println!(
-            "  all | {:11.0} | {:16.0} | {:14.0} | {:11.3} | {:.3}",
-            free_sum / n,
-            same_sum / n,
-            paid_sum / n,
-            paid_sum / free_sum,
-            paid_sum / same_sum
-        );
-        let settles = sink.calls.get()[3] - settled_before;
-        println!("settles made after the warm-up: {settles} (one per paid call)");
         if std::env::var("NVM_MCP_PYTHON").is_ok_and(|v| v == "1") {
             versus_python(secs, rounds, concurrency).await;
         }

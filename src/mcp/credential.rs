@@ -80,7 +80,7 @@ pub(crate) fn credential_head(value: Option<HeaderValue>) -> Parts {
     parts
 }
 
-/// In-band payments already encoded, by a keyed hash of the payload: a client pays
+/// In-band payments already encoded, by a keyed hash of the payload's signature: a client pays
 /// every call with the same payload, and its encoding (JSON, base64, header check)
 /// was the largest part of the paywall's work on a warm call (BENCHMARKS.md §6).
 ///
@@ -113,7 +113,7 @@ impl<S: BuildHasher> EncodedPayments<S> {
     /// The header value of `payload`, or `None` when it is larger than the SDKs'
     /// limit (or cannot be written, which a JSON value always can).
     fn header_value(&self, payload: &Value) -> Option<HeaderValue> {
-        let hash = self.hasher.hash_one(payload);
+        let hash = self.hasher.hash_one(slot_key(payload));
         // The low bits pick the slot: the hash is foldhash's, well mixed.
         #[allow(clippy::cast_possible_truncation)]
         let slot = &self.slots[hash as usize & (self.slots.len() - 1)];
@@ -140,6 +140,23 @@ impl<S: BuildHasher> EncodedPayments<S> {
         }
         Some(value)
     }
+}
+
+/// What picks a payload's slot: its signature (`payload.signature`), unique to the
+/// payment and a single string, so hashing it costs a fraction of hashing the whole
+/// payload tree (≈ 2 000 instructions a call, BENCHMARKS.md). A payload without one
+/// is hashed whole. Either way a hit still compares the whole payload.
+fn slot_key(payload: &Value) -> SlotKey<'_> {
+    match payload.get("payload").and_then(|p| p.get("signature")) {
+        Some(Value::String(signature)) => SlotKey::Signature(signature),
+        _ => SlotKey::Whole(payload),
+    }
+}
+
+#[derive(Hash)]
+enum SlotKey<'a> {
+    Signature(&'a str),
+    Whole(&'a Value),
 }
 
 /// The logical URL of a paid item, built as payments-py builds it
@@ -276,6 +293,18 @@ mod tests {
                 assert_eq!(colliding.header_value(payload).as_ref(), Some(expected));
             }
         }
+        // Same signature, different payload (a client reusing one, or a forgery): the
+        // same slot, but each gets its own encoding.
+        let forged = json!({"x402Version": 2, "payload": {"signature": "0xa"}, "extra": 1});
+        let forgeds = encoded.header_value(&forged).unwrap();
+        assert_ne!(forgeds, first);
+        assert_eq!(encoded.header_value(&alice).as_ref(), Some(&first));
+        assert_eq!(encoded.header_value(&forged).as_ref(), Some(&forgeds));
+        // A payload with no string signature is cached too, by its whole tree.
+        let unsigned = json!({"x402Version": 2, "payload": {"signature": 7}});
+        let unsigneds = encoded.header_value(&unsigned).unwrap();
+        assert_eq!(encoded.header_value(&unsigned).as_ref(), Some(&unsigneds));
+        assert_ne!(unsigneds, first);
         // A payload too large to keep is still encoded, each time.
         let big = json!({"pad": "a".repeat(MAX_KEPT_PAYMENT)});
         assert!(encoded.header_value(&big).is_some());

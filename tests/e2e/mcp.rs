@@ -463,6 +463,27 @@ async fn forged_and_wrong_plan_tokens_are_refused_without_running_the_tool() {
     assert_eq!(w.balance(0).await, c(100));
 }
 
+/// The in-band credential cache picks a payload's slot by its signature alone: a
+/// payload with a paying caller's signature but other content (here another plan) must
+/// still be encoded as itself and refused, never served with the cached credential.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payload_reusing_a_cached_signature_is_not_taken_for_the_cached_one() {
+    let w = world(1, 100).await;
+    let s = serve(&w).await;
+    let token = w.x402(0).await;
+    let mut other = payload(&token);
+    other["accepted"]["planId"] = json!("123456789");
+    let other = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&other).unwrap());
+    let session = client(&s.url, &[]).await;
+    let weather = |token: &str| paid_call("weather", json!({"city": "Rome"}), token);
+    assert_charged_two(&session.call_tool(weather(&token)).await.unwrap(), &w);
+    let refused = session.call_tool(weather(&other)).await.unwrap();
+    assert_payment_required(&refused, &w);
+    assert_charged_two(&session.call_tool(weather(&token)).await.unwrap(), &w);
+    assert_eq!(s.tools.runs.load(Ordering::SeqCst), 2);
+    assert_eq!(w.balance(0).await, c(96));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_sessions_are_each_charged_only_for_their_own_calls() {
     let w = world(2, 100).await;
