@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use super::verification::{VerificationKey, Verified};
 use super::{Caller, Payer};
-use crate::credential::same_canonical;
+use crate::credential::same_canonical_bytes;
 use crate::types::TokenDigest;
 
 /// Slots per thread (a power of two).
@@ -99,9 +99,8 @@ const SAMPLES: usize = 16;
 static SLOT_SEED: LazyLock<(foldhash::fast::RandomState, u64)> =
     LazyLock::new(|| (Default::default(), rand::random()));
 
-/// The slot of a raw credential text on a route.
-fn index(credential: &str, route: u64) -> usize {
-    let bytes = credential.as_bytes();
+/// The slot of a raw credential on a route.
+fn index(bytes: &[u8], route: u64) -> usize {
     let (seed, start) = &*SLOT_SEED;
     let mut hasher = seed.build_hasher();
     hasher.write_u64(route);
@@ -136,9 +135,14 @@ fn index(credential: &str, route: u64) -> usize {
 /// An odd 64-bit constant (the golden ratio's): multiplying by it spreads every bit.
 const FOLD: u64 = 0x9E37_79B9_7F4A_7C15;
 
-/// The cache key and verification of `credential` on `route`, if this thread's front
-/// holds it and it still holds.
-pub(crate) fn get(owner: u64, credential: &str, route: u64) -> Option<(VerificationKey, Verified)> {
+/// The cache key and verification of the raw credential `credential` (a header value's
+/// bytes, not validated: equal to a validated token, it is that token) on `route`, if
+/// this thread's front holds it and it still holds.
+pub(crate) fn get(
+    owner: u64,
+    credential: &[u8],
+    route: u64,
+) -> Option<(VerificationKey, Verified)> {
     FRONT
         .try_with(|front| {
             let front = front.try_borrow().ok()?;
@@ -148,7 +152,7 @@ pub(crate) fn get(owner: u64, credential: &str, route: u64) -> Option<(Verificat
             }
             let caller = slot.caller.upgrade()?;
             if !caller.validity.holds()
-                || !same_canonical(caller.credential.token().expose(), credential)
+                || !same_canonical_bytes(caller.credential.token().expose(), credential)
             {
                 return None;
             }
@@ -174,7 +178,7 @@ pub(crate) fn put(owner: u64, credential: &str, key: VerificationKey, verified: 
         if front.is_empty() {
             front.resize_with(SLOTS, || None);
         }
-        if let Some(slot) = front.get_mut(index(credential, key.1)) {
+        if let Some(slot) = front.get_mut(index(credential.as_bytes(), key.1)) {
             *slot = Some(Slot {
                 owner,
                 route: key.1,
@@ -255,7 +259,9 @@ mod tests {
         let auth = authenticator(false);
         let token = "eyJhbGciOiJFZERTQSJ9.eyJzdWIiOiJhIn0.c2lnYQ";
         let (key, made) = cache_and_serve(&auth, token).await;
-        let (front_key, hit) = auth.recent(token, 1).expect("served by the front");
+        let (front_key, hit) = auth
+            .recent(token.as_bytes(), 1)
+            .expect("served by the front");
         assert_eq!(front_key, key);
         assert!(Arc::ptr_eq(&hit.caller, &made.caller));
         assert!(Arc::ptr_eq(&hit.payer, &made.payer));
@@ -263,7 +269,7 @@ mod tests {
         // A 404 or a spent single-use token forgets it: no thread may serve it again,
         // although this test still holds it.
         auth.forget(&key).await;
-        assert!(auth.recent(token, 1).is_none());
+        assert!(auth.recent(token.as_bytes(), 1).is_none());
         assert!(matches!(auth.cached(&key, token).await, Lookup::Miss));
     }
 
@@ -276,14 +282,16 @@ mod tests {
         let (key_a, _held) = cache_and_serve(&auth, a).await;
         let key_b = auth.key(b, 1);
         assert_eq!(key_a, key_b, "the test hook makes every token collide");
-        assert!(auth.recent(a, 1).is_some());
-        assert!(auth.recent(b, 1).is_none(), "b is not a");
+        assert!(auth.recent(a.as_bytes(), 1).is_some());
+        assert!(auth.recent(b.as_bytes(), 1).is_none(), "b is not a");
         assert!(matches!(auth.cached(&key_b, b).await, Lookup::Collision));
         // Another spelling of the same token is the same token: served by the cache,
         // then by the front under that spelling.
         let padded = format!(" {a}== ");
         assert!(matches!(auth.cached(&key_a, &padded).await, Lookup::Hit(_)));
-        let (key, _) = auth.recent(&padded, 1).expect("the other spelling");
+        let (key, _) = auth
+            .recent(padded.as_bytes(), 1)
+            .expect("the other spelling");
         assert_eq!(key, key_a);
     }
 
@@ -293,10 +301,10 @@ mod tests {
         let token = "eyJhbGciOiJFZERTQSJ9.eyJzdWIiOiJhIn0.c2lnYQ";
         let expired = verified(token, Duration::ZERO);
         put(7, token, (1, 1), &expired);
-        assert!(get(7, token, 1).is_none());
+        assert!(get(7, token.as_bytes(), 1).is_none());
         let live = verified(token, Duration::from_secs(60));
         put(7, token, (1, 1), &live);
-        assert!(get(7, token, 1).is_some());
+        assert!(get(7, token.as_bytes(), 1).is_some());
     }
 
     #[test]
@@ -305,13 +313,16 @@ mod tests {
         let token = "eyJhbGciOiJFZERTQSJ9.eyJzdWIiOiJhIn0.c2lnYQ";
         let live = verified(token, Duration::from_secs(60));
         put(8, token, (2, 2), &live);
-        assert!(get(9, token, 2).is_none(), "another layer's slot");
-        assert!(get(8, token, 3).is_none(), "another route");
-        assert!(get(8, token, 2).is_some());
+        assert!(
+            get(9, token.as_bytes(), 2).is_none(),
+            "another layer's slot"
+        );
+        assert!(get(8, token.as_bytes(), 3).is_none(), "another route");
+        assert!(get(8, token.as_bytes(), 2).is_some());
         let caller = Arc::downgrade(&live.caller);
         drop(live);
         assert!(caller.upgrade().is_none(), "the slot held it only weakly");
-        assert!(get(8, token, 2).is_none());
+        assert!(get(8, token.as_bytes(), 2).is_none());
     }
 
     #[test]
@@ -323,22 +334,26 @@ mod tests {
         let mut b = a.clone().into_bytes();
         b[9] = b'y';
         let b = String::from_utf8(b).unwrap();
-        assert_eq!(index(&a, 4), index(&b, 4), "the sample does not see byte 9");
+        assert_eq!(
+            index(a.as_bytes(), 4),
+            index(b.as_bytes(), 4),
+            "the sample does not see byte 9"
+        );
         let (va, vb) = (
             verified(&a, Duration::from_secs(60)),
             verified(&b, Duration::from_secs(60)),
         );
         put(5, &a, (11, 4), &va);
-        assert!(get(5, &b, 4).is_none(), "b is not a");
-        let (key, hit) = get(5, &a, 4).unwrap();
+        assert!(get(5, b.as_bytes(), 4).is_none(), "b is not a");
+        let (key, hit) = get(5, a.as_bytes(), 4).unwrap();
         assert_eq!(key, (11, 4));
         assert!(Arc::ptr_eq(&hit.caller, &va.caller));
         put(5, &b, (22, 4), &vb);
         assert!(
-            get(5, &a, 4).is_none(),
+            get(5, a.as_bytes(), 4).is_none(),
             "evicted: a miss, not b's verification"
         );
-        let (key, hit) = get(5, &b, 4).unwrap();
+        let (key, hit) = get(5, b.as_bytes(), 4).unwrap();
         assert_eq!(key, (22, 4));
         assert!(Arc::ptr_eq(&hit.caller, &vb.caller));
     }

@@ -151,13 +151,14 @@ impl Authenticator {
         (hash_canonical(&self.key_hasher, credential), route)
     }
 
-    /// The cache key and verification of this token on this route if this thread
-    /// served it lately (the hot path: no await, no moka, not even the token's
-    /// canonical hash), checked against the full token; `None` says nothing, ask
-    /// [`cached`](Self::cached).
+    /// The cache key and verification of this raw credential (a header value's bytes)
+    /// on this route if this thread served it lately (the hot path: no await, no moka,
+    /// no hash of the whole token, no validation of the text: equal to a validated
+    /// token, it is that token), checked against the full token; `None` says nothing,
+    /// ask [`cached`](Self::cached).
     pub(crate) fn recent(
         &self,
-        credential: &str,
+        credential: &[u8],
         route: u64,
     ) -> Option<(VerificationKey, Verified)> {
         front::get(self.front_owner, credential, route)

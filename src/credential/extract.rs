@@ -183,13 +183,60 @@ pub(crate) fn hash_canonical(credential: &str, hasher: &mut impl Hasher) {
 
 /// Whether two credential texts are spellings of one token (see [`canonical_digest`]).
 pub(crate) fn same_canonical(a: &str, b: &str) -> bool {
-    let (a, b) = (canonical_trim(a), canonical_trim(b));
+    same_canonical_bytes(a, b.as_bytes())
+}
+
+/// [`same_canonical`] of a credential text and the raw bytes of a header value (see
+/// [`credential_bytes`]): ASCII whitespace and `=` are trimmed from the raw bytes, and
+/// every other byte must equal the text's, up to the `+/` spelling. Bytes equal to a
+/// token's this way are that token's bytes: nothing else in them needs checking.
+pub(crate) fn same_canonical_bytes(a: &str, b: &[u8]) -> bool {
+    let (a, b) = (canonical_trim(a).as_bytes(), canonical_trim_bytes(b));
     // The usual case, one spelling sent again: a plain (vectorised) comparison.
     a == b
         || a.len() == b.len()
-            && a.bytes()
-                .zip(b.bytes())
-                .all(|(x, y)| canonical_byte(x) == canonical_byte(y))
+            && a.iter()
+                .zip(b)
+                .all(|(&x, &y)| canonical_byte(x) == canonical_byte(y))
+}
+
+fn canonical_trim_bytes(raw: &[u8]) -> &[u8] {
+    let raw = raw.trim_ascii();
+    let end = raw
+        .iter()
+        .rposition(|&b| b != b'=')
+        .map_or(0, |last| last + 1);
+    &raw[..end]
+}
+
+/// The raw bytes of the credential [`find_credential`] would find, for the hot path to
+/// compare with a token it has already validated ([`same_canonical_bytes`]): the value
+/// of the first of `header_names` present, `authorization` only as `Bearer <v>`. Not
+/// validated as text; `None` whenever this is not the plain case (too long, an
+/// `authorization` of another scheme, an empty value), where [`find_credential`]
+/// decides.
+pub(crate) fn credential_bytes<'h>(
+    headers: &'h HeaderMap,
+    header_names: &[HeaderName],
+) -> Option<&'h [u8]> {
+    let (name, value) = header_names
+        .iter()
+        .find_map(|name| headers.get(name).map(|value| (name, value)))?;
+    let raw = value.as_bytes();
+    if raw.len() > MAX_CREDENTIAL_BYTES {
+        return None;
+    }
+    let raw = raw.trim_ascii();
+    let raw = if name == AUTHORIZATION {
+        let (scheme, rest) = raw.split_at_checked(7)?;
+        if !scheme.eq_ignore_ascii_case(b"bearer ") {
+            return None;
+        }
+        rest.trim_ascii()
+    } else {
+        raw
+    };
+    (!raw.is_empty()).then_some(raw)
 }
 
 /// The chunks [`hash_canonical`] feeds its hasher: a stack buffer's worth.
@@ -273,6 +320,56 @@ fn classify(raw: &str) -> Result<Credential, TokenError> {
 #[cfg(test)]
 mod canonical_tests {
     use super::*;
+
+    /// The hot path's raw bytes are `find_credential`'s text whenever they are given,
+    /// and they are not given where `find_credential` would skip a header or refuse.
+    #[test]
+    fn the_raw_bytes_are_the_text_find_credential_reads_or_nothing() {
+        let names = default_token_headers();
+        let map = |pairs: &[(&'static str, &[u8])]| {
+            let mut h = HeaderMap::new();
+            for (name, value) in pairs {
+                h.append(*name, HeaderValue::from_bytes(value).unwrap());
+            }
+            h
+        };
+        let token: &[u8] = b"eyJ4NDAyVmVyc2lvbiI6Mn0";
+        let given = [
+            map(&[("payment-signature", token)]),
+            map(&[("payment-signature", b"  eyJ4NDAyVmVyc2lvbiI6Mn0== \t")]),
+            map(&[("authorization", b"Bearer eyJ4NDAyVmVyc2lvbiI6Mn0")]),
+            map(&[("authorization", b"bEARER    eyJ4NDAyVmVyc2lvbiI6Mn0 ")]),
+            map(&[
+                ("payment-signature", token),
+                ("authorization", b"Bearer other"),
+            ]),
+        ];
+        for h in given {
+            let raw = credential_bytes(&h, &names).expect("the plain case");
+            let text = find_credential(&h, &names).unwrap().unwrap();
+            assert_eq!(raw, text.as_bytes());
+            assert!(same_canonical_bytes(text, raw));
+        }
+        let left_to_find_credential = [
+            map(&[]),
+            map(&[("payment-signature", b"   ")]),
+            map(&[("authorization", b"Basic dXNlcg==")]),
+            map(&[("authorization", b"Bearer")]),
+            map(&[("authorization", b"Bearer\teyJ4")]),
+            map(&[
+                ("payment-signature", b" "),
+                ("authorization", b"Bearer eyJ4"),
+            ]),
+            map(&[("payment-signature", &[b'a'; MAX_CREDENTIAL_BYTES + 1])]),
+        ];
+        for h in left_to_find_credential {
+            assert!(credential_bytes(&h, &names).is_none());
+        }
+        // Bytes that are not text never equal a token, whatever surrounds them.
+        assert!(!same_canonical_bytes("eyJ4", b"eyJ4\xc3\xa9"));
+        assert!(!same_canonical_bytes("eyJ4", b"\xc2\xa0eyJ4"));
+        assert!(same_canonical_bytes("ab+/cd", b" ab-_cd== "));
+    }
 
     #[test]
     fn the_arithmetic_mapping_changes_only_plus_and_slash() {

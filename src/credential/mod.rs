@@ -74,7 +74,7 @@ pub use error::TokenError;
 pub use extract::{
     canonical_digest, default_token_headers, extract_credential, find_credential, Credential,
 };
-pub(crate) use extract::{hash_canonical, same_canonical};
+pub(crate) use extract::{credential_bytes, hash_canonical, same_canonical, same_canonical_bytes};
 pub use jwt::BearerVerifier;
 pub use x402::{decode_x402_token, encode_x402_token};
 
