@@ -329,6 +329,31 @@ impl PendingCharge {
         }
     }
 
+    /// Sends the charge from the caller's task as far as it goes without waiting, and
+    /// moves the rest to its own task only if it has to wait (a backend over the
+    /// network). With a charge journal, a `Background` response is released once its
+    /// charge is durable or final: an instant backend (in process) makes it final
+    /// here, before the response asks, so the journal has nothing to wait for and no
+    /// thread to wake; a spawned charge could only run after the response asked.
+    pub(crate) fn start_here(self) -> Started {
+        let mut charge = self.run_to_completion();
+        // A no-op waker: if the charge waits, its task polls it again at once and
+        // registers its own waker then.
+        let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+        match Pin::new(&mut charge).poll(&mut cx) {
+            Poll::Ready(_) => Started::Ended,
+            Poll::Pending => Started::Spawned(charge.charge.take().and_then(|rest| {
+                match tokio::runtime::Handle::try_current() {
+                    Ok(handle) => Some(handle.spawn(rest)),
+                    Err(_) => {
+                        tracing::error!("a charge in flight was started outside a tokio runtime: its outcome is unknown");
+                        None
+                    }
+                }
+            })),
+        }
+    }
+
     /// Runs the charge in the caller's task (no spawn on the hot path); if the caller
     /// is dropped before it completes (the client hung up), the rest of the charge
     /// moves to its own task, so it still completes and is reported.
@@ -339,6 +364,14 @@ impl PendingCharge {
             charge: Some(Box::pin(charge.execute(in_flight))),
         }
     }
+}
+
+/// Where [`PendingCharge::start_here`] left a charge.
+pub(crate) enum Started {
+    /// It ended in the caller's task (its outcome reported as any charge's).
+    Ended,
+    /// It waits for the backend on its own task (`None`: no runtime to run it on).
+    Spawned(Option<JoinHandle<SettleOutcome>>),
 }
 
 /// The future of [`PendingCharge::run_to_completion`].

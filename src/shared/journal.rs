@@ -18,7 +18,10 @@
 //!
 //! Group commit: appends and finishes go through one channel to one writer task, which
 //! sends whatever has queued as one pipeline (one round trip) while the previous one is
-//! in flight, so concurrent charges share round trips.
+//! in flight, so concurrent charges share round trips. As in the file journal, an entry
+//! whose charge is final by the time the writer takes it is not written (nor its
+//! `HDEL`): its response no longer waits for it (`settle::journal`'s module docs say
+//! why that is safe), and under load most charges end before their batch is sent.
 
 use std::collections::HashMap;
 use std::io;
@@ -27,10 +30,10 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use super::StoreShared;
-use crate::settle::{JournalEntry, JournalStats, JournalStore};
+use crate::settle::{EntryState, JournalEntry, JournalStats, JournalStore};
 
 /// Operations sent in one pipeline at most: bounds a round trip's size.
 const MAX_BATCH: usize = 512;
@@ -59,7 +62,9 @@ return taken
 ";
 
 enum Op {
-    Append(Arc<JournalEntry>, oneshot::Sender<Result<(), String>>),
+    /// An entry of a charge in flight; skipped if its charge is final when taken.
+    Append(Arc<JournalEntry>),
+    /// The `HDEL` of an entry that was (being) written.
     Finish(String),
 }
 
@@ -77,11 +82,12 @@ struct Inner {
     /// Taken by the writer task when it starts (on the first call in a runtime).
     ops_rx: Mutex<Option<mpsc::UnboundedReceiver<Op>>>,
     started: AtomicBool,
-    /// This replica's unfinished entries (its own and those it took over): what a
-    /// replay pass sends, so a charge finished here but whose `HDEL` is still queued
-    /// is not sent again.
+    /// This replica's listed entries (those it took over, and its own whose charge
+    /// ended without a final outcome): what a replay pass sends, so a charge finished
+    /// here but whose `HDEL` is still queued is not sent again.
     unfinished: Mutex<HashMap<String, Arc<JournalEntry>>>,
     appended: AtomicU64,
+    elided: AtomicU64,
     writes: AtomicU64,
     take_over: redis::Script,
 }
@@ -100,6 +106,7 @@ impl RedisJournal {
                 started: AtomicBool::new(false),
                 unfinished: Mutex::default(),
                 appended: AtomicU64::new(0),
+                elided: AtomicU64::new(0),
                 writes: AtomicU64::new(0),
                 take_over: redis::Script::new(TAKE_OVER),
             }),
@@ -156,7 +163,7 @@ impl Inner {
             .ignore();
         for op in ops {
             match op {
-                Op::Append(entry, _) => {
+                Op::Append(entry) => {
                     let json = serde_json::to_string(&**entry)
                         .map_err(|_| "journal entry not serialisable".to_owned())?;
                     pipe.cmd("HSET")
@@ -190,7 +197,8 @@ impl Inner {
             for pair in taken.chunks_exact(2) {
                 let [request_id, json] = pair else { continue };
                 match serde_json::from_str::<JournalEntry>(json) {
-                    Ok(entry) => {
+                    Ok(mut entry) => {
+                        entry.state = EntryState::recovered();
                         count += 1;
                         unfinished.insert(request_id.clone(), Arc::new(entry));
                     }
@@ -226,16 +234,35 @@ async fn write_batches(inner: Weak<Inner>, mut rx: mpsc::UnboundedReceiver<Op>) 
             return;
         };
         batch.splice(0..0, unsent_finishes.drain(..));
+        // Taken now: an entry whose charge is final already is not written, and its
+        // `finish` sent no `HDEL` (it saw the entry untaken).
+        let before = batch.len();
+        batch.retain(|op| match op {
+            Op::Append(entry) => entry.state.take(),
+            Op::Finish(_) => true,
+        });
+        strong
+            .elided
+            .fetch_add((before - batch.len()) as u64, Ordering::Relaxed);
+        if batch.is_empty() {
+            continue;
+        }
         let result = strong.write(&batch).await;
         if let Err(reason) = &result {
             tracing::warn!(%reason, journal = %strong.describe(), "charge journal: redis write failed");
         }
+        if result.is_ok() {
+            // Counted before the callers are told: what they read next includes it.
+            let written = batch
+                .iter()
+                .filter(|op| matches!(op, Op::Append(_)))
+                .count();
+            strong.appended.fetch_add(written as u64, Ordering::Relaxed);
+        }
         drop(strong);
         for op in batch.drain(..) {
             match op {
-                Op::Append(_, done) => {
-                    let _ = done.send(result.clone());
-                }
+                Op::Append(entry) => entry.state.written(result.is_ok()),
                 // Sent again with the next write: a lost mark would leave a token in
                 // Redis for as long as this replica lives.
                 Op::Finish(id) if result.is_err() => unsent_finishes.push(Op::Finish(id)),
@@ -268,34 +295,36 @@ async fn renew_lease(inner: Weak<Inner>) {
 
 impl JournalStore for RedisJournal {
     fn append(&self, entry: Arc<JournalEntry>) -> BoxFuture<'static, io::Result<()>> {
-        let inner = self.inner.clone();
-        Box::pin(async move {
-            inner.ensure_started()?;
-            let (done, written) = oneshot::channel();
-            inner
-                .unfinished()
-                .insert(entry.request_id.clone(), entry.clone());
-            inner
+        let sent = self.inner.ensure_started().and_then(|()| {
+            self.inner
                 .ops
-                .send(Op::Append(entry, done))
-                .map_err(|_| io::Error::other("the redis charge journal's writer is gone"))?;
-            match written.await {
-                Ok(Ok(())) => {
-                    inner.appended.fetch_add(1, Ordering::Relaxed);
-                    Ok(())
-                }
-                Ok(Err(reason)) => Err(io::Error::other(reason)),
-                Err(_) => Err(io::Error::other(
-                    "the redis charge journal's writer is gone",
-                )),
-            }
-        })
+                .send(Op::Append(entry.clone()))
+                .map_err(|_| io::Error::other("the redis charge journal's writer is gone"))
+        });
+        if let Err(error) = sent {
+            return Box::pin(std::future::ready(Err(error)));
+        }
+        Box::pin(std::future::poll_fn(move |cx| {
+            entry.state.poll_released(cx)
+        }))
     }
 
-    fn finish(&self, request_id: &str) {
-        if self.inner.unfinished().remove(request_id).is_some() {
+    fn finish(&self, entry: &Arc<JournalEntry>) {
+        let (taken, listed) = entry.state.finish();
+        if listed {
+            self.inner.unfinished().remove(&entry.request_id);
+        }
+        if taken {
             // Not durable, by the trait's contract: a lost `HDEL` costs one replay.
-            let _ = self.inner.ops.send(Op::Finish(request_id.to_owned()));
+            let _ = self.inner.ops.send(Op::Finish(entry.request_id.clone()));
+        }
+    }
+
+    fn keep(&self, entry: &Arc<JournalEntry>) {
+        if entry.state.list() && !entry.state.is_finished() {
+            self.inner
+                .unfinished()
+                .insert(entry.request_id.clone(), entry.clone());
         }
     }
 
@@ -315,6 +344,7 @@ impl JournalStore for RedisJournal {
         JournalStats {
             appended: self.inner.appended.load(Ordering::Relaxed),
             fsyncs: self.inner.writes.load(Ordering::Relaxed),
+            elided: self.inner.elided.load(Ordering::Relaxed),
             unfinished: self.inner.unfinished().len() as u64,
             ..JournalStats::default()
         }
