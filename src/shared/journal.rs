@@ -222,6 +222,14 @@ impl Inner {
     fn describe(&self) -> String {
         format!("redis {}", self.key("entries"))
     }
+
+    /// Hands an entry to the writer task.
+    fn send(self: &Arc<Self>, entry: &Arc<JournalEntry>) -> io::Result<()> {
+        self.ensure_started()?;
+        self.ops
+            .send(Op::Append(entry.clone()))
+            .map_err(|_| io::Error::other("the redis charge journal's writer is gone"))
+    }
 }
 
 /// The group commit loop: everything queued while a write was in flight goes in the
@@ -235,15 +243,11 @@ async fn write_batches(inner: Weak<Inner>, mut rx: mpsc::UnboundedReceiver<Op>) 
         };
         batch.splice(0..0, unsent_finishes.drain(..));
         // Taken now: an entry whose charge is final already is not written, and its
-        // `finish` sent no `HDEL` (it saw the entry untaken).
-        let before = batch.len();
+        // `finish` sent no `HDEL` (it saw the entry untaken) and counted it elided.
         batch.retain(|op| match op {
             Op::Append(entry) => entry.state.take(),
             Op::Finish(_) => true,
         });
-        strong
-            .elided
-            .fetch_add((before - batch.len()) as u64, Ordering::Relaxed);
         if batch.is_empty() {
             continue;
         }
@@ -295,17 +299,22 @@ async fn renew_lease(inner: Weak<Inner>) {
 
 impl JournalStore for RedisJournal {
     fn append(&self, entry: Arc<JournalEntry>) -> BoxFuture<'static, io::Result<()>> {
-        let sent = self.inner.ensure_started().and_then(|()| {
-            self.inner
-                .ops
-                .send(Op::Append(entry.clone()))
-                .map_err(|_| io::Error::other("the redis charge journal's writer is gone"))
-        });
-        if let Err(error) = sent {
-            return Box::pin(std::future::ready(Err(error)));
-        }
+        let inner = self.inner.clone();
+        let mut asked = false;
         Box::pin(std::future::poll_fn(move |cx| {
-            entry.state.poll_released(cx)
+            let released = entry.state.poll_released(cx);
+            // Sent to the writer only once the response has to wait for it.
+            if released.is_pending() && !asked {
+                asked = true;
+                if entry.state.queue() {
+                    if let Err(error) = inner.send(&entry) {
+                        entry.state.written(false);
+                        tracing::error!(%error, journal = %inner.describe(), "charge journal: entry not written");
+                        return entry.state.poll_released(cx);
+                    }
+                }
+            }
+            released
         }))
     }
 
@@ -317,6 +326,9 @@ impl JournalStore for RedisJournal {
         if taken {
             // Not durable, by the trait's contract: a lost `HDEL` costs one replay.
             let _ = self.inner.ops.send(Op::Finish(entry.request_id.clone()));
+        } else {
+            // Never sent, or sent and skipped when its batch is taken.
+            self.inner.elided.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -325,6 +337,13 @@ impl JournalStore for RedisJournal {
             self.inner
                 .unfinished()
                 .insert(entry.request_id.clone(), entry.clone());
+        }
+        // In Redis for the survivors and the next start-up, whether or not a response
+        // waits for it.
+        if entry.state.queue() {
+            if let Err(error) = self.inner.send(entry) {
+                tracing::error!(%error, journal = %self.inner.describe(), "charge journal: a charge without a final outcome is not written");
+            }
         }
     }
 

@@ -78,7 +78,17 @@ impl Future for Released {
         let released = self.entry.state.poll_released(cx);
         if released.is_pending() && !self.asked {
             self.asked = true;
-            self.shared.wanted();
+            if !self.entry.state.queue() {
+                // Queued already (its charge ended unfinished): the writer is needed now.
+                self.shared.wanted();
+            } else if self
+                .shared
+                .push(Op::Open(self.entry.clone()), true)
+                .is_err()
+            {
+                self.entry.state.written(false);
+                return self.entry.state.poll_released(cx);
+            }
         }
         released
     }
@@ -121,9 +131,9 @@ impl Shared {
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queues `op`; wakes a sleeping writer only when [`WAKE_AT_QUEUED`] operations
-    /// wait (a waiting response wakes it too: [`Self::wanted`]).
-    fn push(&self, op: Op) -> Result<(), Op> {
+    /// Queues `op`; wakes a sleeping writer when a response waits for it (`wanted`),
+    /// or when [`WAKE_AT_QUEUED`] operations wait.
+    fn push(&self, op: Op, wanted: bool) -> Result<(), Op> {
         let is_open = matches!(op, Op::Open(..));
         let mut queue = self.lock();
         if queue.closed {
@@ -131,7 +141,7 @@ impl Shared {
         }
         queue.ops.push(op);
         queue.opens += usize::from(is_open);
-        let wake = queue.idle && queue.ops.len() >= WAKE_AT_QUEUED;
+        let wake = queue.idle && (wanted || queue.ops.len() >= WAKE_AT_QUEUED);
         if wake {
             queue.idle = false;
         }
@@ -359,9 +369,6 @@ impl JournalStore for FileJournal {
     /// Encoding, hashing and writing happen on the writer thread, and only for entries
     /// whose charge is not final by the time their batch is taken.
     fn append(&self, entry: Arc<JournalEntry>) -> BoxFuture<'static, io::Result<()>> {
-        if let Err(Op::Open(entry) | Op::Done(entry)) = self.shared.push(Op::Open(entry.clone())) {
-            entry.state.written(false);
-        }
         Box::pin(Released {
             entry,
             shared: self.shared.clone(),
@@ -376,13 +383,21 @@ impl JournalStore for FileJournal {
         }
         if taken {
             // Never wakes the writer: it rides with the next batch (module docs).
-            let _ = self.shared.push(Op::Done(entry.clone()));
+            let _ = self.shared.push(Op::Done(entry.clone()), false);
+        } else {
+            // Never queued, or queued and skipped when its batch is taken.
+            self.counters.elided.fetch_add(1, Ordering::Relaxed);
         }
     }
 
     fn keep(&self, entry: &Arc<JournalEntry>) {
         if entry.state.list() && !entry.state.is_finished() {
             self.live().insert(entry.request_id.clone(), entry.clone());
+        }
+        // On disk for the next start-up, whether or not a response waits for it.
+        if entry.state.queue() && self.shared.push(Op::Open(entry.clone()), false).is_err() {
+            tracing::error!(path = %self.path.display(),
+                "charge journal: closed; a charge without a final outcome is not written");
         }
     }
 
@@ -526,7 +541,7 @@ impl Writer {
                 match op {
                     Op::Open(entry) => {
                         if !entry.state.take() {
-                            self.counters.elided.fetch_add(1, Ordering::Relaxed);
+                            // Final first: counted as elided by `finish`.
                             continue;
                         }
                         let route =

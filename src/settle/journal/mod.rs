@@ -259,12 +259,15 @@ const FAILED: u8 = 8;
 /// start-up, or its charge ended without a final outcome. An entry of a charge still
 /// in flight is in no table (nothing but its charge may end it).
 const LISTED: u8 = 16;
+/// Handed to the store's writer: only once a response waits for it, or its charge
+/// ended without a final outcome. An entry final before either is never queued.
+const QUEUED: u8 = 32;
 
 impl EntryState {
     /// An entry recovered from the store: durable, listed.
     pub(crate) fn recovered() -> Self {
         EntryState {
-            bits: AtomicU8::new(TAKEN | DURABLE | LISTED),
+            bits: AtomicU8::new(TAKEN | DURABLE | LISTED | QUEUED),
             waker: AtomicWaker::new(),
         }
     }
@@ -287,6 +290,11 @@ impl EntryState {
     /// Marks it listed; false if it was already.
     pub(crate) fn list(&self) -> bool {
         self.bits.fetch_or(LISTED, Ordering::AcqRel) & LISTED == 0
+    }
+
+    /// Marks it queued for the writer; false if it was already (queue it only once).
+    pub(crate) fn queue(&self) -> bool {
+        self.bits.fetch_or(QUEUED, Ordering::AcqRel) & QUEUED == 0
     }
 
     pub(crate) fn is_finished(&self) -> bool {
@@ -348,14 +356,17 @@ pub(crate) trait JournalStore: Send + Sync + 'static {
     /// Records `entry` (of a charge in flight); the future resolves once it would
     /// survive a crash, or once [`finish`](Self::finish) was called for it (a final
     /// charge needs no journal): then, if the store's writer had not taken it yet,
-    /// nothing about it is ever written.
+    /// nothing about it is ever written. The entry reaches the writer only when the
+    /// future first has to wait (or [`keep`](Self::keep) is called): until then it
+    /// costs the store nothing, no lock, no queue, no thread.
     fn append(&self, entry: Arc<JournalEntry>) -> BoxFuture<'static, io::Result<()>>;
     /// Marks a charge final, and resolves its `append` future if it is still waiting.
     /// Need not be durable: a lost mark costs one replay, which the backend answers
     /// idempotently.
     fn finish(&self, entry: &Arc<JournalEntry>);
     /// The charge of `entry` (appended) ended without a final outcome, or was
-    /// abandoned: it is listed for replay passes.
+    /// abandoned: it is listed for replay passes, and queued for the writer if no
+    /// response queued it.
     fn keep(&self, entry: &Arc<JournalEntry>);
     /// Every listed entry not marked final.
     fn unfinished(&self) -> Vec<Arc<JournalEntry>>;
