@@ -353,6 +353,9 @@ impl FileJournal {
             }
         }
         let mut routes = Routes::default();
+        // `Written` hashes and compares the request id only, which never changes (the
+        // entry's state, beside it, does).
+        #[allow(clippy::mutable_key_type)]
         let mut written = HashSet::new();
         for entry in entries.values() {
             let route = routes.id_of(&entry.payment_required, &mut Vec::new(), &mut Vec::new());
@@ -718,6 +721,8 @@ fn read_existing(path: &Path) -> io::Result<Vec<u8>> {
 /// reference, beside `path`, makes it durable, and renames it over `path` (atomic: a
 /// crash leaves the old file or the new one). `routes` keeps only the routes written.
 /// Returns the new file opened for appending, and its length.
+// `Written` hashes and compares the request id only, which never changes.
+#[allow(clippy::mutable_key_type)]
 fn rewrite(
     path: &Path,
     routes: &mut Routes,
