@@ -1,8 +1,11 @@
 //! [`FileJournal`]: the charge journal of one machine, an append-only file of
 //! checksummed records written by one thread that group-commits.
 //!
-//! A request only queues its entry (an `Arc` of it, whose [`EntryState`] it waits on):
-//! encoding, hashing and writing happen on the writer thread, which takes everything
+//! A request queues its entry (an `Arc` of it, whose [`EntryState`] it waits on) only
+//! when its response has to wait for it ([`Released`] pending for the first time) or
+//! its charge ends without a final outcome (`keep`): an entry whose charge is final
+//! before its response asks costs no lock, no queue and no thread. Encoding, hashing
+//! and writing happen on the writer thread, which takes everything
 //! queued, encodes it into one buffer, writes it with one `write` and makes it durable
 //! with one `fdatasync`; callers wait for that batch only. An entry whose charge became
 //! final before the writer took it is skipped (nothing about it is written, not even a
@@ -14,7 +17,11 @@
 //! cost of a first version with a channel per operation, and an entry whose charge is
 //! final before its response asks (the common case) then costs no wake-up at all.
 //! While awake (writing, or yielding twice before it sleeps) it takes whatever is
-//! queued, and asleep it flushes what is queued every [`FLUSH_MARKS_AFTER`]. `Done` marks never wake it and never wait:
+//! queued, and asleep it flushes what is queued every [`FLUSH_MARKS_AFTER`]. Before it
+//! takes a batch it gathers, for about one fsync at most, the entries of the responses
+//! its last batch released ([`Shared::next_batch`]): taken at once, a batch would hold
+//! only the entries queued during the last fsync, and the waiters would split into two
+//! groups alternating, each one fsync in two. `Done` marks never wake it and never wait:
 //! they ride in the next batch (or a flush within a second), and a mark lost in a
 //! crash costs one replay, which the backend answers idempotently.
 //!

@@ -7,16 +7,17 @@
 //!
 //! Enabled with `PaymentLayerBuilder::charge_journal(path)` (or `charge_journal_in`,
 //! in Redis). The rule, for every timing: **a response is released only once its
-//! charge is durable or final**, whichever comes first. The entry is handed to the
-//! journal when the handler has succeeded, and the charge is sent without waiting for
-//! the store; the file's writer writes it as soon as a response waits for it (or with
-//! the batch it is writing anyway), the Redis store writes every entry and resolves
-//! once it is written:
+//! charge is durable or final**, whichever comes first. The entry is made when the
+//! handler has succeeded (one allocation: it shares the caller's token), and the
+//! charge is sent without waiting for the store; the entry reaches the store's writer
+//! (the file's thread, the Redis writer task) only when its response has to wait for
+//! it, or when its charge ends without a final outcome, and either writer skips an
+//! entry whose charge is final by the time it takes its batch:
 //!
 //! | timing | the charge is sent | the response is released |
 //! |---|---|---|
 //! | `BeforeResponse` | at once, with no entry | when the charge is final; when it is not (outcome unknown, backend unreachable, after its retries), the entry is made then and the response released once it is durable |
-//! | `Background` | at once, while the entry is written | when the entry is durable or the charge final, whichever is first |
+//! | `Background` | at once, from the request's task (moved to its own task only if it waits for the backend), while the entry is written | when the entry is durable or the charge final, whichever is first: an instant backend makes it final before the response asks, and the entry never reaches the store |
 //! | `OnBodyEnd` | at the body's end | the head, once the entry is durable; a body the client drops before its end marks it done uncharged, a process killed mid-stream charges it at replay |
 //!
 //! Why a final charge need not reach the disk (and, under load, almost none does: the
