@@ -17,11 +17,8 @@
 //! cost of a first version with a channel per operation, and an entry whose charge is
 //! final before its response asks (the common case) then costs no wake-up at all.
 //! While awake (writing, or yielding twice before it sleeps) it takes whatever is
-//! queued, and asleep it flushes what is queued every [`FLUSH_MARKS_AFTER`]. Before it
-//! takes a batch it gathers, for about one fsync at most, the entries of the responses
-//! its last batch released ([`Shared::next_batch`]): taken at once, a batch would hold
-//! only the entries queued during the last fsync, and the waiters would split into two
-//! groups alternating, each one fsync in two. `Done` marks never wake it and never wait:
+//! queued, and asleep it flushes what is queued every [`FLUSH_MARKS_AFTER`]. It never
+//! waits for more entries once it has one ([`Shared::next_batch`] says why). `Done` marks never wake it and never wait:
 //! they ride in the next batch (or a flush within a second), and a mark lost in a
 //! crash costs one replay, which the backend answers idempotently.
 //!
@@ -41,7 +38,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 
@@ -60,10 +57,6 @@ const YIELDS_BEFORE_SLEEP: usize = 2;
 /// (with their tokens) of charges long final must not pile up for a whole
 /// [`FLUSH_MARKS_AFTER`] under load, and are dropped by the writer in bulk.
 const WAKE_AT_QUEUED: usize = 256;
-/// Bounds of how long a batch waits for the entries of the responses the last one
-/// released ([`Shared::next_batch`]).
-const MIN_GATHER: Duration = Duration::from_micros(100);
-const MAX_GATHER: Duration = Duration::from_millis(1);
 
 enum Op {
     /// An entry of a charge in flight; skipped if its charge is final when taken.
@@ -115,8 +108,6 @@ struct Queue {
     idle: bool,
     /// The journal was dropped: write what is queued and stop.
     closed: bool,
-    /// The writer gathers a batch until this many entries are queued (0: it does not).
-    gathering: usize,
     /// Tests hold the writer to see what happens before a batch is taken.
     #[cfg(test)]
     held: bool,
@@ -154,8 +145,7 @@ impl Shared {
         }
         queue.ops.push(op);
         queue.opens += usize::from(is_open);
-        let wake = (queue.idle && (wanted || queue.ops.len() >= WAKE_AT_QUEUED))
-            || (queue.gathering > 0 && queue.opens == queue.gathering);
+        let wake = queue.idle && (wanted || queue.ops.len() >= WAKE_AT_QUEUED);
         if wake {
             queue.idle = false;
         }
@@ -181,22 +171,16 @@ impl Shared {
     /// sleeps until a response waits for an entry, or for [`FLUSH_MARKS_AFTER`]);
     /// `None` once closed and empty.
     ///
-    /// Once there is a batch, it gathers: the responses released by the last batch
-    /// (`released`) are likely to come back with new entries within microseconds, and
-    /// so are those queued while it was written. Taken at once, the batch would hold
-    /// only the latter, and the two groups would alternate, each one fsync in two
-    /// (half the entries per fsync). So it waits until as many entries are queued as
-    /// the two groups held (`released` + those queued when it was called), or for
-    /// `max_wait` (about one fsync) at most.
-    fn next_batch(&self, released: usize, max_wait: Duration) -> Option<Vec<Op>> {
+    /// It does not wait for more entries once there is one: the requests a batch
+    /// releases come back with new entries while the next fsync runs, so under load
+    /// the waiters form groups that overlap the disk with the CPU. (Waiting for them
+    /// to gather into one batch was measured slower on this crate's load bench with
+    /// the journal on a disk: BENCHMARKS.md, 2026-12-01, the `Background` goal.)
+    fn next_batch(&self) -> Option<Vec<Op>> {
         let mut yields = 0;
         let mut queue = self.lock();
-        let want = released + queue.opens;
         loop {
             if queue.has_batch() {
-                if queue.opens < want && !max_wait.is_zero() && !queue.closed {
-                    queue = self.gather(queue, want, max_wait);
-                }
                 break;
             }
             if queue.closed {
@@ -226,29 +210,6 @@ impl Shared {
         }
         queue.opens = 0;
         Some(std::mem::take(&mut queue.ops))
-    }
-
-    /// Waits until `want` entries are queued, or for `max_wait`.
-    fn gather<'a>(
-        &'a self,
-        mut queue: MutexGuard<'a, Queue>,
-        want: usize,
-        max_wait: Duration,
-    ) -> MutexGuard<'a, Queue> {
-        let deadline = Instant::now() + max_wait;
-        queue.gathering = want;
-        while queue.opens < want && !queue.closed {
-            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
-                break;
-            };
-            queue = self
-                .work
-                .wait_timeout(queue, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
-        queue.gathering = 0;
-        queue
     }
 
     fn close(&self) {
@@ -385,7 +346,6 @@ impl FileJournal {
             routes,
             written,
             dead: 0,
-            last_sync: Duration::ZERO,
             counters: counters.clone(),
             _lock: lock,
         };
@@ -575,8 +535,6 @@ struct Writer {
     written: HashSet<Written>,
     /// Records in the file that a rewrite would drop.
     dead: u64,
-    /// How long the last `fdatasync` took.
-    last_sync: Duration,
     counters: Arc<Counters>,
     /// Held for the writer's life: one process, one layer per journal.
     _lock: File,
@@ -588,10 +546,8 @@ impl Writer {
         let mut buf = Vec::new();
         let mut waiting = Vec::new();
         let mut added = Vec::new();
-        let mut released = 0;
-        // Group commit: everything queued while the last batch was syncing, and the
-        // entries of the responses that batch released (see `next_batch`).
-        while let Some(batch) = queue.next_batch(released, self.gather_for()) {
+        // Group commit: everything queued while the last batch was syncing.
+        while let Some(batch) = queue.next_batch() {
             buf.clear();
             added.clear();
             for op in batch {
@@ -633,7 +589,6 @@ impl Writer {
                     .appended
                     .fetch_add(waiting.len() as u64, Ordering::Relaxed);
             }
-            released = waiting.len();
             for entry in waiting.drain(..) {
                 entry.state.written(result.is_ok());
             }
@@ -653,10 +608,7 @@ impl Writer {
         let written = self.file.write_all(buf).and_then(|()| {
             if sync {
                 self.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
-                let started = Instant::now();
-                let synced = self.file.sync_data();
-                self.last_sync = started.elapsed();
-                synced
+                self.file.sync_data()
             } else {
                 Ok(())
             }
@@ -671,14 +623,6 @@ impl Writer {
                 Err(e)
             }
         }
-    }
-
-    /// How long the next batch may wait for more entries: about one fsync (waiting
-    /// longer than a write takes would cost more than it saves), at least
-    /// [`MIN_GATHER`] (on a RAM disk a sync is nearly free, a thread wake-up is not),
-    /// at most [`MAX_GATHER`].
-    fn gather_for(&self) -> Duration {
-        self.last_sync.clamp(MIN_GATHER, MAX_GATHER)
     }
 
     /// Rewrites the file with the unfinished entries only (and their routes).
@@ -921,7 +865,6 @@ mod tests {
             routes,
             written: HashSet::new(),
             dead: 0,
-            last_sync: Duration::ZERO,
             counters: Arc::default(),
             _lock: File::open(dir.file()).unwrap(),
         };
@@ -1217,35 +1160,6 @@ mod tests {
         // Both marked done in the file: nothing to replay at the next start-up.
         let journal = FileJournal::open(&dir.file()).unwrap();
         assert!(ids(&journal).is_empty());
-    }
-
-    #[test]
-    fn a_batch_gathers_the_entries_of_the_responses_the_last_one_released() {
-        let shared = Arc::new(Shared::default());
-        let entry = |id: &str| Op::Open(Arc::new(test_entry(id)));
-        assert!(shared.push(entry("a"), true).is_ok());
-        // The last batch released two responses: the writer waits for their entries
-        // (up to a bound far longer than this test) before it takes the batch.
-        let writer = {
-            let shared = shared.clone();
-            std::thread::spawn(move || shared.next_batch(2, Duration::from_secs(60)))
-        };
-        while shared.lock().gathering == 0 {
-            std::thread::yield_now();
-        }
-        assert_eq!(
-            shared.lock().gathering,
-            3,
-            "the two released, and the one queued"
-        );
-        assert!(shared.push(entry("b"), true).is_ok());
-        assert!(shared.push(entry("c"), true).is_ok());
-        let batch = writer.join().unwrap().unwrap();
-        assert_eq!(batch.len(), 3);
-        // With nobody released, what is queued is taken at once.
-        assert!(shared.push(entry("d"), true).is_ok());
-        let batch = shared.next_batch(0, Duration::from_secs(60)).unwrap();
-        assert_eq!(batch.len(), 1);
     }
 
     #[test]
