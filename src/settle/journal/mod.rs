@@ -43,9 +43,10 @@
 //! burned). A charge whose outcome is unknown, or that could not reach the backend
 //! within its retry window, stays in the journal and is replayed on the next pass
 //! (every `journal_replay_interval`, 30 s by default) and at the next start-up.
-//! A replay never runs beside a charge of the same request id in this process (the
-//! ids being charged are claimed in memory); across processes the backend's
-//! idempotency by `agentRequestId` makes a second charge answer the first.
+//! A replay never runs beside a charge of the same request id in this process: a
+//! charge in flight is in no table a replay reads (its ticket holds its entry until it
+//! ends), and the ids replays are sending are claimed in memory; across processes the
+//! backend's idempotency by `agentRequestId` makes a second charge answer the first.
 //!
 //! What an entry holds is what a settle or a redeem needs: the request id, the method,
 //! the route's `paymentRequired` (written once per file and referenced by a small id:
