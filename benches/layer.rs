@@ -127,6 +127,24 @@ where
     start.elapsed()
 }
 
+/// [`drive`], yielding after each request as a server's connection task does between
+/// requests: a charge spawned in the background (`ChargeTiming::Background`) runs
+/// then, instead of piling up until the layer's pending-charge capacity is full.
+async fn drive_yielding<S, B>(mut service: S, credential: Credential, iters: u64) -> Duration
+where
+    S: Service<Request<Body>, Response = Response<B>>,
+    S::Error: Debug,
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Debug,
+{
+    let start = Instant::now();
+    for _ in 0..iters {
+        black_box(send(&mut service, credential.request()).await);
+        tokio::task::yield_now().await;
+    }
+    start.elapsed()
+}
+
 fn current_thread() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -362,33 +380,85 @@ fn main() {
 }
 
 /// `n` warm requests on a current-thread runtime, for instruction counts:
-/// `NVM_LAYER_PROFILE_SERVICE` is `x402` (default), `x402_metrics`, `bearer` or `bare`.
+/// `NVM_LAYER_PROFILE_SERVICE` is `x402` (default), `x402_metrics`, `bearer`, `bare`,
+/// `x402_bg` (`ChargeTiming::Background`) or `x402_journal_bg` (the same with a charge
+/// journal in `NVM_LAYER_PROFILE_JOURNAL_DIR`, default the system temp dir; count the
+/// whole process, the journal's writer thread included). `NVM_LAYER_PROFILE_MT=1` runs
+/// them on a two-worker runtime instead, as a server does.
 fn profile(n: u64) {
-    let rt = current_thread();
+    let rt = if std::env::var_os("NVM_LAYER_PROFILE_MT").is_some() {
+        multi_thread()
+    } else {
+        current_thread()
+    };
     let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
     let which = std::env::var("NVM_LAYER_PROFILE_SERVICE").unwrap_or_default();
-    let guarded = if which == "x402_metrics" {
-        metrics::with_local_recorder(&recorder, || layer(Sink::new()).layer(handler()))
-    } else {
-        layer(Sink::new()).layer(handler())
+    let journal_dir = std::env::var_os("NVM_LAYER_PROFILE_JOURNAL_DIR")
+        .map_or_else(std::env::temp_dir, Into::into)
+        .join(format!("nvm-layer-profile-{}", std::process::id()));
+    let mut journaled = None;
+    let guarded = match which.as_str() {
+        "x402_metrics" => {
+            metrics::with_local_recorder(&recorder, || layer(Sink::new()).layer(handler()))
+        }
+        "x402_bg" => background_layer(Sink::new(), None).layer(handler()),
+        "x402_journal_bg" => {
+            std::fs::create_dir_all(&journal_dir).unwrap();
+            journaled = Some(background_layer(Sink::new(), Some(&journal_dir)));
+            journaled.as_ref().unwrap().layer(handler())
+        }
+        _ => layer(Sink::new()).layer(handler()),
     };
+    // On a worker, as a server's request task runs (on the current-thread runtime
+    // that is the same thread).
+    fn on_worker(
+        rt: &tokio::runtime::Runtime,
+        driving: impl std::future::Future<Output = Duration> + Send + 'static,
+    ) -> Duration {
+        rt.block_on(async { tokio::spawn(driving).await.unwrap() })
+    }
     let elapsed = match which.as_str() {
-        "bare" => rt.block_on(drive(handler(), Credential::x402(1), n)),
+        "bare" => on_worker(&rt, drive(handler(), Credential::x402(1), n)),
         "bearer" => {
             let bearer = Credential::bearer(2);
             rt.block_on(send(&mut guarded.clone(), bearer.request()));
-            rt.block_on(drive(guarded, bearer, n))
+            on_worker(&rt, drive(guarded, bearer, n))
+        }
+        "x402_bg" | "x402_journal_bg" => {
+            let x402 = Credential::x402(1);
+            rt.block_on(send(&mut guarded.clone(), x402.request()));
+            on_worker(&rt, drive_yielding(guarded, x402, n))
         }
         _ => {
             let x402 = Credential::x402(1);
             rt.block_on(send(&mut guarded.clone(), x402.request()));
-            rt.block_on(drive(guarded, x402, n))
+            on_worker(&rt, drive(guarded, x402, n))
         }
     };
     println!(
         "{n} requests, {:.0} ns each",
         elapsed.as_nanos() as f64 / n as f64
     );
+    if let Some(stats) = journaled.and_then(|l| l.journal_stats()) {
+        println!("journal: {stats:?}");
+    }
+    let _ = std::fs::remove_dir_all(&journal_dir);
+}
+
+/// The layer of [`layer`] with `ChargeTiming::Background`, and a charge journal in
+/// `journal_dir` when given.
+fn background_layer(sink: Arc<Sink>, journal_dir: Option<&std::path::Path>) -> PaymentLayer {
+    let builder = PaymentLayer::builder_with_backend(sink, Environment::Custom)
+        .plan_id(plan())
+        .agent_id(agent())
+        .credits(1u64)
+        .charge_timing(ChargeTiming::Background);
+    match journal_dir {
+        Some(dir) => builder.charge_journal(dir.join("charges.journal")),
+        None => builder,
+    }
+    .build()
+    .expect("a valid layer configuration")
 }
 
 /// Added cost and ratio of each guarded variant against `bare` of the same run.

@@ -25,7 +25,7 @@ use crate::metrics::GateMetrics;
 use crate::rejection::Rejection;
 use crate::settle::{
     Charge, ChargeJournal, ChargeMethod, Meter, PendingCharge, PendingCharges, PendingFull,
-    ReplayContext,
+    ReplayContext, Started,
 };
 use crate::types::{Credits, PlanCreditsConfig, PlanId};
 
@@ -571,7 +571,17 @@ impl Gate {
             }
             // A body already at its end (204, empty) is never polled: charge now.
             ChargeTiming::Background | ChargeTiming::OnBodyEnd => {
-                let charging = pending.spawn();
+                let charging = if released.is_some() {
+                    // Journaled: the response waits until the charge is durable or
+                    // final; an instant backend makes it final here, so the journal
+                    // is not waited for (src/settle/journal/mod.rs).
+                    match pending.start_here() {
+                        Started::Ended => None,
+                        Started::Spawned(charging) => charging,
+                    }
+                } else {
+                    pending.spawn()
+                };
                 if let Some(released) = released {
                     if let Err(error) = released.await {
                         tracing::error!(%error,

@@ -1,7 +1,9 @@
 //! The charge of one served request: settle or redeem, retried only when safe.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
@@ -333,10 +335,34 @@ impl PendingCharge {
         self.execute(in_flight)
     }
 
+    /// Sends the charge from the caller's task as far as it goes without waiting, and
+    /// moves the rest to its own task only if it has to wait (a backend over the
+    /// network). With a charge journal, a `Background` response is released once its
+    /// charge is durable or final: an instant backend (in process) makes it final
+    /// here, before the response asks, so the journal has nothing to wait for and no
+    /// thread to wake; a spawned charge could only run after the response asked.
+    pub(crate) fn start_here(self) -> Started {
+        let mut charge = self.run_to_completion();
+        // A no-op waker: if the charge waits, its task polls it again at once and
+        // registers its own waker then.
+        let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+        match Pin::new(&mut charge).poll(&mut cx) {
+            Poll::Ready(_) => Started::Ended,
+            Poll::Pending => Started::Spawned(charge.charge.take().and_then(|rest| {
+                match tokio::runtime::Handle::try_current() {
+                    Ok(handle) => Some(handle.spawn(rest)),
+                    Err(_) => {
+                        tracing::error!("a charge in flight was started outside a tokio runtime: its outcome is unknown");
+                        None
+                    }
+                }
+            })),
+        }
+    }
+
     /// Runs the charge in the caller's task (no spawn); if the caller
     /// is dropped before it completes (the client hung up), the rest of the charge
     /// moves to its own task, so it still completes and is reported.
-    #[cfg(feature = "mcp")]
     pub(crate) fn run_to_completion(mut self) -> DetachOnDrop {
         let in_flight = self.start();
         let charge = self;
@@ -346,13 +372,19 @@ impl PendingCharge {
     }
 }
 
+/// Where [`PendingCharge::start_here`] left a charge.
+pub(crate) enum Started {
+    /// It ended in the caller's task (its outcome reported as any charge's).
+    Ended,
+    /// It waits for the backend on its own task (`None`: no runtime to run it on).
+    Spawned(Option<JoinHandle<SettleOutcome>>),
+}
+
 /// The future of [`PendingCharge::run_to_completion`].
-#[cfg(feature = "mcp")]
 pub(crate) struct DetachOnDrop {
     charge: Option<futures_util::future::BoxFuture<'static, SettleOutcome>>,
 }
 
-#[cfg(feature = "mcp")]
 impl Future for DetachOnDrop {
     type Output = Option<SettleOutcome>;
 
@@ -369,7 +401,6 @@ impl Future for DetachOnDrop {
     }
 }
 
-#[cfg(feature = "mcp")]
 impl Drop for DetachOnDrop {
     fn drop(&mut self) {
         if let Some(charge) = self.charge.take() {

@@ -35,13 +35,13 @@ mod outcome;
 mod pending;
 
 pub use charge::RetryPolicy;
-pub(crate) use charge::{Charge, ChargeMethod, PendingCharge};
+pub(crate) use charge::{Charge, ChargeMethod, PendingCharge, Started};
 pub use journal::JournalStats;
 pub(crate) use journal::{
     ChargeJournal, OpenError as JournalOpenError, ReplayContext, DEFAULT_REPLAY_INTERVAL,
 };
 #[cfg(feature = "redis")]
-pub(crate) use journal::{JournalEntry, JournalStore};
+pub(crate) use journal::{EntryState, JournalEntry, JournalStore};
 pub use meter::{Meter, MeterRule};
 pub use outcome::{OnSettle, SettleOutcome, SettleStatus};
 pub use pending::{DrainReport, PendingFull};

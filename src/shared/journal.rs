@@ -18,7 +18,10 @@
 //!
 //! Group commit: appends and finishes go through one channel to one writer task, which
 //! sends whatever has queued as one pipeline (one round trip) while the previous one is
-//! in flight, so concurrent charges share round trips.
+//! in flight, so concurrent charges share round trips. As in the file journal, an entry
+//! whose charge is final by the time the writer takes it is not written (nor its
+//! `HDEL`): its response no longer waits for it (`settle::journal`'s module docs say
+//! why that is safe), and under load most charges end before their batch is sent.
 
 use std::collections::HashMap;
 use std::io;
@@ -27,10 +30,10 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use super::StoreShared;
-use crate::settle::{JournalEntry, JournalStats, JournalStore};
+use crate::settle::{EntryState, JournalEntry, JournalStats, JournalStore};
 
 /// Operations sent in one pipeline at most: bounds a round trip's size.
 const MAX_BATCH: usize = 512;
@@ -59,7 +62,9 @@ return taken
 ";
 
 enum Op {
-    Append(Arc<JournalEntry>, oneshot::Sender<Result<(), String>>),
+    /// An entry of a charge in flight; skipped if its charge is final when taken.
+    Append(Arc<JournalEntry>),
+    /// The `HDEL` of an entry that was (being) written.
     Finish(String),
 }
 
@@ -77,11 +82,12 @@ struct Inner {
     /// Taken by the writer task when it starts (on the first call in a runtime).
     ops_rx: Mutex<Option<mpsc::UnboundedReceiver<Op>>>,
     started: AtomicBool,
-    /// This replica's unfinished entries (its own and those it took over): what a
-    /// replay pass sends, so a charge finished here but whose `HDEL` is still queued
-    /// is not sent again.
+    /// This replica's listed entries (those it took over, and its own whose charge
+    /// ended without a final outcome): what a replay pass sends, so a charge finished
+    /// here but whose `HDEL` is still queued is not sent again.
     unfinished: Mutex<HashMap<String, Arc<JournalEntry>>>,
     appended: AtomicU64,
+    elided: AtomicU64,
     writes: AtomicU64,
     take_over: redis::Script,
 }
@@ -100,6 +106,7 @@ impl RedisJournal {
                 started: AtomicBool::new(false),
                 unfinished: Mutex::default(),
                 appended: AtomicU64::new(0),
+                elided: AtomicU64::new(0),
                 writes: AtomicU64::new(0),
                 take_over: redis::Script::new(TAKE_OVER),
             }),
@@ -156,7 +163,7 @@ impl Inner {
             .ignore();
         for op in ops {
             match op {
-                Op::Append(entry, _) => {
+                Op::Append(entry) => {
                     let json = serde_json::to_string(&**entry)
                         .map_err(|_| "journal entry not serialisable".to_owned())?;
                     pipe.cmd("HSET")
@@ -190,7 +197,8 @@ impl Inner {
             for pair in taken.chunks_exact(2) {
                 let [request_id, json] = pair else { continue };
                 match serde_json::from_str::<JournalEntry>(json) {
-                    Ok(entry) => {
+                    Ok(mut entry) => {
+                        entry.state = EntryState::recovered();
                         count += 1;
                         unfinished.insert(request_id.clone(), Arc::new(entry));
                     }
@@ -214,6 +222,14 @@ impl Inner {
     fn describe(&self) -> String {
         format!("redis {}", self.key("entries"))
     }
+
+    /// Hands an entry to the writer task.
+    fn send(self: &Arc<Self>, entry: &Arc<JournalEntry>) -> io::Result<()> {
+        self.ensure_started()?;
+        self.ops
+            .send(Op::Append(entry.clone()))
+            .map_err(|_| io::Error::other("the redis charge journal's writer is gone"))
+    }
 }
 
 /// The group commit loop: everything queued while a write was in flight goes in the
@@ -226,16 +242,31 @@ async fn write_batches(inner: Weak<Inner>, mut rx: mpsc::UnboundedReceiver<Op>) 
             return;
         };
         batch.splice(0..0, unsent_finishes.drain(..));
+        // Taken now: an entry whose charge is final already is not written, and its
+        // `finish` sent no `HDEL` (it saw the entry untaken) and counted it elided.
+        batch.retain(|op| match op {
+            Op::Append(entry) => entry.state.take(),
+            Op::Finish(_) => true,
+        });
+        if batch.is_empty() {
+            continue;
+        }
         let result = strong.write(&batch).await;
         if let Err(reason) = &result {
             tracing::warn!(%reason, journal = %strong.describe(), "charge journal: redis write failed");
         }
+        if result.is_ok() {
+            // Counted before the callers are told: what they read next includes it.
+            let written = batch
+                .iter()
+                .filter(|op| matches!(op, Op::Append(_)))
+                .count();
+            strong.appended.fetch_add(written as u64, Ordering::Relaxed);
+        }
         drop(strong);
         for op in batch.drain(..) {
             match op {
-                Op::Append(_, done) => {
-                    let _ = done.send(result.clone());
-                }
+                Op::Append(entry) => entry.state.written(result.is_ok()),
                 // Sent again with the next write: a lost mark would leave a token in
                 // Redis for as long as this replica lives.
                 Op::Finish(id) if result.is_err() => unsent_finishes.push(Op::Finish(id)),
@@ -269,33 +300,50 @@ async fn renew_lease(inner: Weak<Inner>) {
 impl JournalStore for RedisJournal {
     fn append(&self, entry: Arc<JournalEntry>) -> BoxFuture<'static, io::Result<()>> {
         let inner = self.inner.clone();
-        Box::pin(async move {
-            inner.ensure_started()?;
-            let (done, written) = oneshot::channel();
-            inner
-                .unfinished()
-                .insert(entry.request_id.clone(), entry.clone());
-            inner
-                .ops
-                .send(Op::Append(entry, done))
-                .map_err(|_| io::Error::other("the redis charge journal's writer is gone"))?;
-            match written.await {
-                Ok(Ok(())) => {
-                    inner.appended.fetch_add(1, Ordering::Relaxed);
-                    Ok(())
+        let mut asked = false;
+        Box::pin(std::future::poll_fn(move |cx| {
+            let released = entry.state.poll_released(cx);
+            // Sent to the writer only once the response has to wait for it.
+            if released.is_pending() && !asked {
+                asked = true;
+                if entry.state.queue() {
+                    if let Err(error) = inner.send(&entry) {
+                        entry.state.written(false);
+                        tracing::error!(%error, journal = %inner.describe(), "charge journal: entry not written");
+                        return entry.state.poll_released(cx);
+                    }
                 }
-                Ok(Err(reason)) => Err(io::Error::other(reason)),
-                Err(_) => Err(io::Error::other(
-                    "the redis charge journal's writer is gone",
-                )),
             }
-        })
+            released
+        }))
     }
 
-    fn finish(&self, request_id: &str) {
-        if self.inner.unfinished().remove(request_id).is_some() {
+    fn finish(&self, entry: &Arc<JournalEntry>) {
+        let (taken, listed) = entry.state.finish();
+        if listed {
+            self.inner.unfinished().remove(&entry.request_id);
+        }
+        if taken {
             // Not durable, by the trait's contract: a lost `HDEL` costs one replay.
-            let _ = self.inner.ops.send(Op::Finish(request_id.to_owned()));
+            let _ = self.inner.ops.send(Op::Finish(entry.request_id.clone()));
+        } else {
+            // Never sent, or sent and skipped when its batch is taken.
+            self.inner.elided.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn keep(&self, entry: &Arc<JournalEntry>) {
+        if entry.state.list() && !entry.state.is_finished() {
+            self.inner
+                .unfinished()
+                .insert(entry.request_id.clone(), entry.clone());
+        }
+        // In Redis for the survivors and the next start-up, whether or not a response
+        // waits for it.
+        if entry.state.queue() {
+            if let Err(error) = self.inner.send(entry) {
+                tracing::error!(%error, journal = %self.inner.describe(), "charge journal: a charge without a final outcome is not written");
+            }
         }
     }
 
@@ -315,6 +363,7 @@ impl JournalStore for RedisJournal {
         JournalStats {
             appended: self.inner.appended.load(Ordering::Relaxed),
             fsyncs: self.inner.writes.load(Ordering::Relaxed),
+            elided: self.inner.elided.load(Ordering::Relaxed),
             unfinished: self.inner.unfinished().len() as u64,
             ..JournalStats::default()
         }

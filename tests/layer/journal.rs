@@ -56,6 +56,87 @@ async fn a_background_charge_is_durable_before_its_response_and_done_once_settle
 }
 
 #[tokio::test]
+async fn a_background_charge_final_at_once_releases_its_response_with_nothing_written() {
+    let dir = TempDir::new("journal-bg-instant");
+    // An instant backend: the charge is sent from the request's task and ends final
+    // before the response asks for its entry.
+    let backend = MockBackend::new(100);
+    let layer = builder(backend.clone())
+        .charge_journal(dir.join("charges.journal"))
+        .charge_timing(ChargeTiming::Background)
+        .build()
+        .unwrap();
+    let inner = Inner::ok();
+    for n in 1..=3 {
+        let response = layer
+            .layer(inner.service())
+            .oneshot(x402_request(valid_x402()))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        // Charged once, before the response went (its outcome was final then).
+        assert_eq!(backend.charged_ids(), n);
+    }
+    let stats = layer.journal_stats().unwrap();
+    assert_eq!(
+        (stats.appended, stats.elided, stats.fsyncs, stats.unfinished),
+        (0, 3, 0, 0),
+        "never queued, never written, no fsync: {stats:?}"
+    );
+    assert_eq!(inner.calls(), 3);
+    drop(layer);
+    // Nothing about them in the file: the next process owes nothing.
+    let bytes = std::fs::read(dir.join("charges.journal")).unwrap();
+    assert!(bytes.len() <= 16, "only the header: {} bytes", bytes.len());
+    let next = builder(backend.clone())
+        .charge_journal(dir.join("charges.journal"))
+        .build()
+        .unwrap();
+    assert_eq!(next.journal_stats().unwrap().unfinished, 0);
+    assert_eq!(backend.charged_ids(), 3);
+}
+
+#[tokio::test]
+async fn a_background_charge_that_fails_to_reach_the_backend_is_kept_for_replay_and_on_disk() {
+    let dir = TempDir::new("journal-bg-unfinished");
+    let path = dir.join("charges.journal");
+    // Unreachable for the whole retry window: the charge ends without a final outcome.
+    let down = MockBackend::with(100, |m| {
+        m.charge_failures =
+            std::sync::Mutex::new((0..6).map(|_| (connect_refused(), false)).collect());
+    });
+    let (hook, mut outcomes) = outcomes();
+    let layer = builder(down.clone())
+        .charge_journal(&path)
+        .charge_timing(ChargeTiming::Background)
+        .journal_replay_interval(Duration::from_secs(3600))
+        .on_settle(hook)
+        .build()
+        .unwrap();
+    let response = layer
+        .layer(Inner::ok().service())
+        .oneshot(x402_request(valid_x402()))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    // The response went once the entry was durable; the charge ends later, unfinished.
+    assert_ne!(outcomes.recv().await.unwrap().status, SettleStatus::Settled);
+    let stats = layer.journal_stats().unwrap();
+    assert_eq!(
+        (stats.appended, stats.unfinished),
+        (1, 1),
+        "durable before its response, listed once its charge ended unfinished: {stats:?}"
+    );
+    drop(layer);
+    let next = builder(down.clone())
+        .charge_journal(&path)
+        .journal_replay_interval(Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    assert_eq!(next.journal_stats().unwrap().unfinished, 1);
+}
+
+#[tokio::test]
 async fn before_response_sends_the_charge_at_once_and_releases_a_final_one_without_the_disk() {
     let dir = TempDir::new("journal-before");
     let hold = tokio::sync::Notify::new();

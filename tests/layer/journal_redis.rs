@@ -313,7 +313,10 @@ async fn a_file_and_a_redis_journal_together_fail_build() {
 #[tokio::test]
 async fn without_redis_a_charge_is_made_before_its_response() {
     let mut redis = RedisServer::start();
-    let backend = MockBackend::new(100);
+    // Held at the backend: the charge is not final when the response asks for its
+    // entry, so the journal is needed (an instant charge would not need it).
+    let hold = tokio::sync::Notify::new();
+    let backend = MockBackend::with(100, |m| m.charge_hold = Some(hold));
     let store = RedisStore::builder(redis.url())
         .prefix(PREFIX)
         .timeout(Duration::from_millis(200))
@@ -327,14 +330,54 @@ async fn without_redis_a_charge_is_made_before_its_response() {
         .build()
         .unwrap();
     redis.stop();
-    let response = layer
-        .layer(Inner::ok().service())
-        .oneshot(x402_request(valid_x402()))
-        .await
-        .unwrap();
+    let served = tokio::spawn(
+        layer
+            .layer(Inner::ok().service())
+            .oneshot(x402_request(valid_x402())),
+    );
+    backend.charge_entered.notified().await;
+    assert!(
+        !served.is_finished(),
+        "neither durable nor final: no response"
+    );
+    backend.charge_hold.as_ref().unwrap().notify_one();
+    let response = served.await.unwrap().unwrap();
     assert_eq!(response.status(), 200);
     // Not journaled, so not left to the background: charged before the response.
     assert_eq!(backend.charged_ids(), 1);
     let stats = layer.journal_stats().unwrap();
     assert_eq!((stats.appended, stats.unfinished), (0, 0), "{stats:?}");
+}
+
+#[tokio::test]
+async fn a_charge_final_before_its_batch_is_never_written_to_redis() {
+    let redis = RedisServer::start();
+    let backend = MockBackend::new(100);
+    let layer = builder(backend.clone())
+        .charge_journal_in(store(&redis.url(), SHORT_TTL).await)
+        .journal_replay_interval(NO_PERIODIC_PASS)
+        .charge_timing(ChargeTiming::Background)
+        .build()
+        .unwrap();
+    let inner = Inner::ok();
+    for n in 1..=3 {
+        let response = layer
+            .layer(inner.service())
+            .oneshot(x402_request(valid_x402()))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(
+            backend.charged_ids(),
+            n,
+            "charged once, before its response"
+        );
+    }
+    let stats = layer.journal_stats().unwrap();
+    assert_eq!(
+        (stats.appended, stats.elided, stats.fsyncs, stats.unfinished),
+        (0, 3, 0, 0),
+        "no entry and no pipeline reached Redis: {stats:?}"
+    );
+    assert_eq!(inner.calls(), 3);
 }

@@ -1,8 +1,11 @@
 //! [`FileJournal`]: the charge journal of one machine, an append-only file of
 //! checksummed records written by one thread that group-commits.
 //!
-//! A request only queues its entry (an `Arc` of it, and a small [`Slot`] it waits on):
-//! encoding, hashing and writing happen on the writer thread, which takes everything
+//! A request queues its entry (an `Arc` of it, whose [`EntryState`] it waits on) only
+//! when its response has to wait for it ([`Released`] pending for the first time) or
+//! its charge ends without a final outcome (`keep`): an entry whose charge is final
+//! before its response asks costs no lock, no queue and no thread. Encoding, hashing
+//! and writing happen on the writer thread, which takes everything
 //! queued, encodes it into one buffer, writes it with one `write` and makes it durable
 //! with one `fdatasync`; callers wait for that batch only. An entry whose charge became
 //! final before the writer took it is skipped (nothing about it is written, not even a
@@ -14,7 +17,8 @@
 //! cost of a first version with a channel per operation, and an entry whose charge is
 //! final before its response asks (the common case) then costs no wake-up at all.
 //! While awake (writing, or yielding twice before it sleeps) it takes whatever is
-//! queued, and asleep it flushes what is queued every [`FLUSH_MARKS_AFTER`]. `Done` marks never wake it and never wait:
+//! queued, and asleep it flushes what is queued every [`FLUSH_MARKS_AFTER`]. It never
+//! waits for more entries once it has one ([`Shared::next_batch`] says why). `Done` marks never wake it and never wait:
 //! they ride in the next batch (or a flush within a second), and a mark lost in a
 //! crash costs one replay, which the backend answers idempotently.
 //!
@@ -31,16 +35,15 @@ use std::hash::{Hash, Hasher};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use futures_util::task::AtomicWaker;
 
 use super::record::{format_of, header, put_done, put_open, put_route, scan, Format, Record};
-use super::{JournalEntry, JournalStats, JournalStore};
+use super::{EntryState, JournalEntry, JournalStats, JournalStore};
 use crate::types::PaymentRequired;
 
 /// Finished records tolerated before a rewrite (and at least 4 per live one).
@@ -56,74 +59,18 @@ const YIELDS_BEFORE_SLEEP: usize = 2;
 const WAKE_AT_QUEUED: usize = 256;
 
 enum Op {
-    Open(Arc<JournalEntry>, Arc<Slot>),
+    /// An entry of a charge in flight; skipped if its charge is final when taken.
+    Open(Arc<JournalEntry>),
     /// The entry's charge is final and its `Open` record was (being) written.
     Done(Arc<JournalEntry>),
-}
-
-/// Where one entry stands, shared by the request that waits, the writer and `finish`.
-/// Bits rather than one state: "taken by the writer" and "final" are set by two
-/// threads in either order, and one `fetch_or` tells each what the other did.
-struct Slot {
-    state: AtomicU8,
-    waker: AtomicWaker,
-}
-
-/// The writer took the entry: its `Open` record is (or will be) in the file.
-const TAKEN: u8 = 1;
-const DURABLE: u8 = 2;
-/// The charge is final: the entry no longer needs to be durable.
-const FINISHED: u8 = 4;
-const FAILED: u8 = 8;
-
-impl Slot {
-    fn new(state: u8) -> Arc<Self> {
-        Arc::new(Slot {
-            state: AtomicU8::new(state),
-            waker: AtomicWaker::new(),
-        })
-    }
-
-    /// The writer takes the entry; false when its charge was final first (then
-    /// nothing about it is written: no response waited on it being on disk).
-    fn take(&self) -> bool {
-        self.state.fetch_or(TAKEN, Ordering::AcqRel) & FINISHED == 0
-    }
-
-    /// The charge is final. True when the writer had taken the entry, so a `Done`
-    /// mark must follow it into the file.
-    fn finish(&self) -> bool {
-        let before = self.state.fetch_or(FINISHED, Ordering::AcqRel);
-        self.waker.wake();
-        before & TAKEN != 0
-    }
-
-    fn written(&self, ok: bool) {
-        self.state
-            .fetch_or(if ok { DURABLE } else { FAILED }, Ordering::AcqRel);
-        self.waker.wake();
-    }
-
-    fn outcome(&self) -> Option<io::Result<()>> {
-        let state = self.state.load(Ordering::Acquire);
-        if state & (DURABLE | FINISHED) != 0 {
-            Some(Ok(()))
-        } else if state & FAILED != 0 {
-            Some(Err(io::Error::other(
-                "the charge journal could not write the entry",
-            )))
-        } else {
-            None
-        }
-    }
 }
 
 /// Resolves once the entry is durable or its charge final. The first time it has to
 /// wait, it wakes the writer: an entry nobody waits for (its charge is still running)
 /// does not cost a thread wake-up, and is usually final, so never written, by the
-/// time its response asks.
+/// time its response asks; one final by then costs no waker either.
 struct Released {
-    slot: Arc<Slot>,
+    entry: Arc<JournalEntry>,
     shared: Arc<Shared>,
     asked: bool,
 }
@@ -132,19 +79,22 @@ impl Future for Released {
     type Output = io::Result<()>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        if let Some(done) = self.slot.outcome() {
-            return Poll::Ready(done);
-        }
-        self.slot.waker.register(cx.waker());
-        // Again after registering: a wake in between would otherwise be lost.
-        if let Some(done) = self.slot.outcome() {
-            return Poll::Ready(done);
-        }
-        if !self.asked {
+        let released = self.entry.state.poll_released(cx);
+        if released.is_pending() && !self.asked {
             self.asked = true;
-            self.shared.wanted();
+            if !self.entry.state.queue() {
+                // Queued already (its charge ended unfinished): the writer is needed now.
+                self.shared.wanted();
+            } else if self
+                .shared
+                .push(Op::Open(self.entry.clone()), true)
+                .is_err()
+            {
+                self.entry.state.written(false);
+                return self.entry.state.poll_released(cx);
+            }
         }
-        Poll::Pending
+        released
     }
 }
 
@@ -185,9 +135,9 @@ impl Shared {
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queues `op`; wakes a sleeping writer only when [`WAKE_AT_QUEUED`] operations
-    /// wait (a waiting response wakes it too: [`Self::wanted`]).
-    fn push(&self, op: Op) -> Result<(), Op> {
+    /// Queues `op`; wakes a sleeping writer when a response waits for it (`wanted`),
+    /// or when [`WAKE_AT_QUEUED`] operations wait.
+    fn push(&self, op: Op, wanted: bool) -> Result<(), Op> {
         let is_open = matches!(op, Op::Open(..));
         let mut queue = self.lock();
         if queue.closed {
@@ -195,7 +145,7 @@ impl Shared {
         }
         queue.ops.push(op);
         queue.opens += usize::from(is_open);
-        let wake = queue.idle && queue.ops.len() >= WAKE_AT_QUEUED;
+        let wake = queue.idle && (wanted || queue.ops.len() >= WAKE_AT_QUEUED);
         if wake {
             queue.idle = false;
         }
@@ -220,6 +170,12 @@ impl Shared {
     /// The next batch, once there is an entry to write and the writer is awake (it
     /// sleeps until a response waits for an entry, or for [`FLUSH_MARKS_AFTER`]);
     /// `None` once closed and empty.
+    ///
+    /// It does not wait for more entries once there is one: the requests a batch
+    /// releases come back with new entries while the next fsync runs, so under load
+    /// the waiters form groups that overlap the disk with the CPU. (Waiting for them
+    /// to gather into one batch was measured slower on this crate's load bench with
+    /// the journal on a disk: BENCHMARKS.md, 2026-12-01, the `Background` goal.)
     fn next_batch(&self) -> Option<Vec<Op>> {
         let mut yields = 0;
         let mut queue = self.lock();
@@ -276,19 +232,14 @@ struct Counters {
     elided: AtomicU64,
 }
 
-/// An entry not final yet, and where it stands.
-struct Live {
-    entry: Arc<JournalEntry>,
-    slot: Arc<Slot>,
-}
-
 /// The local file journal (see the module docs).
 pub(crate) struct FileJournal {
     /// The writer's queue.
     shared: Arc<Shared>,
     writer: Option<std::thread::JoinHandle<()>>,
-    /// Unfinished entries, for replay.
-    live: Mutex<crate::hashing::HashMap<String, Live>>,
+    /// Listed entries (recovered, or kept after their charge ended without a final
+    /// outcome), for replay; an entry of a charge in flight is in no table.
+    live: Mutex<crate::hashing::HashMap<String, Arc<JournalEntry>>>,
     counters: Arc<Counters>,
     path: PathBuf,
 }
@@ -360,7 +311,8 @@ impl FileJournal {
         let mut entries: HashMap<String, Arc<JournalEntry>> = HashMap::new();
         for record in found.records {
             match record {
-                Record::Open(entry) => {
+                Record::Open(mut entry) => {
+                    entry.state = EntryState::recovered();
                     entries.insert(entry.request_id.clone(), Arc::new(entry));
                 }
                 Record::Done(id) => {
@@ -369,6 +321,9 @@ impl FileJournal {
             }
         }
         let mut routes = Routes::default();
+        // `Written` hashes and compares the request id only, which never changes (the
+        // entry's state, beside it, does).
+        #[allow(clippy::mutable_key_type)]
         let mut written = HashSet::new();
         for entry in entries.values() {
             let route = routes.id_of(&entry.payment_required, &mut Vec::new(), &mut Vec::new());
@@ -379,13 +334,7 @@ impl FileJournal {
             tracing::info!(path = %path.display(), unfinished = entries.len(),
                 "charge journal: unfinished charges found; they will be replayed");
         }
-        let live = entries
-            .into_iter()
-            .map(|(id, entry)| {
-                let slot = Slot::new(TAKEN | DURABLE);
-                (id, Live { entry, slot })
-            })
-            .collect();
+        let live = entries.into_iter().collect();
         let counters = Arc::new(Counters::default());
         let shared = Arc::new(Shared::default());
         let queue = shared.clone();
@@ -412,7 +361,7 @@ impl FileJournal {
         })
     }
 
-    fn live(&self) -> MutexGuard<'_, crate::hashing::HashMap<String, Live>> {
+    fn live(&self) -> MutexGuard<'_, crate::hashing::HashMap<String, Arc<JournalEntry>>> {
         // A map updated in single statements: consistent even after a panic.
         self.live.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -433,36 +382,40 @@ impl JournalStore for FileJournal {
     /// Encoding, hashing and writing happen on the writer thread, and only for entries
     /// whose charge is not final by the time their batch is taken.
     fn append(&self, entry: Arc<JournalEntry>) -> BoxFuture<'static, io::Result<()>> {
-        let slot = Slot::new(0);
-        self.live().insert(
-            entry.request_id.clone(),
-            Live {
-                entry: entry.clone(),
-                slot: slot.clone(),
-            },
-        );
-        if self.shared.push(Op::Open(entry, slot.clone())).is_err() {
-            slot.written(false);
-        }
         Box::pin(Released {
-            slot,
+            entry,
             shared: self.shared.clone(),
             asked: false,
         })
     }
 
-    fn finish(&self, request_id: &str) {
-        let Some(live) = self.live().remove(request_id) else {
-            return;
-        };
-        if live.slot.finish() {
+    fn finish(&self, entry: &Arc<JournalEntry>) {
+        let (taken, listed) = entry.state.finish();
+        if listed {
+            self.live().remove(&entry.request_id);
+        }
+        if taken {
             // Never wakes the writer: it rides with the next batch (module docs).
-            let _ = self.shared.push(Op::Done(live.entry));
+            let _ = self.shared.push(Op::Done(entry.clone()), false);
+        } else {
+            // Never queued, or queued and skipped when its batch is taken.
+            self.counters.elided.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn keep(&self, entry: &Arc<JournalEntry>) {
+        if entry.state.list() && !entry.state.is_finished() {
+            self.live().insert(entry.request_id.clone(), entry.clone());
+        }
+        // On disk for the next start-up, whether or not a response waits for it.
+        if entry.state.queue() && self.shared.push(Op::Open(entry.clone()), false).is_err() {
+            tracing::error!(path = %self.path.display(),
+                "charge journal: closed; a charge without a final outcome is not written");
         }
     }
 
     fn unfinished(&self) -> Vec<Arc<JournalEntry>> {
-        self.live().values().map(|l| l.entry.clone()).collect()
+        self.live().values().cloned().collect()
     }
 
     fn stats(&self) -> JournalStats {
@@ -599,9 +552,9 @@ impl Writer {
             added.clear();
             for op in batch {
                 match op {
-                    Op::Open(entry, slot) => {
-                        if !slot.take() {
-                            self.counters.elided.fetch_add(1, Ordering::Relaxed);
+                    Op::Open(entry) => {
+                        if !entry.state.take() {
+                            // Final first: counted as elided by `finish`.
                             continue;
                         }
                         let route =
@@ -609,7 +562,7 @@ impl Writer {
                                 .id_of(&entry.payment_required, &mut buf, &mut added);
                         put_open(&mut buf, route, &entry);
                         self.written.insert(Written(route, entry.clone()));
-                        waiting.push((entry, slot));
+                        waiting.push(entry);
                     }
                     Op::Done(entry) => {
                         put_done(&mut buf, &entry.request_id);
@@ -625,7 +578,7 @@ impl Writer {
             if let Err(e) = &result {
                 tracing::error!(path = %self.path.display(), error = %e,
                     "charge journal: write failed; these charges are not durable (they are charged before their responses instead)");
-                for (entry, _) in &waiting {
+                for entry in &waiting {
                     self.written.remove(entry.request_id.as_str());
                 }
                 self.routes.forget(&added);
@@ -636,8 +589,8 @@ impl Writer {
                     .appended
                     .fetch_add(waiting.len() as u64, Ordering::Relaxed);
             }
-            for (_, slot) in waiting.drain(..) {
-                slot.written(result.is_ok());
+            for entry in waiting.drain(..) {
+                entry.state.written(result.is_ok());
             }
             if self.dead >= COMPACT_AFTER && self.dead >= 4 * self.written.len() as u64 {
                 self.compact();
@@ -719,6 +672,8 @@ fn read_existing(path: &Path) -> io::Result<Vec<u8>> {
 /// reference, beside `path`, makes it durable, and renames it over `path` (atomic: a
 /// crash leaves the old file or the new one). `routes` keeps only the routes written.
 /// Returns the new file opened for appending, and its length.
+// `Written` hashes and compares the request id only, which never changes.
+#[allow(clippy::mutable_key_type)]
 fn rewrite(
     path: &Path,
     routes: &mut Routes,
@@ -847,10 +802,11 @@ mod tests {
     async fn entries_survive_a_reopen_until_they_are_finished() {
         let dir = TempDir::new("reopen");
         let journal = FileJournal::open(&dir.file()).unwrap();
-        for id in ["a", "b", "c"] {
-            journal.append(Arc::new(test_entry(id))).await.unwrap();
+        let entries = ["a", "b", "c"].map(|id| Arc::new(test_entry(id)));
+        for entry in &entries {
+            journal.append(entry.clone()).await.unwrap();
         }
-        journal.finish("b");
+        journal.finish(&entries[1]);
         drop(journal);
         let journal = FileJournal::open(&dir.file()).unwrap();
         assert_eq!(ids(&journal), set(&["a", "c"]));
@@ -989,19 +945,23 @@ mod tests {
     async fn finished_entries_are_compacted_away() {
         let dir = TempDir::new("compact");
         let journal = FileJournal::open(&dir.file()).unwrap();
-        let ids_: Vec<String> = (0..COMPACT_AFTER).map(|i| format!("r{i}")).collect();
-        let writes = ids_
-            .iter()
-            .map(|id| journal.append(Arc::new(test_entry(id))));
+        let entries: Vec<_> = (0..COMPACT_AFTER)
+            .map(|i| Arc::new(test_entry(&format!("r{i}"))))
+            .collect();
+        let writes = entries.iter().map(|entry| journal.append(entry.clone()));
         for w in futures_util::future::join_all(writes).await {
             w.unwrap();
         }
-        for id in &ids_ {
-            journal.finish(id);
+        for entry in &entries {
+            journal.finish(entry);
         }
         // The marks ride with the next durable batch: one more append flushes them.
-        journal.append(Arc::new(test_entry("last"))).await.unwrap();
-        journal.append(Arc::new(test_entry("after"))).await.unwrap();
+        let (last, after) = (Arc::new(test_entry("last")), Arc::new(test_entry("after")));
+        journal.append(last.clone()).await.unwrap();
+        journal.append(after.clone()).await.unwrap();
+        // Their charges end without a final outcome: listed for replay passes.
+        journal.keep(&last);
+        journal.keep(&after);
         assert!(journal.stats().compactions >= 1, "{:?}", journal.stats());
         let scan = scan(&std::fs::read(dir.file()).unwrap());
         assert!(
@@ -1037,10 +997,13 @@ mod tests {
         journal.append(kept.clone()).await.unwrap();
         // Many entries on a second route, sharing its `paymentRequired` as requests do.
         let mut writes = Vec::new();
+        let mut gone_all = Vec::new();
         for i in 0..COMPACT_AFTER {
             let mut e = JournalEntry::clone(&gone);
             e.request_id = format!("gone-{i}");
-            writes.push(journal.append(Arc::new(e)));
+            let e = Arc::new(e);
+            gone_all.push(e.clone());
+            writes.push(journal.append(e));
         }
         for w in futures_util::future::join_all(writes).await {
             w.unwrap();
@@ -1052,8 +1015,8 @@ mod tests {
             1,
             "one route record for all its entries"
         );
-        for i in 0..COMPACT_AFTER {
-            journal.finish(&format!("gone-{i}"));
+        for e in &gone_all {
+            journal.finish(e);
         }
         // The marks ride with the next batch, which then compacts.
         journal
@@ -1099,11 +1062,13 @@ mod tests {
         let dir = TempDir::new("elide");
         let journal = FileJournal::open(&dir.file()).unwrap();
         journal.shared.hold(true);
-        let mut quick = journal.append(Arc::new(test_entry("quick")));
-        let mut slow = journal.append(Arc::new(test_entry("slow")));
+        let (quick_entry, slow_entry) =
+            (Arc::new(test_entry("quick")), Arc::new(test_entry("slow")));
+        let mut quick = journal.append(quick_entry.clone());
+        let mut slow = journal.append(slow_entry.clone());
         assert!(futures_util::FutureExt::now_or_never(&mut quick).is_none());
         // Its charge is final: the response it holds back may go, nothing is written.
-        journal.finish("quick");
+        journal.finish(&quick_entry);
         assert!(futures_util::FutureExt::now_or_never(&mut quick)
             .unwrap()
             .is_ok());
@@ -1113,6 +1078,9 @@ mod tests {
         );
         journal.shared.hold(false);
         slow.await.unwrap();
+        // Its charge ends without a final outcome: listed for replay passes.
+        assert!(journal.unfinished().is_empty(), "in flight: in no table");
+        journal.keep(&slow_entry);
         let stats = journal.stats();
         assert_eq!(
             (stats.appended, stats.elided, stats.unfinished),
@@ -1130,8 +1098,9 @@ mod tests {
     async fn a_charge_final_while_its_entry_is_written_releases_at_once_and_is_marked_done() {
         let dir = TempDir::new("late-finish");
         let journal = FileJournal::open(&dir.file()).unwrap();
-        journal.append(Arc::new(test_entry("a"))).await.unwrap();
-        journal.finish("a");
+        let a = Arc::new(test_entry("a"));
+        journal.append(a.clone()).await.unwrap();
+        journal.finish(&a);
         journal.append(Arc::new(test_entry("b"))).await.unwrap();
         drop(journal);
         let kinds: Vec<String> = scan(&std::fs::read(dir.file()).unwrap())
@@ -1147,6 +1116,52 @@ mod tests {
         assert_eq!(ids(&journal), set(&["b"]));
     }
 
+    #[tokio::test]
+    async fn an_entry_final_before_its_response_asks_is_never_queued() {
+        let dir = TempDir::new("never-queued");
+        let journal = FileJournal::open(&dir.file()).unwrap();
+        let entry = Arc::new(test_entry("instant"));
+        let mut released = journal.append(entry.clone());
+        journal.finish(&entry);
+        // Released at the first poll, without a waker, a queue or the writer.
+        assert!(futures_util::FutureExt::now_or_never(&mut released)
+            .unwrap()
+            .is_ok());
+        assert!(journal.shared.lock().ops.is_empty(), "nothing queued");
+        let stats = journal.stats();
+        assert_eq!(
+            (stats.appended, stats.elided, stats.fsyncs),
+            (0, 1, 0),
+            "{stats:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn only_entries_whose_charge_ended_unfinished_are_listed_and_finish_unlists_them() {
+        let dir = TempDir::new("listed");
+        let journal = FileJournal::open(&dir.file()).unwrap();
+        let (flying, ended) = (
+            Arc::new(test_entry("flying")),
+            Arc::new(test_entry("ended")),
+        );
+        journal.append(flying.clone()).await.unwrap();
+        journal.append(ended.clone()).await.unwrap();
+        // In flight: held by its ticket only, never offered to a replay.
+        assert!(ids(&journal).is_empty());
+        journal.keep(&ended);
+        assert_eq!(ids(&journal), set(&["ended"]));
+        // A replay pass charges it: the entry it holds is the one unlisted.
+        let listed = journal.unfinished().pop().unwrap();
+        journal.finish(&listed);
+        assert!(ids(&journal).is_empty());
+        assert_eq!(journal.stats().unfinished, 0);
+        journal.finish(&flying);
+        drop(journal);
+        // Both marked done in the file: nothing to replay at the next start-up.
+        let journal = FileJournal::open(&dir.file()).unwrap();
+        assert!(ids(&journal).is_empty());
+    }
+
     #[test]
     fn a_version_1_json_journal_is_read_and_rewritten_in_the_current_format() {
         use crate::settle::journal::record::tests::json_journal;
@@ -1160,7 +1175,7 @@ mod tests {
         let journal = FileJournal::open(&dir.file()).unwrap();
         assert_eq!(ids(&journal), set(&["b"]));
         let entry = journal.unfinished().pop().unwrap();
-        assert_eq!(entry.token, "secret-token-of-b");
+        assert_eq!(entry.token.as_str(), "secret-token-of-b");
         assert_eq!(url_of(&entry), "/ask");
         drop(journal);
         let bytes = std::fs::read(dir.file()).unwrap();

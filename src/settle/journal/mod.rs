@@ -7,16 +7,17 @@
 //!
 //! Enabled with `PaymentLayerBuilder::charge_journal(path)` (or `charge_journal_in`,
 //! in Redis). The rule, for every timing: **a response is released only once its
-//! charge is durable or final**, whichever comes first. The entry is handed to the
-//! journal when the handler has succeeded, and the charge is sent without waiting for
-//! the store; the file's writer writes it as soon as a response waits for it (or with
-//! the batch it is writing anyway), the Redis store writes every entry and resolves
-//! once it is written:
+//! charge is durable or final**, whichever comes first. The entry is made when the
+//! handler has succeeded (one allocation: it shares the caller's token), and the
+//! charge is sent without waiting for the store; the entry reaches the store's writer
+//! (the file's thread, the Redis writer task) only when its response has to wait for
+//! it, or when its charge ends without a final outcome, and either writer skips an
+//! entry whose charge is final by the time it takes its batch:
 //!
 //! | timing | the charge is sent | the response is released |
 //! |---|---|---|
 //! | `BeforeResponse` | at once, with no entry | when the charge is final; when it is not (outcome unknown, backend unreachable, after its retries), the entry is made then and the response released once it is durable |
-//! | `Background` | at once, while the entry is written | when the entry is durable or the charge final, whichever is first |
+//! | `Background` | at once, from the request's task (moved to its own task only if it waits for the backend), while the entry is written | when the entry is durable or the charge final, whichever is first: an instant backend makes it final before the response asks, and the entry never reaches the store |
 //! | `OnBodyEnd` | at the body's end | the head, once the entry is durable; a body the client drops before its end marks it done uncharged, a process killed mid-stream charges it at replay |
 //!
 //! Why a final charge need not reach the disk (and, under load, almost none does: the
@@ -42,9 +43,10 @@
 //! burned). A charge whose outcome is unknown, or that could not reach the backend
 //! within its retry window, stays in the journal and is replayed on the next pass
 //! (every `journal_replay_interval`, 30 s by default) and at the next start-up.
-//! A replay never runs beside a charge of the same request id in this process (the
-//! ids being charged are claimed in memory); across processes the backend's
-//! idempotency by `agentRequestId` makes a second charge answer the first.
+//! A replay never runs beside a charge of the same request id in this process: a
+//! charge in flight is in no table a replay reads (its ticket holds its entry until it
+//! ends), and the ids replays are sending are claimed in memory; across processes the
+//! backend's idempotency by `agentRequestId` makes a second charge answer the first.
 //!
 //! What an entry holds is what a settle or a redeem needs: the request id, the method,
 //! the route's `paymentRequired` (written once per file and referenced by a small id:
@@ -91,12 +93,14 @@ use std::collections::HashSet;
 use std::fmt;
 use std::io;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::future::BoxFuture;
-use serde::{Deserialize, Serialize};
+use futures_util::task::AtomicWaker;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pub(crate) use file::{FileJournal, OpenError};
 pub(crate) use replay::ReplayContext;
@@ -132,19 +136,42 @@ pub struct JournalStats {
 
 /// One journaled charge: everything a settle or a redeem needs, the access token
 /// included (a secret: see the module docs). `Debug` shows only its digest.
-#[derive(Clone, Serialize, Deserialize)]
+///
+/// One allocation per charge: the token is the caller's own (shared, not copied) and
+/// where the entry stands ([`EntryState`], what its response waits on) lives inside.
+#[derive(Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct JournalEntry {
     pub(crate) request_id: String,
     pub(crate) method: ChargeMethod,
     /// Shared with the route (and, read back, with every entry of the same route).
     pub(crate) payment_required: Arc<PaymentRequired>,
-    pub(crate) token: String,
+    pub(crate) token: EntryToken,
     pub(crate) plan_id: PlanId,
     pub(crate) subscriber: Address,
     pub(crate) credits: Credits,
     /// Unix seconds when it was written, for operators reading a journal's age.
     pub(crate) written_at: u64,
+    /// In memory only: a new entry starts anew.
+    #[serde(skip)]
+    pub(crate) state: EntryState,
+}
+
+impl Clone for JournalEntry {
+    /// A new entry with the same contents (its state starts anew).
+    fn clone(&self) -> Self {
+        JournalEntry {
+            request_id: self.request_id.clone(),
+            method: self.method,
+            payment_required: self.payment_required.clone(),
+            token: self.token.clone(),
+            plan_id: self.plan_id.clone(),
+            subscriber: self.subscriber.clone(),
+            credits: self.credits,
+            written_at: self.written_at,
+            state: EntryState::default(),
+        }
+    }
 }
 
 impl fmt::Debug for JournalEntry {
@@ -152,7 +179,7 @@ impl fmt::Debug for JournalEntry {
         f.debug_struct("JournalEntry")
             .field("request_id", &self.request_id)
             .field("method", &self.method)
-            .field("token", &TokenDigest::of(self.token.as_bytes()))
+            .field("token", &TokenDigest::of(self.token.as_str().as_bytes()))
             .field("plan_id", &self.plan_id)
             .field("subscriber", &self.subscriber)
             .field("credits", &self.credits)
@@ -166,11 +193,149 @@ impl JournalEntry {
             request_id: charge.request_id.clone(),
             method: charge.method,
             payment_required: charge.payment_required.clone(),
-            token: charge.caller.credential.token().expose().to_owned(),
+            token: EntryToken::Caller(charge.caller.clone()),
             plan_id: charge.caller.plan_id.clone(),
             subscriber: charge.caller.subscriber.clone(),
             credits: charge.credits,
             written_at: unix_seconds(),
+            state: EntryState::default(),
+        }
+    }
+}
+
+/// The access token of a journaled charge: for a charge of this process, the caller's
+/// own (the verification already holds it in an `Arc`: sharing it saves copying a
+/// token of about a kilobyte per charge, most of which never reach the store); read
+/// back from a store, its own copy. Serialised as the plain string.
+#[derive(Clone)]
+pub(crate) enum EntryToken {
+    Caller(Arc<Caller>),
+    Stored(Box<str>),
+}
+
+impl EntryToken {
+    /// The secret itself, for the store and the replayed charge only.
+    pub(crate) fn as_str(&self) -> &str {
+        match self {
+            EntryToken::Caller(caller) => caller.credential.token().expose(),
+            EntryToken::Stored(token) => token,
+        }
+    }
+}
+
+impl From<String> for EntryToken {
+    fn from(token: String) -> Self {
+        EntryToken::Stored(token.into_boxed_str())
+    }
+}
+
+impl Serialize for EntryToken {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for EntryToken {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(EntryToken::from)
+    }
+}
+
+/// Where one entry stands, shared by the response that waits for it, the store's
+/// writer and the charge that ends it. Bits rather than one state: "taken by the
+/// writer" and "final" are set by two threads in either order, and one `fetch_or`
+/// tells each what the other did.
+#[derive(Default)]
+pub(crate) struct EntryState {
+    bits: AtomicU8,
+    waker: AtomicWaker,
+}
+
+/// The store's writer took the entry: it is (or will be) written.
+const TAKEN: u8 = 1;
+const DURABLE: u8 = 2;
+/// The charge is final: the entry no longer needs to be durable.
+const FINISHED: u8 = 4;
+const FAILED: u8 = 8;
+/// In the store's table of unfinished entries, which replay passes read: recovered at
+/// start-up, or its charge ended without a final outcome. An entry of a charge still
+/// in flight is in no table (nothing but its charge may end it).
+const LISTED: u8 = 16;
+/// Handed to the store's writer: only once a response waits for it, or its charge
+/// ended without a final outcome. An entry final before either is never queued.
+const QUEUED: u8 = 32;
+
+impl EntryState {
+    /// An entry recovered from the store: durable, listed.
+    pub(crate) fn recovered() -> Self {
+        EntryState {
+            bits: AtomicU8::new(TAKEN | DURABLE | LISTED | QUEUED),
+            waker: AtomicWaker::new(),
+        }
+    }
+
+    /// The writer takes the entry; false when its charge was final first (then
+    /// nothing about it is written: no response waited on it being stored).
+    pub(crate) fn take(&self) -> bool {
+        self.bits.fetch_or(TAKEN, Ordering::AcqRel) & FINISHED == 0
+    }
+
+    /// The charge is final. Answers what it was before: `(taken, listed)`; when taken,
+    /// a done mark must follow the entry into the store. Wakes the response only if it
+    /// registered a waker (it checks the state before it does).
+    pub(crate) fn finish(&self) -> (bool, bool) {
+        let before = self.bits.fetch_or(FINISHED, Ordering::AcqRel);
+        self.waker.wake();
+        (before & TAKEN != 0, before & LISTED != 0)
+    }
+
+    /// Marks it listed; false if it was already.
+    pub(crate) fn list(&self) -> bool {
+        self.bits.fetch_or(LISTED, Ordering::AcqRel) & LISTED == 0
+    }
+
+    /// Marks it queued for the writer; false if it was already (queue it only once).
+    pub(crate) fn queue(&self) -> bool {
+        self.bits.fetch_or(QUEUED, Ordering::AcqRel) & QUEUED == 0
+    }
+
+    pub(crate) fn is_finished(&self) -> bool {
+        self.bits.load(Ordering::Acquire) & FINISHED != 0
+    }
+
+    /// The writer is done with it.
+    pub(crate) fn written(&self, ok: bool) {
+        self.bits
+            .fetch_or(if ok { DURABLE } else { FAILED }, Ordering::AcqRel);
+        self.waker.wake();
+    }
+
+    /// Durable or final: its response may go.
+    fn outcome(&self) -> Option<io::Result<()>> {
+        let bits = self.bits.load(Ordering::Acquire);
+        if bits & (DURABLE | FINISHED) != 0 {
+            Some(Ok(()))
+        } else if bits & FAILED != 0 {
+            Some(Err(io::Error::other(
+                "the charge journal could not write the entry",
+            )))
+        } else {
+            None
+        }
+    }
+
+    /// Ready once durable or final. The state is checked before a waker is
+    /// registered: a charge already final costs no registration and no wake-up.
+    /// `Pending` only after the waker is registered and the state checked again.
+    pub(crate) fn poll_released(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if let Some(done) = self.outcome() {
+            return Poll::Ready(done);
+        }
+        self.waker.register(cx.waker());
+        // Again after registering: a wake in between would otherwise be lost.
+        match self.outcome() {
+            Some(done) => Poll::Ready(done),
+            None => Poll::Pending,
         }
     }
 }
@@ -183,17 +348,29 @@ fn unix_seconds() -> u64 {
 
 /// Where journal entries are kept: the local file, or Redis shared by replicas
 /// (`shared::journal::RedisJournal`, feature `redis`).
+///
+/// A store lists (in [`unfinished`](Self::unfinished)) only the entries a replay may
+/// send: those recovered from it and those [`kept`](Self::keep) after their charge
+/// ended without a final outcome. An entry whose charge is in flight is in no table:
+/// its ticket holds it, and `finish` or `keep` ends it, so a charge that ends final
+/// costs no lookup by request id.
 pub(crate) trait JournalStore: Send + Sync + 'static {
-    /// Records `entry`; the future resolves once it would survive a crash. A store may
-    /// also resolve it once [`finish`](Self::finish) was called for it, and then never
-    /// write it (a final charge needs no journal): the file store does, the Redis store
-    /// resolves when its write is done.
+    /// Records `entry` (of a charge in flight); the future resolves once it would
+    /// survive a crash, or once [`finish`](Self::finish) was called for it (a final
+    /// charge needs no journal): then, if the store's writer had not taken it yet,
+    /// nothing about it is ever written. The entry reaches the writer only when the
+    /// future first has to wait (or [`keep`](Self::keep) is called): until then it
+    /// costs the store nothing, no lock, no queue, no thread.
     fn append(&self, entry: Arc<JournalEntry>) -> BoxFuture<'static, io::Result<()>>;
     /// Marks a charge final, and resolves its `append` future if it is still waiting.
     /// Need not be durable: a lost mark costs one replay, which the backend answers
     /// idempotently.
-    fn finish(&self, request_id: &str);
-    /// Every entry not marked final.
+    fn finish(&self, entry: &Arc<JournalEntry>);
+    /// The charge of `entry` (appended) ended without a final outcome, or was
+    /// abandoned: it is listed for replay passes, and queued for the writer if no
+    /// response queued it.
+    fn keep(&self, entry: &Arc<JournalEntry>);
+    /// Every listed entry not marked final.
     fn unfinished(&self) -> Vec<Arc<JournalEntry>>;
     /// The entries a replay pass should send: by default [`unfinished`](Self::unfinished);
     /// a store shared by replicas first takes over those of replicas that died.
@@ -201,17 +378,21 @@ pub(crate) trait JournalStore: Send + Sync + 'static {
         let entries = self.unfinished();
         Box::pin(async move { Ok(entries) })
     }
-    /// Counters (`replayed` is counted by [`ChargeJournal`]).
+    /// Counters (`replayed` and the charges in flight are counted by [`ChargeJournal`]).
     fn stats(&self) -> JournalStats;
     /// Where it is, for logs (never an entry).
     fn describe(&self) -> String;
 }
 
-/// A layer's journal: the store, plus the request ids this process is charging now,
-/// so that a replay never runs beside the original charge of the same id.
+/// A layer's journal: the store, plus the request ids replay passes are charging now,
+/// so that two passes never send the same entry side by side. (A charge of this
+/// process is never replayed while in flight: its entry is in no store table until
+/// it ends without a final outcome.)
 pub(crate) struct ChargeJournal {
     store: Arc<dyn JournalStore>,
     claimed: Mutex<HashSet<String, crate::hashing::RandomState>>,
+    /// Entries of charges in flight (appended, not ended): in no store table.
+    in_flight: AtomicU64,
     replay_every: Duration,
     replayed: AtomicU64,
     replayer_started: AtomicBool,
@@ -229,6 +410,7 @@ impl ChargeJournal {
         Arc::new(ChargeJournal {
             store,
             claimed: Mutex::default(),
+            in_flight: AtomicU64::new(0),
             replay_every,
             replayed: AtomicU64::new(0),
             replayer_started: AtomicBool::new(false),
@@ -241,7 +423,7 @@ impl ChargeJournal {
         self.claimed.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Claims `request_id` for a charge in this process; false when one runs already.
+    /// Claims `request_id` for a replay; false when one runs already.
     fn claim(&self, request_id: &str) -> bool {
         self.claimed().insert(request_id.to_owned())
     }
@@ -250,10 +432,10 @@ impl ChargeJournal {
         self.claimed().remove(request_id);
     }
 
-    /// Hands `charge` to the journal. The ticket keeps its request id claimed until the
-    /// charge ends (or is dropped before it is due); the future resolves once the entry
-    /// is durable **or** the charge is final, whichever comes first: the moment its
-    /// response may be released (docs/guarantees.md). The charge may be sent before.
+    /// Hands `charge` to the journal. The ticket holds its entry until the charge ends
+    /// (or is dropped before it is due); the future resolves once the entry is durable
+    /// **or** the charge is final, whichever comes first: the moment its response may
+    /// be released (docs/guarantees.md). The charge may be sent before.
     pub(crate) fn record(
         self: &Arc<Self>,
         charge: &Charge,
@@ -269,19 +451,20 @@ impl ChargeJournal {
         outcome: &SettleOutcome,
         method: ChargeMethod,
         payment_required: Arc<PaymentRequired>,
-        caller: &Caller,
+        caller: &Arc<Caller>,
     ) -> BoxFuture<'static, io::Result<()>> {
         let (ticket, durable) = self.record_entry(JournalEntry {
             request_id: outcome.request_id.clone(),
             method,
             payment_required,
-            token: caller.credential.token().expose().to_owned(),
+            token: EntryToken::Caller(caller.clone()),
             plan_id: outcome.plan_id.clone(),
             subscriber: outcome.subscriber.clone(),
             credits: outcome.credits,
             written_at: unix_seconds(),
+            state: EntryState::default(),
         });
-        // Not final: it stays in the journal; the claim goes with the ticket.
+        // Not final: it stays in the journal, listed for replay passes.
         ticket.end(false);
         durable
     }
@@ -291,22 +474,22 @@ impl ChargeJournal {
         entry: JournalEntry,
     ) -> (JournalTicket, BoxFuture<'static, io::Result<()>>) {
         let entry = Arc::new(entry);
-        let request_id = entry.request_id.clone();
-        // Claimed before it is visible to a replay pass.
-        self.claim(&request_id);
-        let released = self.store.append(entry);
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        let released = self.store.append(entry.clone());
         let ticket = JournalTicket {
             journal: self.clone(),
-            request_id,
+            entry,
             state: TicketState::Due,
         };
         (ticket, released)
     }
 
     pub(crate) fn stats(&self) -> JournalStats {
+        let store = self.store.stats();
         JournalStats {
             replayed: self.replayed.load(Ordering::Relaxed),
-            ..self.store.stats()
+            unfinished: store.unfinished + self.in_flight.load(Ordering::Relaxed),
+            ..store
         }
     }
 }
@@ -321,10 +504,11 @@ enum TicketState {
 }
 
 /// A journaled charge of this process. Dropped while `Due` (the response body was
-/// dropped before its end: nothing is owed), its entry is marked done.
+/// dropped before its end: nothing is owed), its entry is marked done; dropped while
+/// being sent, it is kept for a replay.
 pub(crate) struct JournalTicket {
     journal: Arc<ChargeJournal>,
-    request_id: String,
+    entry: Arc<JournalEntry>,
     state: TicketState,
 }
 
@@ -337,20 +521,29 @@ impl JournalTicket {
     /// The charge ended; `is_final` when the backend answered it, otherwise the entry
     /// stays for a replay pass.
     pub(crate) fn end(mut self, is_final: bool) {
-        if is_final {
-            self.journal.store.finish(&self.request_id);
+        self.close(is_final);
+    }
+
+    fn close(&mut self, is_final: bool) {
+        if self.state == TicketState::Ended {
+            return;
         }
         self.state = TicketState::Ended;
+        if is_final {
+            self.journal.store.finish(&self.entry);
+        } else {
+            self.journal.store.keep(&self.entry);
+        }
+        self.journal.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 impl Drop for JournalTicket {
     fn drop(&mut self) {
-        if self.state == TicketState::Due {
-            self.journal.store.finish(&self.request_id);
-        }
-        // After `finish`: a replay pass must not see it unfinished and unclaimed.
-        self.journal.release(&self.request_id);
+        // Due: nothing was sent, nothing is owed. Sending: the runtime is going away
+        // mid-charge, the entry stays for the next start-up.
+        let is_final = self.state == TicketState::Due;
+        self.close(is_final);
     }
 }
 
@@ -367,12 +560,13 @@ pub(crate) fn test_entry(request_id: &str) -> JournalEntry {
         request_id: request_id.to_owned(),
         method: ChargeMethod::Settle,
         payment_required: Arc::new(payment_required),
-        token: format!("secret-token-of-{request_id}"),
+        token: format!("secret-token-of-{request_id}").into(),
         plan_id: "7".parse().unwrap(),
         subscriber: "0x1111111111111111111111111111111111111111"
             .parse()
             .unwrap(),
         credits: Credits::from(2u64),
         written_at: 0,
+        state: EntryState::default(),
     }
 }

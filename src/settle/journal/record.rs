@@ -36,7 +36,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use super::JournalEntry;
+use super::{EntryState, JournalEntry};
 use crate::settle::ChargeMethod;
 use crate::types::PaymentRequired;
 
@@ -130,7 +130,7 @@ pub(super) fn put_open(out: &mut Vec<u8>, route: u32, entry: &JournalEntry) {
         });
         p.extend_from_slice(&entry.written_at.to_le_bytes());
         put_str(p, &entry.request_id);
-        put_str(p, &entry.token);
+        put_str(p, entry.token.as_str());
         put_display(p, &entry.plan_id);
         put_display(p, &entry.subscriber);
         put_display(p, &entry.credits);
@@ -260,13 +260,14 @@ fn decode_binary(
             let written_at = r.u64()?;
             let entry = JournalEntry {
                 request_id: r.str()?.to_owned(),
-                token: r.str()?.to_owned(),
+                token: r.str()?.to_owned().into(),
                 plan_id: r.str()?.parse().ok()?,
                 subscriber: r.str()?.parse().ok()?,
                 credits: r.str()?.parse().ok()?,
                 method,
                 payment_required,
                 written_at,
+                state: EntryState::default(),
             };
             Some(Some(Record::Open(entry)))
         }
@@ -367,7 +368,7 @@ pub(super) mod tests {
             panic!()
         };
         let want = test_entry("b");
-        assert_eq!(b.token, want.token);
+        assert_eq!(b.token.as_str(), want.token.as_str());
         assert_eq!(b.plan_id, want.plan_id);
         assert_eq!(b.subscriber, want.subscriber);
         assert_eq!(b.credits, want.credits);

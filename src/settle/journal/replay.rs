@@ -6,7 +6,7 @@ use std::sync::{Arc, Weak};
 
 use futures_util::StreamExt;
 
-use super::{ChargeJournal, JournalEntry};
+use super::{ChargeJournal, EntryToken, JournalEntry};
 use crate::auth::{Caller, Validity};
 use crate::backend::PaymentBackend;
 use crate::credential::{decode_x402_token, Credential};
@@ -103,7 +103,7 @@ impl ChargeJournal {
         let charge = replayed_charge(&entry, context);
         let sent = charge.send(&context.pending.metrics).await;
         if !sent.retry_later {
-            self.store.finish(&entry.request_id);
+            self.store.finish(&entry);
         }
         self.release(&entry.request_id);
         self.replayed.fetch_add(1, Ordering::Relaxed);
@@ -151,27 +151,34 @@ async fn passes(journal: Weak<ChargeJournal>, context: Arc<ReplayContext>) {
 }
 
 fn replayed_charge(entry: &JournalEntry, context: &ReplayContext) -> Charge {
-    let token = AccessToken::from(entry.token.as_str());
-    let credential = match entry.method {
-        ChargeMethod::Settle => match decode_x402_token(&entry.token) {
-            Ok(payload) => Credential::X402 { token, payload },
-            // Settle sends the token as it is; the envelope is only for logs.
-            Err(_) => Credential::Bearer { token },
-        },
-        ChargeMethod::Redeem => Credential::Bearer { token },
+    let caller = match &entry.token {
+        // Kept by this process: the caller it was verified as.
+        EntryToken::Caller(caller) => caller.clone(),
+        EntryToken::Stored(stored) => {
+            let token = AccessToken::from(&**stored);
+            let credential = match entry.method {
+                ChargeMethod::Settle => match decode_x402_token(stored) {
+                    Ok(payload) => Credential::X402 { token, payload },
+                    // Settle sends the token as it is; the envelope is only for logs.
+                    Err(_) => Credential::Bearer { token },
+                },
+                ChargeMethod::Redeem => Credential::Bearer { token },
+            };
+            Arc::new(Caller {
+                subscriber: entry.subscriber.clone(),
+                plan_id: entry.plan_id.clone(),
+                agent_id: None,
+                token_digest: credential.digest(),
+                credential,
+                validity: Validity::never(),
+            })
+        }
     };
     Charge {
         backend: context.backend.clone(),
         method: entry.method,
         payment_required: entry.payment_required.clone(),
-        caller: Arc::new(Caller {
-            subscriber: entry.subscriber.clone(),
-            plan_id: entry.plan_id.clone(),
-            agent_id: None,
-            token_digest: credential.digest(),
-            credential,
-            validity: Validity::never(),
-        }),
+        caller,
         request_id: entry.request_id.clone(),
         credits: entry.credits,
         retry: context.retry,
