@@ -29,7 +29,9 @@ pub enum ChargeTiming {
     /// Charge when the response body has delivered its last frame (streams, SSE).
     /// A body dropped before its end (the client went away) is not charged.
     OnBodyEnd,
-    /// Charge in a background task as soon as the response head is ready.
+    /// Charge as soon as the response head is ready, without making the response wait
+    /// for the backend: the charge is sent from the request's task and, if the backend
+    /// does not answer at once, completes on a task of its own.
     Background,
 }
 

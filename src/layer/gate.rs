@@ -571,16 +571,14 @@ impl Gate {
             }
             // A body already at its end (204, empty) is never polled: charge now.
             ChargeTiming::Background | ChargeTiming::OnBodyEnd => {
-                let charging = if released.is_some() {
-                    // Journaled: the response waits until the charge is durable or
-                    // final; an instant backend makes it final here, so the journal
-                    // is not waited for (src/settle/journal/mod.rs).
-                    match pending.start_here() {
-                        Started::Ended => None,
-                        Started::Spawned(charging) => charging,
-                    }
-                } else {
-                    pending.spawn()
+                // Sent from here, as far as it goes without waiting: an instant
+                // backend ends it before the response leaves, with no task spawned;
+                // one over the network continues on its own task. Journaled, the
+                // response waits until the charge is durable or final, and a charge
+                // final here is not waited for (src/settle/journal/mod.rs).
+                let charging = match pending.start_here() {
+                    Started::Ended => None,
+                    Started::Spawned(charging) => charging,
                 };
                 if let Some(released) = released {
                     if let Err(error) = released.await {
