@@ -73,8 +73,7 @@ impl Validity {
 
 struct Slot {
     owner: u64,
-    route: u64,
-    /// The cache's key of the token (its canonical hash and route), for the request.
+    /// The cache's key of the token: its canonical hash and the route's.
     key: VerificationKey,
     caller: Weak<Caller>,
     payer: Weak<Payer>,
@@ -147,7 +146,7 @@ pub(crate) fn get(
         .try_with(|front| {
             let front = front.try_borrow().ok()?;
             let slot = front.get(index(credential, route))?.as_ref()?;
-            if slot.owner != owner || slot.route != route {
+            if slot.owner != owner || slot.key.1 != route {
                 return None;
             }
             let caller = slot.caller.upgrade()?;
@@ -181,7 +180,6 @@ pub(crate) fn put(owner: u64, credential: &str, key: VerificationKey, verified: 
         if let Some(slot) = front.get_mut(index(credential.as_bytes(), key.1)) {
             *slot = Some(Slot {
                 owner,
-                route: key.1,
                 key,
                 caller: Arc::downgrade(&verified.caller),
                 payer: Arc::downgrade(&verified.payer),
@@ -268,9 +266,27 @@ mod tests {
 
         // A 404 or a spent single-use token forgets it: no thread may serve it again,
         // although this test still holds it.
-        auth.forget(&key).await;
+        auth.forget(&key, &hit.caller).await;
         assert!(auth.recent(token.as_bytes(), 1).is_none());
         assert!(matches!(auth.cached(&key, token).await, Lookup::Miss));
+    }
+
+    #[tokio::test]
+    async fn a_verification_the_cache_already_evicted_is_still_forgotten_by_the_front() {
+        clear();
+        let auth = authenticator(false);
+        let token = "eyJhbGciOiJFZERTQSJ9.eyJzdWIiOiJhIn0.c2lnYQ";
+        let (key, _made) = cache_and_serve(&auth, token).await;
+        let (_, used) = auth
+            .recent(token.as_bytes(), 1)
+            .expect("served by the front");
+        // Evicted from the cache while a request (this test) still holds it: the
+        // front may serve it until its TTL, like any request already admitted...
+        auth.verifications.invalidate(&key).await;
+        assert!(auth.recent(token.as_bytes(), 1).is_some());
+        // ...until a request it admitted forgets it: then no thread serves it.
+        auth.forget(&key, &used.caller).await;
+        assert!(auth.recent(token.as_bytes(), 1).is_none());
     }
 
     #[tokio::test]

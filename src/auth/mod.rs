@@ -177,14 +177,12 @@ impl Authenticator {
         }
     }
 
-    /// Forgets a verification (one made for a request that cannot be charged).
-    pub(crate) async fn forget(&self, key: &VerificationKey) {
-        self.forget_verification(key).await;
-    }
-
-    /// Forgets a verification everywhere: flagged first, so that no thread's front
-    /// serves it once the cache has let it go.
-    async fn forget_verification(&self, key: &VerificationKey) {
+    /// Forgets the verification `used` admitted a request with (one that cannot be
+    /// charged, a spent single-use token), everywhere. It is flagged itself, since a
+    /// thread's front may hold it after the cache has let it go, and so is whatever the
+    /// cache holds under its key; then the cache forgets the key.
+    pub(crate) async fn forget(&self, key: &VerificationKey, used: &Caller) {
+        used.validity.forget();
         if let Some(verified) = self.verifications.get(key).await {
             verified.caller.validity.forget();
         }
@@ -331,6 +329,7 @@ impl Authenticator {
         &self,
         token: TokenDigest,
         key: &VerificationKey,
+        used: &Caller,
     ) -> Result<SingleUseClaim, Rejection> {
         let claimed = self
             .single_use
@@ -343,7 +342,7 @@ impl Authenticator {
         match claimed {
             Ok(claim) => Ok(claim),
             Err(ClaimRefused::Spent) => {
-                self.forget_verification(key).await;
+                self.forget(key, used).await;
                 Err(Rejection::single_use_spent())
             }
             Err(ClaimRefused::InFlight) => Err(Rejection::single_use_in_flight()),

@@ -88,14 +88,7 @@ impl<B, E> Drop for ResponseFuture<B, E> {
 /// Finishes a request's future whose charge was sent when its client hung up: the
 /// charge completes and is reported; the response is dropped.
 fn detach<B: Send + 'static, E: Send + 'static>(rest: Guarded<B, E>) {
-    match tokio::runtime::Handle::try_current() {
-        Ok(handle) => {
-            handle.spawn(rest);
-        }
-        Err(_) => tracing::error!(
-            "a charge in flight was dropped outside a tokio runtime: its outcome is unknown"
-        ),
-    }
+    crate::settle::finish_on_a_task(rest);
 }
 
 impl<B, E> fmt::Debug for ResponseFuture<B, E> {

@@ -256,7 +256,7 @@ impl Gate {
         // Before the balance: a replay is refused without touching the ledger.
         let single_use = match verified.single_use {
             // Boxed: only x402 v3 tokens claim, and its future would double this one's size.
-            Some(token) => Some(Box::pin(self.auth.claim_single_use(token, &key)).await?),
+            Some(token) => Some(Box::pin(self.auth.claim_single_use(token, &key, &caller)).await?),
             None => None,
         };
         let reservation = tracing::Instrument::instrument(
@@ -456,7 +456,7 @@ impl Gate {
                 StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED
             ) {
                 // Nothing is sold here: keep neither the route nor its verification.
-                self.auth.forget(&admission.key).await;
+                self.auth.forget(&admission.key, &admission.caller).await;
             }
             return Response::from_parts(parts, PaymentBody::inner(body));
         }

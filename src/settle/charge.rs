@@ -348,15 +348,7 @@ impl PendingCharge {
         let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
         match Pin::new(&mut charge).poll(&mut cx) {
             Poll::Ready(_) => Started::Ended,
-            Poll::Pending => Started::Spawned(charge.charge.take().and_then(|rest| {
-                match tokio::runtime::Handle::try_current() {
-                    Ok(handle) => Some(handle.spawn(rest)),
-                    Err(_) => {
-                        tracing::error!("a charge in flight was started outside a tokio runtime: its outcome is unknown");
-                        None
-                    }
-                }
-            })),
+            Poll::Pending => Started::Spawned(charge.charge.take().and_then(finish_on_a_task)),
         }
     }
 
@@ -388,30 +380,38 @@ pub(crate) struct DetachOnDrop {
 impl Future for DetachOnDrop {
     type Output = Option<SettleOutcome>;
 
-    fn poll(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Self::Output> {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let Some(charge) = self.charge.as_mut() else {
-            return std::task::Poll::Ready(None);
+            return Poll::Ready(None);
         };
         let outcome = std::task::ready!(charge.as_mut().poll(cx));
         self.charge = None;
-        std::task::Poll::Ready(Some(outcome))
+        Poll::Ready(Some(outcome))
     }
 }
 
 impl Drop for DetachOnDrop {
     fn drop(&mut self) {
         if let Some(charge) = self.charge.take() {
-            match tokio::runtime::Handle::try_current() {
-                Ok(handle) => {
-                    handle.spawn(charge);
-                }
-                Err(_) => tracing::error!(
-                    "a charge in flight was dropped outside a tokio runtime: its outcome is unknown"
-                ),
-            }
+            finish_on_a_task(charge);
+        }
+    }
+}
+
+/// Runs the rest of a charge already sent (or of a request future carrying one) on a
+/// task of its own, so that it completes and is reported whoever stops waiting for it.
+pub(crate) fn finish_on_a_task<F>(rest: F) -> Option<JoinHandle<F::Output>>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) => Some(handle.spawn(rest)),
+        Err(_) => {
+            tracing::error!(
+                "a charge in flight was left outside a tokio runtime: its outcome is unknown"
+            );
+            None
         }
     }
 }

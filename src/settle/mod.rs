@@ -35,7 +35,7 @@ mod outcome;
 mod pending;
 
 pub use charge::RetryPolicy;
-pub(crate) use charge::{Charge, ChargeMethod, PendingCharge, Started};
+pub(crate) use charge::{finish_on_a_task, Charge, ChargeMethod, PendingCharge, Started};
 pub use journal::JournalStats;
 pub(crate) use journal::{
     ChargeJournal, OpenError as JournalOpenError, ReplayContext, DEFAULT_REPLAY_INTERVAL,
