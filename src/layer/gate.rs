@@ -65,6 +65,14 @@ pub(crate) struct Admission {
     meter: Option<Meter>,
 }
 
+impl Admission {
+    /// The caller it was admitted for (its plan and subscriber outlive the charge).
+    #[cfg(feature = "mcp")]
+    pub(crate) fn caller(&self) -> &Arc<Caller> {
+        &self.caller
+    }
+}
+
 /// The entry counts of a layer's caches ([`PaymentLayer::cache_sizes`](super::PaymentLayer::cache_sizes)).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]

@@ -55,9 +55,10 @@ impl<H: ServerHandler> PaidHandler<H> {
         mut context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, McpError> {
         let paywall = &self.payments.paywall;
-        let Some(price) = paywall.tool_price(&request.name) else {
+        let Some(priced) = paywall.tool_price(&request.name) else {
             return self.inner.call_tool(request, context).await;
         };
+        let price = &priced.price;
         let empty = JsonObject::new();
         let arguments = request.arguments.as_ref().unwrap_or(&empty);
         let credits = price.before(arguments);
@@ -66,10 +67,7 @@ impl<H: ServerHandler> PaidHandler<H> {
         }
         // Kept only when the price reads them after the tool.
         let kept = price.reads_result().then(|| arguments.clone());
-        let ticket = match paywall
-            .admit("tools", &request.name, credits, &mut context)
-            .await
-        {
+        let ticket = match paywall.admit(&priced.url, credits, &mut context).await {
             Ok(ticket) => ticket,
             Err(refusal) => return refusal.into_tool_result().map(Into::into),
         };
@@ -103,12 +101,11 @@ impl<H: ServerHandler> PaidHandler<H> {
         mut context: RequestContext<RoleServer>,
     ) -> Result<GetPromptResponse, McpError> {
         let paywall = &self.payments.paywall;
-        let Some(credits) = paywall.prompt_price(&request.name) else {
+        let Some(priced) = paywall.prompt_price(&request.name) else {
             return self.inner.get_prompt(request, context).await;
         };
-        // The `tools` segment for prompts too, as payments-py builds it.
         let ticket = paywall
-            .admit("tools", &request.name, credits, &mut context)
+            .admit(&priced.url, priced.price, &mut context)
             .await
             .map_err(Refusal::into_error)?;
         let answer = self.inner.get_prompt(request, context).await?;
@@ -121,11 +118,11 @@ impl<H: ServerHandler> PaidHandler<H> {
         mut context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, McpError> {
         let paywall = &self.payments.paywall;
-        let Some(credits) = paywall.resource_price(&request.uri) else {
+        let Some(priced) = paywall.resource_price(&request.uri) else {
             return self.inner.read_resource(request, context).await;
         };
         let ticket = paywall
-            .admit("resources", &request.uri, credits, &mut context)
+            .admit(&priced.url, priced.price, &mut context)
             .await
             .map_err(Refusal::into_error)?;
         let answer = self.inner.read_resource(request, context).await?;
@@ -233,9 +230,11 @@ fn incomplete(item: &str) -> McpError {
 }
 
 fn extend_meta(meta: &mut Option<MetaObject>, receipts: JsonObject) {
-    meta.get_or_insert_with(MetaObject::default)
-        .0
-        .extend(receipts);
+    match meta {
+        Some(meta) => meta.0.extend(receipts),
+        // The usual case: the receipts become the `_meta`, not copied into a new map.
+        None => *meta = Some(MetaObject(receipts)),
+    }
 }
 
 // Every method of the trait, delegated (the list follows rmcp 3.11's own wrapper impl

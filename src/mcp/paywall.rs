@@ -1,11 +1,11 @@
 //! [`McpPayments`]: the prices of an MCP server's items and the steps of one paid call
 //! on the layer's gate (credential → authentication → balance → tool → charge).
 
-use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use http::request::Parts;
 use http::Method;
 use rmcp::model::{JsonObject, RequestMetaObject};
 use rmcp::service::RequestContext;
@@ -13,16 +13,16 @@ use rmcp::{RoleServer, ServerHandler};
 
 use super::config::McpPaymentsBuilder;
 use super::credential::{
-    call_credential, credential_head, logical_url, EncodedPayments, META_PAYMENT,
+    call_credential, credential_head, logical_url, EncodedPayments, META_PAYMENT, PAYMENT_SIGNATURE,
 };
 use super::handler::PaidHandler;
 use super::price::Price;
 use super::reply::{receipts, Refusal};
+use crate::hashing::HashMap;
 use crate::layer::{Admission, Gate, PaymentLayerBuilder, Route};
 use crate::rejection::Rejection;
 use crate::settle::DrainReport;
 use crate::types::Credits;
-use crate::PaymentContext;
 
 /// Paid tools, prompts and resources for an [rmcp](https://docs.rs/rmcp) server.
 ///
@@ -39,11 +39,40 @@ pub struct McpPayments {
 pub(crate) struct Paywall {
     gate: Gate,
     server_name: String,
-    tools: HashMap<String, Price>,
-    prompts: HashMap<String, Credits>,
-    resources: HashMap<String, Credits>,
+    tools: HashMap<String, Priced<Price>>,
+    prompts: HashMap<String, Priced<Credits>>,
+    resources: HashMap<String, Priced<Credits>>,
     /// In-band payments already encoded.
     encoded: EncodedPayments,
+    /// Request heads that carry a call's credential to the gate, reused: a new one
+    /// allocated its header table on every paid call. None holds a credential.
+    heads: Mutex<Vec<Parts>>,
+}
+
+/// Heads kept for reuse: one per call in flight at once, up to this many.
+const KEPT_HEADS: usize = 64;
+
+/// The price of a paid item and the logical URL it is verified and settled for,
+/// written once when the paywall is built rather than on every call.
+pub(crate) struct Priced<P> {
+    pub(crate) price: P,
+    pub(crate) url: String,
+}
+
+impl<P> Priced<P> {
+    fn table(
+        items: std::collections::HashMap<String, P>,
+        server: &str,
+        segment: &str,
+    ) -> HashMap<String, Self> {
+        items
+            .into_iter()
+            .map(|(name, price)| {
+                let url = logical_url(server, segment, &name);
+                (name, Priced { price, url })
+            })
+            .collect()
+    }
 }
 
 /// An admitted call: charged by [`Paywall::settle`], released when dropped.
@@ -61,18 +90,20 @@ impl McpPayments {
     pub(crate) fn from_parts(
         gate: Gate,
         server_name: String,
-        tools: HashMap<String, Price>,
-        prompts: HashMap<String, Credits>,
-        resources: HashMap<String, Credits>,
+        tools: std::collections::HashMap<String, Price>,
+        prompts: std::collections::HashMap<String, Credits>,
+        resources: std::collections::HashMap<String, Credits>,
     ) -> Self {
         McpPayments {
             paywall: Arc::new(Paywall {
                 gate,
+                // Prompts use the `tools` segment too, as payments-py builds it.
+                tools: Priced::table(tools, &server_name, "tools"),
+                prompts: Priced::table(prompts, &server_name, "tools"),
+                resources: Priced::table(resources, &server_name, "resources"),
                 server_name,
-                tools,
-                prompts,
-                resources,
                 encoded: EncodedPayments::default(),
+                heads: Mutex::new(Vec::new()),
             }),
         }
     }
@@ -114,31 +145,29 @@ impl fmt::Debug for McpPayments {
 }
 
 impl Paywall {
-    pub(crate) fn tool_price(&self, name: &str) -> Option<&Price> {
+    pub(crate) fn tool_price(&self, name: &str) -> Option<&Priced<Price>> {
         self.tools.get(name)
     }
 
-    pub(crate) fn prompt_price(&self, name: &str) -> Option<Credits> {
-        self.prompts.get(name).copied()
+    pub(crate) fn prompt_price(&self, name: &str) -> Option<&Priced<Credits>> {
+        self.prompts.get(name)
     }
 
-    pub(crate) fn resource_price(&self, uri: &str) -> Option<Credits> {
-        self.resources.get(uri).copied()
+    pub(crate) fn resource_price(&self, uri: &str) -> Option<&Priced<Credits>> {
+        self.resources.get(uri)
     }
 
-    /// Steps 1–3 for one call of `name` (`segment`: `tools`, `resources`) costing
-    /// `credits`: the call's own credential, verified for the item's logical URL, and
-    /// the credits reserved. The tool may read the [`PaymentContext`] from its
-    /// request context's extensions.
+    /// Steps 1–3 for one call of the item whose logical URL is `url`, costing
+    /// `credits`: the call's own credential, verified for that URL, and the credits
+    /// reserved. The tool may read the [`PaymentContext`](crate::PaymentContext) from
+    /// its request context's extensions.
     pub(crate) async fn admit(
         &self,
-        segment: &str,
-        name: &str,
+        url: &str,
         credits: Credits,
         context: &mut RequestContext<RoleServer>,
     ) -> Result<Ticket, Refusal> {
-        let url = logical_url(&self.server_name, segment, name);
-        let route = self.gate.route_for(&Method::POST, &url).await;
+        let route = self.gate.route_for(&Method::POST, url).await;
         let admission = match self
             .admit_call(&context.meta, &context.extensions, &route, credits)
             .await
@@ -163,13 +192,34 @@ impl Paywall {
         route: &Arc<Route>,
         credits: Credits,
     ) -> Result<Admission, Rejection> {
-        let head = call_credential(meta, extensions, &self.encoded)
-            .map(credential_head)
-            .map_err(|err| match err {
+        let credential =
+            call_credential(meta, extensions, &self.encoded).map_err(|err| match err {
                 crate::credential::TokenError::TooLarge { .. } => Rejection::credential_too_large(),
                 _ => Rejection::credential_not_ascii(),
             })?;
-        self.gate.admit_priced(&head, route, credits).await
+        let reused = self.heads().pop();
+        let mut head = match (reused, credential) {
+            (Some(mut head), Some(value)) => {
+                head.headers.insert(PAYMENT_SIGNATURE, value);
+                head
+            }
+            (Some(head), None) => head,
+            (None, credential) => credential_head(credential),
+        };
+        let admitted = self.gate.admit_priced(&head, route, credits).await;
+        // Emptied before it is kept: a kept head never holds a credential. (A call
+        // dropped while admitted simply drops its head.)
+        head.headers.clear();
+        let mut heads = self.heads();
+        if heads.len() < KEPT_HEADS {
+            heads.push(head);
+        }
+        admitted
+    }
+
+    fn heads(&self) -> std::sync::MutexGuard<'_, Vec<Parts>> {
+        // A poisoned pool only ever held empty heads: harmless to reuse.
+        self.heads.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn refusal(&self, rejection: Rejection, route: &Route) -> Refusal {
@@ -189,13 +239,15 @@ impl Paywall {
         credits: Option<Credits>,
     ) -> Result<JsonObject, Refusal> {
         let Ticket { admission, route } = ticket;
-        let context: PaymentContext = admission.context.clone();
+        // The caller, not a clone of the context: the charge then takes the request id
+        // from the context without copying it (the tool has dropped its clone).
+        let caller = admission.caller().clone();
         match self.gate.charge_now(admission, credits).await {
-            None => Ok(receipts(None, context.plan_id(), context.subscriber())),
+            None => Ok(receipts(None, &caller.plan_id, &caller.subscriber)),
             Some(outcome) if outcome.is_settled() => Ok(receipts(
                 Some(&outcome),
-                context.plan_id(),
-                context.subscriber(),
+                &caller.plan_id,
+                &caller.subscriber,
             )),
             Some(outcome) => {
                 tracing::warn!(request_id = %outcome.request_id, status = ?outcome.status,

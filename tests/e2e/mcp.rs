@@ -362,6 +362,21 @@ async fn rmcp_client_lists_is_refused_unpaid_and_pays_in_band_or_by_header() {
         vec![payer.clone(), payer.clone(), payer]
     );
     assert_eq!(w.spends_by_request().len(), 3, "one spend per call");
+
+    // The paywall reuses the request heads that carry credentials to its gate: one
+    // that carried a paid call's token must carry nothing into the next call.
+    let runs = s.tools.runs.load(Ordering::SeqCst);
+    let unpaid_again = anonymous
+        .call_tool(call("weather", json!({"city": "Rome"})))
+        .await
+        .unwrap();
+    assert_payment_required(&unpaid_again, &w);
+    assert_eq!(
+        s.tools.runs.load(Ordering::SeqCst),
+        runs,
+        "the tool did not run"
+    );
+    assert_eq!(w.balance(0).await, c(94), "nothing charged");
     assert_eq!(s.mcp.pending_charges(), 0);
 }
 
