@@ -249,63 +249,73 @@ impl PendingCharge {
     }
 
     /// Sends the charge, settles the reservation, logs and reports the outcome.
-    async fn execute(mut self, in_flight: InFlight) -> SettleOutcome {
-        // Fields used in place, not destructured into locals: the locals would be a
-        // second copy of the charge in this future's state, which is boxed per request.
-        // Spent before the first call: a replay arriving while this charge is sent
-        // must not be admitted.
-        if let Some(claim) = self.single_use.take() {
-            claim.spend();
+    ///
+    /// An `async` block, not an `async fn`: an `async fn` copies its `mut self` into
+    /// a local of its future, which then held the 328-byte charge twice (1 160 bytes,
+    /// over the allocator's thread cache for the boxed charges of MCP calls and
+    /// `Background` responses); captured, it is used in place.
+    fn execute(
+        mut self,
+        in_flight: InFlight,
+    ) -> impl Future<Output = SettleOutcome> + Send + 'static {
+        async move {
+            // Fields used in place, not destructured into locals: the locals would be a
+            // second copy of the charge in this future's state, which is boxed per request.
+            // Spent before the first call: a replay arriving while this charge is sent
+            // must not be admitted.
+            if let Some(claim) = self.single_use.take() {
+                claim.spend();
+            }
+            // A debug span: at `info` a settled charge costs no span and no log line; the
+            // failed and unknown ones carry their request id themselves (log_outcome).
+            let span = tracing::debug_span!(
+                "nvm.settle",
+                token = %self.charge.caller.token_digest,
+                request_id = %self.charge.request_id,
+                credits = %self.charge.credits,
+            );
+            let sent = self
+                .charge
+                .send(&self.pending.metrics)
+                .instrument(span.clone())
+                .await;
+            if let Some(ticket) = self.journal.take() {
+                ticket.end(!sent.retry_later);
+            }
+            let credits = self.charge.credits;
+            let burned = sent
+                .receipt
+                .as_ref()
+                .and_then(|r| r.credits_redeemed)
+                .unwrap_or(credits);
+            match sent.status {
+                SettleStatus::Settled => self.reservation.commit(burned, false),
+                // Our view of the balance disagreed with the backend's: learn it again.
+                SettleStatus::Failed => self.reservation.release(true),
+                // It may have burned: count it, and learn the truth at the next fetch.
+                SettleStatus::Unknown => self.reservation.commit(credits, true),
+            }
+            let outcome = SettleOutcome {
+                status: sent.status,
+                request_id: self.charge.request_id,
+                plan_id: self.charge.caller.plan_id.clone(),
+                subscriber: self.charge.caller.subscriber.clone(),
+                credits,
+                attempts: sent.attempts,
+                receipt: sent.receipt,
+                reason: sent.reason,
+                retry_later: sent.retry_later,
+            };
+            span.in_scope(|| log_outcome(&outcome));
+            self.pending
+                .metrics
+                .outcome(outcome.status, outcome.is_settled().then_some(burned));
+            in_flight.finish(outcome.status);
+            if let Some(hook) = self.hook {
+                hook.on_settle(&outcome);
+            }
+            outcome
         }
-        // A debug span: at `info` a settled charge costs no span and no log line; the
-        // failed and unknown ones carry their request id themselves (log_outcome).
-        let span = tracing::debug_span!(
-            "nvm.settle",
-            token = %self.charge.caller.token_digest,
-            request_id = %self.charge.request_id,
-            credits = %self.charge.credits,
-        );
-        let sent = self
-            .charge
-            .send(&self.pending.metrics)
-            .instrument(span.clone())
-            .await;
-        if let Some(ticket) = self.journal.take() {
-            ticket.end(!sent.retry_later);
-        }
-        let credits = self.charge.credits;
-        let burned = sent
-            .receipt
-            .as_ref()
-            .and_then(|r| r.credits_redeemed)
-            .unwrap_or(credits);
-        match sent.status {
-            SettleStatus::Settled => self.reservation.commit(burned, false),
-            // Our view of the balance disagreed with the backend's: learn it again.
-            SettleStatus::Failed => self.reservation.release(true),
-            // It may have burned: count it, and learn the truth at the next fetch.
-            SettleStatus::Unknown => self.reservation.commit(credits, true),
-        }
-        let outcome = SettleOutcome {
-            status: sent.status,
-            request_id: self.charge.request_id,
-            plan_id: self.charge.caller.plan_id.clone(),
-            subscriber: self.charge.caller.subscriber.clone(),
-            credits,
-            attempts: sent.attempts,
-            receipt: sent.receipt,
-            reason: sent.reason,
-            retry_later: sent.retry_later,
-        };
-        span.in_scope(|| log_outcome(&outcome));
-        self.pending
-            .metrics
-            .outcome(outcome.status, outcome.is_settled().then_some(burned));
-        in_flight.finish(outcome.status);
-        if let Some(hook) = self.hook {
-            hook.on_settle(&outcome);
-        }
-        outcome
     }
 
     /// Runs the charge on its own task, so it completes (and is reported) even when
