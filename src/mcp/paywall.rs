@@ -244,11 +244,9 @@ impl Paywall {
         let caller = admission.caller().clone();
         match self.gate.charge_now(admission, credits).await {
             None => Ok(receipts(None, &caller.plan_id, &caller.subscriber)),
-            Some(outcome) if outcome.is_settled() => Ok(receipts(
-                Some(&outcome),
-                &caller.plan_id,
-                &caller.subscriber,
-            )),
+            Some(outcome) if outcome.is_settled() => {
+                Ok(receipts(Some(outcome), &caller.plan_id, &caller.subscriber))
+            }
             Some(outcome) => {
                 tracing::warn!(request_id = %outcome.request_id, status = ?outcome.status,
                     "MCP call served but its charge did not settle: result withheld");

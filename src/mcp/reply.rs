@@ -96,7 +96,7 @@ impl Refusal {
                 result.structured_content = Some(pr);
                 if let Some(receipt) = receipt {
                     let mut meta = rmcp::model::MetaObject::default();
-                    meta.insert(META_PAYMENT_RESPONSE.to_owned(), receipt_json(&receipt));
+                    meta.insert(META_PAYMENT_RESPONSE.to_owned(), receipt_json(*receipt));
                     result.meta = Some(meta);
                 }
                 Ok(result)
@@ -160,67 +160,73 @@ fn unavailable_body(message: &str, retry_after: Duration) -> Value {
 /// Built by hand, as the HTTP layer writes its receipt header (`layer/receipt.rs`):
 /// it is made on every charged call, and serde's `to_value` went through its
 /// serializer for a handful of fixed fields. A unit test holds it equal to serde's.
-fn receipt_json(receipt: &SettleResponse) -> Value {
-    receipt_object(receipt, None)
+fn receipt_json(receipt: SettleResponse) -> Value {
+    receipt_object(receipt, None, None)
 }
 
-/// [`receipt_json`], with `creditsRedeemed` already written when the caller has it.
-fn receipt_object(r: &SettleResponse, redeemed: Option<&str>) -> Value {
+/// [`receipt_json`], taking the receipt's strings rather than copying them, with
+/// `creditsRedeemed` and `remainingBalance` already written when the caller has them.
+fn receipt_object(r: SettleResponse, redeemed: Option<&str>, remaining: Option<&Value>) -> Value {
     let mut m = Map::new();
     m.insert("success".to_owned(), Value::Bool(r.success));
-    if let Some(reason) = &r.error_reason {
-        m.insert("errorReason".to_owned(), Value::String(reason.clone()));
+    if let Some(reason) = r.error_reason {
+        m.insert("errorReason".to_owned(), Value::String(reason));
     }
     if let Some(payer) = &r.payer {
         m.insert("payer".to_owned(), payer.as_str().into());
     }
-    m.insert("transaction".to_owned(), r.transaction.as_str().into());
-    m.insert("network".to_owned(), r.network.as_str().into());
+    m.insert("transaction".to_owned(), Value::String(r.transaction));
+    m.insert("network".to_owned(), Value::String(r.network));
     if let Some(credits) = &r.credits_redeemed {
         let text = redeemed.map_or_else(|| credits.to_string(), str::to_owned);
         m.insert("creditsRedeemed".to_owned(), Value::String(text));
     }
     if let Some(balance) = &r.remaining_balance {
-        m.insert(
-            "remainingBalance".to_owned(),
-            Value::String(balance.to_string()),
-        );
+        let value = match remaining {
+            // Same digits: reuse them rather than write the number again.
+            Some(Value::String(text)) => Value::String(text.clone()),
+            _ => Value::String(balance.to_string()),
+        };
+        m.insert("remainingBalance".to_owned(), value);
     }
-    if let Some(tx) = &r.order_tx {
-        m.insert("orderTx".to_owned(), Value::String(tx.clone()));
+    if let Some(tx) = r.order_tx {
+        m.insert("orderTx".to_owned(), Value::String(tx));
     }
     Value::Object(m)
 }
 
 /// The `_meta` keys of a served paid call: the settle receipt and the Nevermined
-/// summary, or only the summary with `"0"` when the charge was waived.
+/// summary, or only the summary with `"0"` when the charge was waived. Takes the
+/// outcome, so that its receipt's strings move into the answer instead of being copied.
 pub(crate) fn receipts(
-    outcome: Option<&SettleOutcome>,
+    outcome: Option<SettleOutcome>,
     plan_id: &PlanId,
     subscriber: &Address,
 ) -> JsonObject {
     let mut meta = JsonObject::new();
-    let receipt = outcome.and_then(|o| o.receipt.as_ref());
+    let (credits_charged, receipt) = match outcome {
+        Some(outcome) => (Some(outcome.credits), outcome.receipt),
+        None => (None, None),
+    };
     // Each amount is written once and shared by both objects.
-    let redeemed = match (outcome, receipt.and_then(|r| r.credits_redeemed)) {
+    let redeemed = match (
+        credits_charged,
+        receipt.as_ref().and_then(|r| r.credits_redeemed),
+    ) {
         (_, Some(credits)) => credits.to_string(),
-        (Some(outcome), None) => outcome.credits.to_string(),
+        (Some(credits), None) => credits.to_string(),
         (None, None) => "0".to_owned(),
     };
-    let remaining = match receipt.and_then(|r| r.remaining_balance) {
+    let remaining = match receipt.as_ref().and_then(|r| r.remaining_balance) {
         Some(balance) => Value::String(balance.to_string()),
         None => Value::Null,
     };
-    let tx_hash = match receipt.map(|r| r.transaction.as_str()) {
+    let tx_hash = match receipt.as_ref().map(|r| r.transaction.as_str()) {
         Some(tx) if !tx.is_empty() => Value::String(tx.to_owned()),
         _ => Value::Null,
     };
     if let Some(receipt) = receipt {
-        let mut object = receipt_object(receipt, Some(&redeemed));
-        if let (Value::Object(m), Value::String(_)) = (&mut object, &remaining) {
-            // Same digits: reuse them rather than write the number again.
-            m.insert("remainingBalance".to_owned(), remaining.clone());
-        }
+        let object = receipt_object(receipt, Some(&redeemed), Some(&remaining));
         meta.insert(META_PAYMENT_RESPONSE.to_owned(), object);
     }
     let mut credits = Map::new();
@@ -318,13 +324,13 @@ mod tests {
         for receipt in [Some(settled()), Some(full), Some(sparse), None] {
             let o = outcome(SettleStatus::Settled, receipt);
             assert_eq!(
-                receipts(Some(&o), &o.plan_id, &o.subscriber),
+                receipts(Some(o.clone()), &o.plan_id, &o.subscriber),
                 receipts_by_serde(Some(&o), &o.plan_id, &o.subscriber),
                 "{o:?}"
             );
             if let Some(receipt) = &o.receipt {
                 assert_eq!(
-                    receipt_json(receipt),
+                    receipt_json(receipt.clone()),
                     serde_json::to_value(receipt).unwrap()
                 );
             }
@@ -339,7 +345,7 @@ mod tests {
     #[test]
     fn receipts_have_the_sdks_keys_and_a_waived_charge_says_zero() {
         let o = outcome(SettleStatus::Settled, Some(settled()));
-        let meta = receipts(Some(&o), &o.plan_id, &o.subscriber);
+        let meta = receipts(Some(o.clone()), &o.plan_id, &o.subscriber);
         assert_eq!(meta[META_PAYMENT_RESPONSE]["creditsRedeemed"], "2");
         let credits = &meta[META_CREDITS];
         assert_eq!(credits["txHash"], "0xtx");
