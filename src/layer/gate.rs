@@ -650,13 +650,17 @@ impl Gate {
     /// receipt goes into the result, and a failed charge withholds it). `credits` is
     /// what the call finally costs before the plan's clamp (`None`: what was reserved);
     /// it never exceeds the reservation. Zero waives the charge (`None` returned, the
-    /// reservation released); otherwise the one outcome, already reported.
+    /// reservation released); otherwise the charge, sent: it answers the one outcome,
+    /// already reported.
+    ///
+    /// Not `async`: the caller's future then holds the started charge (a pointer), not
+    /// a future holding the whole admission twice.
     #[cfg(feature = "mcp")]
-    pub(crate) async fn charge_now(
+    pub(crate) fn charge_now(
         &self,
         admission: Admission,
         credits: Option<Credits>,
-    ) -> Option<crate::settle::SettleOutcome> {
+    ) -> Option<crate::settle::DetachOnDrop> {
         let reserved = admission.reservation.amount();
         let credits = match credits {
             None => reserved,
@@ -665,9 +669,7 @@ impl Gate {
         };
         self.routes.remember(&admission.route);
         // A client that hangs up mid-charge cannot cancel it: see run_to_completion.
-        self.pending_charge(admission, credits)
-            .run_to_completion()
-            .await
+        Some(self.pending_charge(admission, credits).run_to_completion())
     }
 }
 

@@ -49,49 +49,56 @@ impl<H: std::fmt::Debug> std::fmt::Debug for PaidHandler<H> {
 }
 
 impl<H: ServerHandler> PaidHandler<H> {
-    async fn paid_tool(
+    /// An `async` block, not an `async fn`: an `async fn` copies its arguments (the
+    /// request and its context, 288 bytes) into locals of its future, which then held
+    /// them twice; every paid call moves that future.
+    // Written out by hand on purpose: see above.
+    #[allow(clippy::manual_async_fn)]
+    fn paid_tool(
         &self,
         request: CallToolRequestParams,
         mut context: RequestContext<RoleServer>,
-    ) -> Result<CallToolResponse, McpError> {
-        let paywall = &self.payments.paywall;
-        let Some(priced) = paywall.tool_price(&request.name) else {
-            return self.inner.call_tool(request, context).await;
-        };
-        let price = &priced.price;
-        let empty = JsonObject::new();
-        let arguments = request.arguments.as_ref().unwrap_or(&empty);
-        let credits = price.before(arguments);
-        if credits.is_zero() {
-            return self.inner.call_tool(request, context).await;
-        }
-        // Kept only when the price reads them after the tool.
-        let kept = price.reads_result().then(|| arguments.clone());
-        let ticket = match paywall.admit(&priced.url, credits, &mut context).await {
-            Ok(ticket) => ticket,
-            Err(refusal) => return refusal.into_tool_result().map(Into::into),
-        };
-        // An error here drops the ticket: its reservation is released, nothing charged.
-        let mut result = match self
-            .inner
-            .call_tool(request, context)
-            .await?
-            .into_complete()
-        {
-            Ok(result) => result,
-            Err(other) => return uncharged(other),
-        };
-        if result.is_error == Some(true) {
-            tracing::debug!("the tool failed: not charged");
-            return Ok(result.into());
-        }
-        let final_credits = kept.and_then(|arguments| price.after(&arguments, &result));
-        match paywall.settle(ticket, final_credits).await {
-            Ok(receipts) => {
-                extend_meta(&mut result.meta, receipts);
-                Ok(result.into())
+    ) -> impl Future<Output = Result<CallToolResponse, McpError>> + '_ {
+        async move {
+            let paywall = &self.payments.paywall;
+            let Some(priced) = paywall.tool_price(&request.name) else {
+                return self.inner.call_tool(request, context).await;
+            };
+            let price = &priced.price;
+            let empty = JsonObject::new();
+            let arguments = request.arguments.as_ref().unwrap_or(&empty);
+            let credits = price.before(arguments);
+            if credits.is_zero() {
+                return self.inner.call_tool(request, context).await;
             }
-            Err(refusal) => refusal.into_tool_result().map(Into::into),
+            // Kept only when the price reads them after the tool.
+            let kept = price.reads_result().then(|| arguments.clone());
+            let ticket = match paywall.admit(&priced.url, credits, &mut context).await {
+                Ok(ticket) => ticket,
+                Err(refusal) => return refusal.into_tool_result().map(Into::into),
+            };
+            // An error here drops the ticket: its reservation is released, nothing charged.
+            let mut result = match self
+                .inner
+                .call_tool(request, context)
+                .await?
+                .into_complete()
+            {
+                Ok(result) => result,
+                Err(other) => return uncharged(other),
+            };
+            if result.is_error == Some(true) {
+                tracing::debug!("the tool failed: not charged");
+                return Ok(result.into());
+            }
+            let final_credits = kept.and_then(|arguments| price.after(&arguments, &result));
+            match paywall.settle(ticket, final_credits).await {
+                Ok(receipts) => {
+                    extend_meta(&mut result.meta, receipts);
+                    Ok(result.into())
+                }
+                Err(refusal) => refusal.into_tool_result().map(Into::into),
+            }
         }
     }
 

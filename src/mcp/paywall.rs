@@ -2,6 +2,7 @@
 //! on the layer's gate (credential → authentication → balance → tool → charge).
 
 use std::fmt;
+use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -233,27 +234,36 @@ impl Paywall {
     /// Step 5 for a call that succeeded: charges `credits` (`None`: what was
     /// reserved) and answers the `_meta` receipts, or the refusal that withholds the
     /// result when the charge did not settle.
-    pub(crate) async fn settle(
+    pub(crate) fn settle(
         &self,
         ticket: Ticket,
         credits: Option<Credits>,
-    ) -> Result<JsonObject, Refusal> {
+    ) -> impl Future<Output = Result<JsonObject, Refusal>> + '_ {
         let Ticket { admission, route } = ticket;
         // The caller, not a clone of the context: the charge then takes the request id
         // from the context without copying it (the tool has dropped its clone).
         let caller = admission.caller().clone();
-        match self.gate.charge_now(admission, credits).await {
-            None => Ok(receipts(None, &caller.plan_id, &caller.subscriber)),
-            Some(outcome) if outcome.is_settled() => {
-                Ok(receipts(Some(outcome), &caller.plan_id, &caller.subscriber))
-            }
-            Some(outcome) => {
-                tracing::warn!(request_id = %outcome.request_id, status = ?outcome.status,
-                    "MCP call served but its charge did not settle: result withheld");
-                Err(Refusal::settlement_failed(
-                    &route.payment_required,
-                    &outcome,
-                ))
+        // Started here, before the `async` block, which then holds only the started
+        // charge: the admission moves into it without a copy in this future.
+        let charging = self.gate.charge_now(admission, credits);
+        async move {
+            let outcome = match charging {
+                Some(charging) => charging.await,
+                None => None,
+            };
+            match outcome {
+                None => Ok(receipts(None, &caller.plan_id, &caller.subscriber)),
+                Some(outcome) if outcome.is_settled() => {
+                    Ok(receipts(Some(outcome), &caller.plan_id, &caller.subscriber))
+                }
+                Some(outcome) => {
+                    tracing::warn!(request_id = %outcome.request_id, status = ?outcome.status,
+                        "MCP call served but its charge did not settle: result withheld");
+                    Err(Refusal::settlement_failed(
+                        &route.payment_required,
+                        &outcome,
+                    ))
+                }
             }
         }
     }

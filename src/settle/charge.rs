@@ -254,6 +254,8 @@ impl PendingCharge {
     /// a local of its future, which then held the 328-byte charge twice (1 160 bytes,
     /// over the allocator's thread cache for the boxed charges of MCP calls and
     /// `Background` responses); captured, it is used in place.
+    // Written out by hand on purpose: see above.
+    #[allow(clippy::manual_async_fn)]
     fn execute(
         mut self,
         in_flight: InFlight,

@@ -34,6 +34,8 @@ mod meter;
 mod outcome;
 mod pending;
 
+#[cfg(feature = "mcp")]
+pub(crate) use charge::DetachOnDrop;
 pub use charge::RetryPolicy;
 pub(crate) use charge::{finish_on_a_task, Charge, ChargeMethod, PendingCharge, Started};
 pub use journal::JournalStats;
