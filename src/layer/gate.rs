@@ -451,153 +451,163 @@ impl Gate {
 
     /// Charges a served request according to the configured timing, or releases its
     /// reservation when the response is not a success.
-    pub(crate) async fn finish<B: http_body::Body>(
-        &self,
+    ///
+    /// An `async` block built by a plain function, not an `async fn`: an `async fn`
+    /// copies its arguments into locals of its future, which then held the admission
+    /// and the response twice; this future is moved into every request's.
+    // Written out by hand on purpose: see above.
+    #[allow(clippy::manual_async_fn)]
+    pub(crate) fn finish<'g, B: http_body::Body + 'g>(
+        &'g self,
         admission: Admission,
         response: Response<B>,
-    ) -> Response<PaymentBody<B>> {
+    ) -> impl std::future::Future<Output = Response<PaymentBody<B>>> + 'g {
         let (mut parts, body) = response.into_parts();
-        if !(self.config.success)(parts.status) {
-            tracing::debug!(status = %parts.status, "handler did not succeed: not charged");
-            if matches!(
-                parts.status,
-                StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED
-            ) {
-                // Nothing is sold here: keep neither the route nor its verification.
-                self.auth.forget(&admission.key, &admission.caller).await;
-            }
-            return Response::from_parts(parts, PaymentBody::inner(body));
-        }
-        self.routes.remember(&admission.route);
-        let admission_route = admission.route.clone();
-        let reserved = admission.reservation.amount();
-        let credits = match parts.extensions.remove::<ChargeOverride>() {
-            None => reserved,
-            Some(ChargeOverride(c)) if c.is_zero() => {
-                tracing::debug!("handler waived the charge");
+        async move {
+            if !(self.config.success)(parts.status) {
+                tracing::debug!(status = %parts.status, "handler did not succeed: not charged");
+                if matches!(
+                    parts.status,
+                    StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED
+                ) {
+                    // Nothing is sold here: keep neither the route nor its verification.
+                    // Boxed: its future is the largest of this one's, and only a 404 needs it.
+                    Box::pin(self.auth.forget(&admission.key, &admission.caller)).await;
+                }
                 return Response::from_parts(parts, PaymentBody::inner(body));
             }
-            // The meter decides a metered request's amount; only a waiver overrides it.
-            Some(_) if admission.meter.is_some() => reserved,
-            Some(ChargeOverride(c)) => admission.plan.redemption_amount(c).min(reserved),
-        };
-        let charge_now = admission.charge_now;
-        let meter = admission.meter.clone();
-        let plan = admission.plan.clone();
-        let mut pending = self.pending_charge(admission, credits);
-        if let (Some(meter), Some(rule)) = (meter, admission_route.meter.clone()) {
-            let receipt_at = self.receipt_at(&mut parts.headers);
-            let mut charge = MeteredCharge::new(pending, meter, rule, plan, receipt_at);
-            if body.is_end_stream() {
-                // Never polled: what the handler metered before its head is all there is.
-                charge.fire("empty body");
-                return Response::from_parts(parts, PaymentBody::inner(body));
+            self.routes.remember(&admission.route);
+            let admission_route = admission.route.clone();
+            let reserved = admission.reservation.amount();
+            let credits = match parts.extensions.remove::<ChargeOverride>() {
+                None => reserved,
+                Some(ChargeOverride(c)) if c.is_zero() => {
+                    tracing::debug!("handler waived the charge");
+                    return Response::from_parts(parts, PaymentBody::inner(body));
+                }
+                // The meter decides a metered request's amount; only a waiver overrides it.
+                Some(_) if admission.meter.is_some() => reserved,
+                Some(ChargeOverride(c)) => admission.plan.redemption_amount(c).min(reserved),
+            };
+            let charge_now = admission.charge_now;
+            let meter = admission.meter.clone();
+            let plan = admission.plan.clone();
+            let mut pending = self.pending_charge(admission, credits);
+            if let (Some(meter), Some(rule)) = (meter, admission_route.meter.clone()) {
+                let receipt_at = self.receipt_at(&mut parts.headers);
+                let mut charge = MeteredCharge::new(pending, meter, rule, plan, receipt_at);
+                if body.is_end_stream() {
+                    // Never polled: what the handler metered before its head is all there is.
+                    charge.fire("empty body");
+                    return Response::from_parts(parts, PaymentBody::inner(body));
+                }
+                return Response::from_parts(parts, PaymentBody::metered(body, charge));
             }
-            return Response::from_parts(parts, PaymentBody::metered(body, charge));
-        }
-        let mut timing = if charge_now {
-            ChargeTiming::BeforeResponse
-        } else {
-            self.config.timing
-        };
-        // With a journal, the response is released once its charge is durable or final,
-        // whichever comes first; the charge need not wait for the disk:
-        // docs/guarantees.md, the charge journal.
-        let mut released = None;
-        // Charged before its response: journaled only if the charge ends without a
-        // final outcome, since a crash before then leaves nothing served uncharged
-        // (src/settle/journal/mod.rs). A final charge costs the journal nothing.
-        let mut unfinished_to_journal = None;
-        if let Some(journal) = &self.journal {
-            journal.ensure_replaying();
-            if timing == ChargeTiming::BeforeResponse {
-                unfinished_to_journal = Some((
-                    journal,
-                    pending.charge.method,
-                    pending.charge.payment_required.clone(),
-                    pending.charge.caller.clone(),
-                ));
+            let mut timing = if charge_now {
+                ChargeTiming::BeforeResponse
             } else {
-                let (ticket, durable) = journal.record(&pending.charge);
-                pending.journal = Some(ticket);
-                released = Some(durable);
+                self.config.timing
+            };
+            // With a journal, the response is released once its charge is durable or final,
+            // whichever comes first; the charge need not wait for the disk:
+            // docs/guarantees.md, the charge journal.
+            let mut released = None;
+            // Charged before its response: journaled only if the charge ends without a
+            // final outcome, since a crash before then leaves nothing served uncharged
+            // (src/settle/journal/mod.rs). A final charge costs the journal nothing.
+            let mut unfinished_to_journal = None;
+            if let Some(journal) = &self.journal {
+                journal.ensure_replaying();
+                if timing == ChargeTiming::BeforeResponse {
+                    unfinished_to_journal = Some((
+                        journal,
+                        pending.charge.method,
+                        pending.charge.payment_required.clone(),
+                        pending.charge.caller.clone(),
+                    ));
+                } else {
+                    let (ticket, durable) = journal.record(&pending.charge);
+                    pending.journal = Some(ticket);
+                    released = Some(durable);
+                }
             }
-        }
-        if timing == ChargeTiming::OnBodyEnd && !body.is_end_stream() {
-            // Charged after the body: the head waits for the disk.
-            if let Some(released) = released.take() {
-                if let Err(error) = released.await {
-                    tracing::error!(%error, request_id = %pending.charge.request_id,
+            if timing == ChargeTiming::OnBodyEnd && !body.is_end_stream() {
+                // Charged after the body: the head waits for the disk.
+                if let Some(released) = released.take() {
+                    if let Err(error) = released.await {
+                        tracing::error!(%error, request_id = %pending.charge.request_id,
                         "charge journal unavailable: charging before the response instead");
-                    timing = ChargeTiming::BeforeResponse;
+                        timing = ChargeTiming::BeforeResponse;
+                    }
                 }
             }
-        }
-        match timing {
-            ChargeTiming::BeforeResponse => {
-                // Run in place: a client that hangs up from now on cannot cancel the
-                // charge, since the response future then detaches this one.
-                super::future::charge_sent();
-                // What the response needs of the outcome is taken here, and the
-                // outcome dropped: it is large, and need not live across the wait below.
-                let outcome = pending.run_in_place().await;
-                let spent = spent_elsewhere(&outcome);
-                if spent {
-                    // The token paid for another request (another replica, a
-                    // restart): withhold the work, as payments-py 1.18 does.
-                    tracing::warn!(request_id = %outcome.request_id,
+            match timing {
+                ChargeTiming::BeforeResponse => {
+                    // Run in place: a client that hangs up from now on cannot cancel the
+                    // charge, since the response future then detaches this one.
+                    super::future::charge_sent();
+                    // What the response needs of the outcome is taken here, and the
+                    // outcome dropped: it is large, and need not live across the wait below.
+                    let outcome = pending.run_in_place().await;
+                    let spent = spent_elsewhere(&outcome);
+                    if spent {
+                        // The token paid for another request (another replica, a
+                        // restart): withhold the work, as payments-py 1.18 does.
+                        tracing::warn!(request_id = %outcome.request_id,
                         "single-use token already spent at the backend: response withheld");
-                }
-                let receipt = outcome.receipt.as_ref().and_then(receipt_header);
-                if let Some((journal, method, payment_required, caller)) = unfinished_to_journal {
-                    if outcome.retry_later {
-                        released = Some(journal.record_unfinished(
-                            &outcome,
-                            method,
-                            payment_required,
-                            &caller,
-                        ));
                     }
-                }
-                drop(outcome);
-                if let Some(released) = released {
-                    // At once when the charge is final; otherwise when it is durable.
-                    if let Err(error) = released.await {
-                        tracing::error!(%error, "charge journal unavailable: this charge's outcome is not final and not durable");
-                    }
-                }
-                if spent {
-                    return self.reject(Rejection::single_use_spent(), &admission_route);
-                }
-                if let Some(value) = receipt {
-                    parts.headers.insert(PAYMENT_RESPONSE, value);
-                }
-                Response::from_parts(parts, PaymentBody::inner(body))
-            }
-            ChargeTiming::OnBodyEnd if !body.is_end_stream() => {
-                Response::from_parts(parts, PaymentBody::charging(body, pending))
-            }
-            // A body already at its end (204, empty) is never polled: charge now.
-            ChargeTiming::Background | ChargeTiming::OnBodyEnd => {
-                // Sent from here, as far as it goes without waiting: an instant
-                // backend ends it before the response leaves, with no task spawned;
-                // one over the network continues on its own task. Journaled, the
-                // response waits until the charge is durable or final, and a charge
-                // final here is not waited for (src/settle/journal/mod.rs).
-                let charging = match pending.start_here() {
-                    Started::Ended => None,
-                    Started::Spawned(charging) => charging,
-                };
-                if let Some(released) = released {
-                    if let Err(error) = released.await {
-                        tracing::error!(%error,
-                            "charge journal unavailable: charging before the response instead");
-                        if let Some(charging) = charging {
-                            let _ = charging.await;
+                    let receipt = outcome.receipt.as_ref().and_then(receipt_header);
+                    if let Some((journal, method, payment_required, caller)) = unfinished_to_journal
+                    {
+                        if outcome.retry_later {
+                            released = Some(journal.record_unfinished(
+                                &outcome,
+                                method,
+                                payment_required,
+                                &caller,
+                            ));
                         }
                     }
+                    drop(outcome);
+                    if let Some(released) = released {
+                        // At once when the charge is final; otherwise when it is durable.
+                        if let Err(error) = released.await {
+                            tracing::error!(%error, "charge journal unavailable: this charge's outcome is not final and not durable");
+                        }
+                    }
+                    if spent {
+                        return self.reject(Rejection::single_use_spent(), &admission_route);
+                    }
+                    if let Some(value) = receipt {
+                        parts.headers.insert(PAYMENT_RESPONSE, value);
+                    }
+                    Response::from_parts(parts, PaymentBody::inner(body))
                 }
-                Response::from_parts(parts, PaymentBody::inner(body))
+                ChargeTiming::OnBodyEnd if !body.is_end_stream() => {
+                    Response::from_parts(parts, PaymentBody::charging(body, pending))
+                }
+                // A body already at its end (204, empty) is never polled: charge now.
+                ChargeTiming::Background | ChargeTiming::OnBodyEnd => {
+                    // Sent from here, as far as it goes without waiting: an instant
+                    // backend ends it before the response leaves, with no task spawned;
+                    // one over the network continues on its own task. Journaled, the
+                    // response waits until the charge is durable or final, and a charge
+                    // final here is not waited for (src/settle/journal/mod.rs).
+                    let charging = match pending.start_here() {
+                        Started::Ended => None,
+                        Started::Spawned(charging) => charging,
+                    };
+                    if let Some(released) = released {
+                        if let Err(error) = released.await {
+                            tracing::error!(%error,
+                            "charge journal unavailable: charging before the response instead");
+                            if let Some(charging) = charging {
+                                let _ = charging.await;
+                            }
+                        }
+                    }
+                    Response::from_parts(parts, PaymentBody::inner(body))
+                }
             }
         }
     }

@@ -72,30 +72,37 @@ where
     }
 }
 
-async fn guard<S, ReqB, ResB>(
+/// The request's steps. An `async` block built by a plain function, not an `async fn`:
+/// an `async fn` copies its arguments into locals of its future, which then held the
+/// request's head twice (and this future is boxed per request).
+// Written out by hand on purpose: see above.
+#[allow(clippy::manual_async_fn)]
+fn guard<S, ReqB, ResB>(
     gate: Arc<Gate>,
     mut inner: S,
     request: Request<ReqB>,
-) -> Result<Response<PaymentBody<ResB>>, S::Error>
+) -> impl std::future::Future<Output = Result<Response<PaymentBody<ResB>>, S::Error>>
 where
     S: Service<Request<ReqB>, Response = Response<ResB>>,
     ResB: http_body::Body,
 {
     let (mut parts, body) = request.into_parts();
-    let route = gate.route(&parts).await;
-    let admission = match gate.admit(&parts, &route).await {
-        Ok(admission) => admission,
-        Err(rejection) => {
-            tracing::debug!(code = rejection.kind.code(), "request refused");
-            return Ok(gate.reject(rejection, &route));
-        }
-    };
-    parts.extensions.insert(admission.context.clone());
-    let span = tracing::debug_span!("nvm.handler", request_id = admission.context.request_id());
-    // An error or a panic here drops `admission`: its reservation is released.
-    let response = inner
-        .call(Request::from_parts(parts, body))
-        .instrument(span)
-        .await?;
-    Ok(gate.finish(admission, response).await)
+    async move {
+        let route = gate.route(&parts).await;
+        let admission = match gate.admit(&parts, &route).await {
+            Ok(admission) => admission,
+            Err(rejection) => {
+                tracing::debug!(code = rejection.kind.code(), "request refused");
+                return Ok(gate.reject(rejection, &route));
+            }
+        };
+        parts.extensions.insert(admission.context.clone());
+        let span = tracing::debug_span!("nvm.handler", request_id = admission.context.request_id());
+        // An error or a panic here drops `admission`: its reservation is released.
+        let response = inner
+            .call(Request::from_parts(parts, body))
+            .instrument(span)
+            .await?;
+        Ok(gate.finish(admission, response).await)
+    }
 }
