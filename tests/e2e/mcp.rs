@@ -291,6 +291,22 @@ fn assert_payment_required(result: &CallToolResult, w: &World) {
 }
 
 /// Asserts a served call charged 2 credits, with both receipts in `_meta`.
+/// Calls `weather` without paying: refused with the plan's `PaymentRequired`, and the
+/// tool does not run.
+async fn assert_unpaid_call_refused(client: &Client, s: &Server, w: &World) {
+    let runs = s.tools.runs.load(Ordering::SeqCst);
+    let result = client
+        .call_tool(call("weather", json!({"city": "Rome"})))
+        .await
+        .unwrap();
+    assert_payment_required(&result, w);
+    assert_eq!(
+        s.tools.runs.load(Ordering::SeqCst),
+        runs,
+        "the tool did not run"
+    );
+}
+
 fn assert_charged_two(result: &CallToolResult, w: &World) {
     assert_ne!(result.is_error, Some(true), "{result:?}");
     let receipt = meta(result, "x402/payment-response");
@@ -313,16 +329,8 @@ async fn rmcp_client_lists_is_refused_unpaid_and_pays_in_band_or_by_header() {
     let names: Vec<_> = tools.iter().map(|t| t.name.to_string()).collect();
     assert_eq!(names, ["weather", "echo", "fail"], "listing is free");
 
-    let unpaid = anonymous
-        .call_tool(call("weather", json!({"city": "Rome"})))
-        .await
-        .unwrap();
-    assert_payment_required(&unpaid, &w);
-    assert_eq!(
-        s.tools.runs.load(Ordering::SeqCst),
-        0,
-        "the tool did not run"
-    );
+    assert_unpaid_call_refused(&anonymous, &s, &w).await;
+    assert_eq!(s.tools.runs.load(Ordering::SeqCst), 0);
     assert_eq!(w.server.stats().get(&format!("POST {VERIFY}")), 0);
 
     let free = anonymous
@@ -365,17 +373,7 @@ async fn rmcp_client_lists_is_refused_unpaid_and_pays_in_band_or_by_header() {
 
     // The paywall reuses the request heads that carry credentials to its gate: one
     // that carried a paid call's token must carry nothing into the next call.
-    let runs = s.tools.runs.load(Ordering::SeqCst);
-    let unpaid_again = anonymous
-        .call_tool(call("weather", json!({"city": "Rome"})))
-        .await
-        .unwrap();
-    assert_payment_required(&unpaid_again, &w);
-    assert_eq!(
-        s.tools.runs.load(Ordering::SeqCst),
-        runs,
-        "the tool did not run"
-    );
+    assert_unpaid_call_refused(&anonymous, &s, &w).await;
     assert_eq!(w.balance(0).await, c(94), "nothing charged");
     assert_eq!(s.mcp.pending_charges(), 0);
 }
