@@ -28,17 +28,27 @@ impl BalanceCache {
         backend: &dyn PaymentBackend,
     ) -> Result<Reservation, BalanceDenied> {
         let ledger = self.ledger(key).await;
-        {
-            let mut s = ledger.lock();
-            if s.is_fresh(Instant::now(), renew_after(store)) {
-                if let Ok(seen) = take(&mut s, amount) {
-                    drop(s);
-                    return Ok(Reservation::new(ledger, amount, seen));
-                }
-            }
+        if let Some(reservation) = self.take_fresh(&ledger, amount, store) {
+            return Ok(reservation);
         }
         // Boxed: the rare renewal must not weigh on every request's future.
         Box::pin(self.renew_and_reserve(ledger, key, amount, store, backend)).await
+    }
+
+    /// Takes `amount` from a lease still fresh with room for it; `None`: renew first.
+    pub(super) fn take_fresh(
+        &self,
+        ledger: &Arc<Ledger>,
+        amount: Credits,
+        store: &dyn LeaseStore,
+    ) -> Option<Reservation> {
+        let mut s = ledger.lock();
+        if !s.is_fresh(Instant::now(), renew_after(store)) {
+            return None;
+        }
+        let seen = take(&mut s, amount).ok()?;
+        drop(s);
+        Some(Reservation::new(ledger.clone(), amount, seen))
     }
 
     async fn renew_and_reserve(

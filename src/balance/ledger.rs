@@ -14,6 +14,15 @@ use crate::backend::PaymentBackend;
 use crate::hashing::{HashMap, RandomState};
 use crate::types::Credits;
 
+/// What a ledger with a fresh balance answers.
+enum Fresh {
+    /// Reserved, or refused on a fetch recent enough to trust.
+    Answered(Result<Reservation, BalanceDenied>),
+    /// Fetch first. `refused_on`: the fetch a fresh ledger refused on (only a newer one
+    /// may change the answer).
+    Fetch { refused_on: Option<Instant> },
+}
+
 #[derive(Default)]
 pub(super) struct LedgerState {
     /// Balance the backend reported at the last fetch.
@@ -141,12 +150,17 @@ impl BalanceCache {
         self.ledgers.entry_count()
     }
 
+    /// The ledger a warm payer keeps (no lookup).
+    fn ledger_in_hand(&self, key: &Payer) -> Option<Arc<Ledger>> {
+        key.ledger.get().and_then(|l| l.clone().downcast().ok())
+    }
+
     /// The ledger of `key`. A warm request finds it in the payer itself (the
     /// verification that admitted it keeps its payer): no lookup. That ledger is the
     /// one every other path finds, because the payer's slot holds it strongly and
     /// `live` hands out the ledger still alive for a payer before making a new one.
     pub(super) async fn ledger(&self, key: &Arc<Payer>) -> Arc<Ledger> {
-        if let Some(ledger) = key.ledger.get().and_then(|l| l.clone().downcast().ok()) {
+        if let Some(ledger) = self.ledger_in_hand(key) {
             return ledger;
         }
         // Boxed: the rare miss must not weigh on every request's future.
@@ -185,27 +199,51 @@ impl BalanceCache {
             return self.reserve_leased(key, amount, &**store, backend).await;
         }
         let ledger = self.ledger(key).await;
-        // When a fresh ledger refuses, the fetch it was refused on: only a newer one
-        // may change the answer.
-        let refused_on = {
-            let mut s = ledger.lock();
-            if s.is_fresh(Instant::now(), self.ttl) {
-                match s.try_reserve(amount) {
-                    Ok(seen) => {
-                        drop(s);
-                        return Ok(Reservation::new(ledger, amount, seen));
-                    }
-                    Err(denied) => match s.fetched_at {
-                        Some(at) if at.elapsed() >= self.recheck_after => Some(at),
-                        _ => return Err(denied),
-                    },
-                }
-            } else {
-                None
-            }
+        let refused_on = match self.reserve_fresh(&ledger, amount) {
+            Fresh::Answered(answer) => return answer,
+            Fresh::Fetch { refused_on } => refused_on,
         };
         // Boxed: the rare refresh must not weigh on every request's future.
         Box::pin(self.refresh_and_reserve(ledger, key, amount, refused_on, backend)).await
+    }
+
+    /// [`reserve`](Self::reserve) without waiting: the payer's ledger in hand (a warm
+    /// payer keeps it) and its balance, or this replica's lease, fresh. `None`: it
+    /// needs a lookup, a fetch or a renewal; nothing was reserved.
+    pub(crate) fn reserve_now(
+        &self,
+        key: &Arc<Payer>,
+        amount: Credits,
+    ) -> Option<Result<Reservation, BalanceDenied>> {
+        let ledger = self.ledger_in_hand(key)?;
+        match &self.shared {
+            Some(store) => self.take_fresh(&ledger, amount, &**store).map(Ok),
+            None => match self.reserve_fresh(&ledger, amount) {
+                Fresh::Answered(answer) => Some(answer),
+                Fresh::Fetch { .. } => None,
+            },
+        }
+    }
+
+    /// A ledger whose balance is fresh answers at once, unless it refuses on a fetch old
+    /// enough to check again.
+    fn reserve_fresh(&self, ledger: &Arc<Ledger>, amount: Credits) -> Fresh {
+        let mut s = ledger.lock();
+        if !s.is_fresh(Instant::now(), self.ttl) {
+            return Fresh::Fetch { refused_on: None };
+        }
+        match s.try_reserve(amount) {
+            Ok(seen) => {
+                drop(s);
+                Fresh::Answered(Ok(Reservation::new(ledger.clone(), amount, seen)))
+            }
+            Err(denied) => match s.fetched_at {
+                Some(at) if at.elapsed() >= self.recheck_after => Fresh::Fetch {
+                    refused_on: Some(at),
+                },
+                _ => Fresh::Answered(Err(denied)),
+            },
+        }
     }
 
     async fn refresh_and_reserve(

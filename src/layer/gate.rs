@@ -1,9 +1,15 @@
 //! The decisions of the layer, independent of tower: the steps of a request in order
 //! (credential → authentication → balance → handler → settlement), each delegated to
-//! its own module. `admit` runs the steps before the handler, `finish` the charge.
+//! its own module. `admit` (or, when nothing needs waiting for, `admit_now`) runs the
+//! steps before the handler, `finish_now` the charge.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use futures_util::future::BoxFuture;
 
 use http::request::Parts;
 use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
@@ -24,8 +30,8 @@ use crate::credential::{self, Credential, TokenError};
 use crate::metrics::GateMetrics;
 use crate::rejection::Rejection;
 use crate::settle::{
-    Charge, ChargeJournal, ChargeMethod, Meter, PendingCharge, PendingCharges, PendingFull,
-    ReplayContext, Started,
+    Charge, ChargeJournal, ChargeMethod, DetachOnDrop, Meter, PendingCharge, PendingCharges,
+    PendingFull, ReplayContext, Started,
 };
 use crate::types::{Credits, PlanCreditsConfig, PlanId};
 
@@ -63,6 +69,16 @@ pub(crate) struct Admission {
     charge_now: bool,
     /// Charged by usage: what the handler counts (the rule is the route's).
     meter: Option<Meter>,
+}
+
+/// What a verified caller is admitted for: the credits to reserve and how.
+struct Terms {
+    caller: Arc<Caller>,
+    plan: Arc<PlanCreditsConfig>,
+    amount: Credits,
+    meter: Option<Meter>,
+    /// Admitted while the pending-charge bound was reached: charge before responding.
+    charge_now: bool,
 }
 
 impl Admission {
@@ -213,12 +229,7 @@ impl Gate {
         parts: &'a Parts,
         route: &'a Arc<Route>,
     ) -> impl std::future::Future<Output = Result<Admission, Rejection>> + Send + 'a {
-        // A metered request asks for the most it may cost: its cap, or the plan's
-        // maximum (0 is read as the maximum).
-        let requested = match &route.meter {
-            Some(rule) => rule.cap().unwrap_or(Credits::ZERO),
-            None => self.config.credits.for_request(parts),
-        };
+        let requested = self.requested(parts, route);
         self.admit_priced(parts, route, requested)
     }
 
@@ -249,6 +260,97 @@ impl Gate {
         };
         let caller = verified.caller;
         let plan = self.credits_config(&caller.plan_id).await?;
+        let terms = self.terms(route, caller, plan, requested)?;
+        // Before the balance: a replay is refused without touching the ledger.
+        let single_use = match verified.single_use {
+            // Boxed: only x402 v3 tokens claim, and its future would double this one's size.
+            Some(token) => {
+                Some(Box::pin(self.auth.claim_single_use(token, &key, &terms.caller)).await?)
+            }
+            None => None,
+        };
+        let reservation = tracing::Instrument::instrument(
+            self.balances
+                .reserve(&verified.payer, terms.amount, &*self.backend),
+            tracing::debug_span!("nvm.balance", token = %terms.caller.token_digest),
+        )
+        .await?;
+        Ok(self.admission(
+            route,
+            key,
+            terms,
+            reservation,
+            single_use,
+            verify_request_id,
+        ))
+    }
+
+    /// [`admit`](Self::admit) when nothing needs waiting for, which is every request
+    /// of a caller this thread served lately whose balance is fresh: the route known,
+    /// the token recognised, the plan's config cached, the credits reserved at once.
+    /// `None`: a step must wait (or claim a single-use token); ask `admit`, which
+    /// redoes the steps, since none of them has an effect until the reservation.
+    ///
+    /// Synchronous, so that the layer keeps such a request's state in its response
+    /// future, with no boxed future moving it from step to step.
+    pub(crate) fn admit_now(
+        &self,
+        parts: &Parts,
+    ) -> Option<(Arc<Route>, Result<Admission, Rejection>)> {
+        let route = self.routes.get(&parts.method, parts.uri.path()).ok()?;
+        let admitted = self.admit_route_now(parts, &route);
+        admitted.map(|admitted| (route, admitted))
+    }
+
+    fn admit_route_now(
+        &self,
+        parts: &Parts,
+        route: &Arc<Route>,
+    ) -> Option<Result<Admission, Rejection>> {
+        let requested = self.requested(parts, route);
+        let recent = credential::credential_bytes(&parts.headers, &self.config.token_headers)
+            .and_then(|raw| self.auth.recent(raw, route.id));
+        let Some((key, verified)) = recent else {
+            // No token, or one to look up: a request without a usable one is refused
+            // here; any other waits for the verification cache.
+            return match credential_text(&parts.headers, &self.config.token_headers) {
+                Err(rejection) => Some(Err(rejection)),
+                Ok(_) => None,
+            };
+        };
+        if verified.single_use.is_some() {
+            return None;
+        }
+        let plan = self.plans.get(&verified.caller.plan_id)?;
+        let terms = match self.terms(route, verified.caller, plan, requested) {
+            Ok(terms) => terms,
+            Err(rejection) => return Some(Err(rejection)),
+        };
+        let reserved = tracing::debug_span!("nvm.balance", token = %terms.caller.token_digest)
+            .in_scope(|| self.balances.reserve_now(&verified.payer, terms.amount))?;
+        Some(match reserved {
+            Ok(reservation) => Ok(self.admission(route, key, terms, reservation, None, None)),
+            Err(denied) => Err(denied.into()),
+        })
+    }
+
+    /// What a request asks to reserve: a metered one the most it may cost (its cap, or
+    /// the plan's maximum: 0 is read as the maximum).
+    fn requested(&self, parts: &Parts, route: &Route) -> Credits {
+        match &route.meter {
+            Some(rule) => rule.cap().unwrap_or(Credits::ZERO),
+            None => self.config.credits.for_request(parts),
+        }
+    }
+
+    /// What a verified caller is admitted for, before anything is reserved.
+    fn terms(
+        &self,
+        route: &Route,
+        caller: Arc<Caller>,
+        plan: Arc<PlanCreditsConfig>,
+        requested: Credits,
+    ) -> Result<Terms, Rejection> {
         let amount = chargeable(&caller.plan_id, &plan, requested)?;
         // A fixed-credits plan burns its fixed amount whatever is asked: nothing to meter.
         let meter =
@@ -261,25 +363,39 @@ impl Gate {
             );
             return Err(Rejection::too_many_charges());
         }
-        // Before the balance: a replay is refused without touching the ledger.
-        let single_use = match verified.single_use {
-            // Boxed: only x402 v3 tokens claim, and its future would double this one's size.
-            Some(token) => Some(Box::pin(self.auth.claim_single_use(token, &key, &caller)).await?),
-            None => None,
-        };
-        let reservation = tracing::Instrument::instrument(
-            self.balances
-                .reserve(&verified.payer, amount, &*self.backend),
-            tracing::debug_span!("nvm.balance", token = %caller.token_digest),
-        )
-        .await?;
+        Ok(Terms {
+            caller,
+            plan,
+            amount,
+            meter,
+            charge_now,
+        })
+    }
+
+    /// The admission of a caller whose credits are reserved.
+    fn admission(
+        &self,
+        route: &Arc<Route>,
+        key: VerificationKey,
+        terms: Terms,
+        reservation: Reservation,
+        single_use: Option<SingleUseClaim>,
+        verify_request_id: Option<String>,
+    ) -> Admission {
+        let Terms {
+            caller,
+            plan,
+            amount,
+            meter,
+            charge_now,
+        } = terms;
         let request_id = verify_request_id.unwrap_or_else(new_request_id);
         let method = match (self.config.via, &caller.credential) {
             (ChargeVia::Redeem, _) | (_, Credential::Bearer { .. }) => ChargeMethod::Redeem,
             (_, Credential::X402 { .. }) => ChargeMethod::Settle,
         };
         self.metrics.admitted();
-        Ok(Admission {
+        Admission {
             context: PaymentContext::new(
                 caller.clone(),
                 request_id,
@@ -296,7 +412,7 @@ impl Gate {
             method,
             charge_now,
             meter,
-        })
+        }
     }
 
     /// The verification cache's answer for a token this thread has not served lately,
@@ -450,166 +566,268 @@ impl Gate {
     }
 
     /// Charges a served request according to the configured timing, or releases its
-    /// reservation when the response is not a success.
-    ///
-    /// An `async` block built by a plain function, not an `async fn`: an `async fn`
-    /// copies its arguments into locals of its future, which then held the admission
-    /// and the response twice; this future is moved into every request's.
-    // Written out by hand on purpose: see above.
-    #[allow(clippy::manual_async_fn)]
-    pub(crate) fn finish<'g, B: http_body::Body + 'g>(
-        &'g self,
+    /// reservation when the response is not a success, as far as it goes without
+    /// waiting: the response, or what it waits for.
+    pub(crate) fn finish_now<B>(
+        self: &Arc<Self>,
         admission: Admission,
         response: Response<B>,
-    ) -> impl std::future::Future<Output = Response<PaymentBody<B>>> + 'g {
+    ) -> Finish<B>
+    where
+        B: http_body::Body + Send + 'static,
+    {
         let (mut parts, body) = response.into_parts();
-        async move {
-            if !(self.config.success)(parts.status) {
-                tracing::debug!(status = %parts.status, "handler did not succeed: not charged");
-                if matches!(
-                    parts.status,
-                    StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED
-                ) {
-                    // Nothing is sold here: keep neither the route nor its verification.
-                    // Boxed: its future is the largest of this one's, and only a 404 needs it.
-                    Box::pin(self.auth.forget(&admission.key, &admission.caller)).await;
-                }
-                return Response::from_parts(parts, PaymentBody::inner(body));
-            }
-            self.routes.remember(&admission.route);
-            let admission_route = admission.route.clone();
-            let reserved = admission.reservation.amount();
-            let credits = match parts.extensions.remove::<ChargeOverride>() {
-                None => reserved,
-                Some(ChargeOverride(c)) if c.is_zero() => {
-                    tracing::debug!("handler waived the charge");
-                    return Response::from_parts(parts, PaymentBody::inner(body));
-                }
-                // The meter decides a metered request's amount; only a waiver overrides it.
-                Some(_) if admission.meter.is_some() => reserved,
-                Some(ChargeOverride(c)) => admission.plan.redemption_amount(c).min(reserved),
-            };
-            let charge_now = admission.charge_now;
-            let meter = admission.meter.clone();
-            let plan = admission.plan.clone();
-            let mut pending = self.pending_charge(admission, credits);
-            if let (Some(meter), Some(rule)) = (meter, admission_route.meter.clone()) {
-                let receipt_at = self.receipt_at(&mut parts.headers);
-                let mut charge = MeteredCharge::new(pending, meter, rule, plan, receipt_at);
-                if body.is_end_stream() {
-                    // Never polled: what the handler metered before its head is all there is.
-                    charge.fire("empty body");
-                    return Response::from_parts(parts, PaymentBody::inner(body));
-                }
-                return Response::from_parts(parts, PaymentBody::metered(body, charge));
-            }
-            let mut timing = if charge_now {
-                ChargeTiming::BeforeResponse
-            } else {
-                self.config.timing
-            };
-            // With a journal, the response is released once its charge is durable or final,
-            // whichever comes first; the charge need not wait for the disk:
-            // docs/guarantees.md, the charge journal.
-            let mut released = None;
-            // Charged before its response: journaled only if the charge ends without a
-            // final outcome, since a crash before then leaves nothing served uncharged
-            // (src/settle/journal/mod.rs). A final charge costs the journal nothing.
-            let mut unfinished_to_journal = None;
-            if let Some(journal) = &self.journal {
-                journal.ensure_replaying();
-                if timing == ChargeTiming::BeforeResponse {
-                    unfinished_to_journal = Some((
-                        journal,
-                        pending.charge.method,
-                        pending.charge.payment_required.clone(),
-                        pending.charge.caller.clone(),
-                    ));
-                } else {
-                    let (ticket, durable) = journal.record(&pending.charge);
-                    pending.journal = Some(ticket);
-                    released = Some(durable);
-                }
-            }
-            if timing == ChargeTiming::OnBodyEnd && !body.is_end_stream() {
-                // Charged after the body: the head waits for the disk.
-                if let Some(released) = released.take() {
-                    if let Err(error) = released.await {
-                        tracing::error!(%error, request_id = %pending.charge.request_id,
-                        "charge journal unavailable: charging before the response instead");
-                        timing = ChargeTiming::BeforeResponse;
-                    }
-                }
-            }
-            match timing {
-                ChargeTiming::BeforeResponse => {
-                    // Run in place: a client that hangs up from now on cannot cancel the
-                    // charge, since the response future then detaches this one.
-                    super::future::charge_sent();
-                    // What the response needs of the outcome is taken here, and the
-                    // outcome dropped: it is large, and need not live across the wait below.
-                    let outcome = pending.run_in_place().await;
-                    let spent = spent_elsewhere(&outcome);
-                    if spent {
-                        // The token paid for another request (another replica, a
-                        // restart): withhold the work, as payments-py 1.18 does.
-                        tracing::warn!(request_id = %outcome.request_id,
-                        "single-use token already spent at the backend: response withheld");
-                    }
-                    let receipt = outcome.receipt.as_ref().and_then(receipt_header);
-                    if let Some((journal, method, payment_required, caller)) = unfinished_to_journal
-                    {
-                        if outcome.retry_later {
-                            released = Some(journal.record_unfinished(
-                                &outcome,
-                                method,
-                                payment_required,
-                                &caller,
-                            ));
-                        }
-                    }
-                    drop(outcome);
-                    if let Some(released) = released {
-                        // At once when the charge is final; otherwise when it is durable.
-                        if let Err(error) = released.await {
-                            tracing::error!(%error, "charge journal unavailable: this charge's outcome is not final and not durable");
-                        }
-                    }
-                    if spent {
-                        return self.reject(Rejection::single_use_spent(), &admission_route);
-                    }
-                    if let Some(value) = receipt {
-                        parts.headers.insert(PAYMENT_RESPONSE, value);
-                    }
+        if !(self.config.success)(parts.status) {
+            tracing::debug!(status = %parts.status, "handler did not succeed: not charged");
+            if matches!(
+                parts.status,
+                StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED
+            ) {
+                // Nothing is sold here: keep neither the route nor its verification.
+                let gate = self.clone();
+                return Finish::Boxed(Box::pin(async move {
+                    gate.auth.forget(&admission.key, &admission.caller).await;
                     Response::from_parts(parts, PaymentBody::inner(body))
-                }
-                ChargeTiming::OnBodyEnd if !body.is_end_stream() => {
-                    Response::from_parts(parts, PaymentBody::charging(body, pending))
-                }
-                // A body already at its end (204, empty) is never polled: charge now.
-                ChargeTiming::Background | ChargeTiming::OnBodyEnd => {
-                    // Sent from here, as far as it goes without waiting: an instant
-                    // backend ends it before the response leaves, with no task spawned;
-                    // one over the network continues on its own task. Journaled, the
-                    // response waits until the charge is durable or final, and a charge
-                    // final here is not waited for (src/settle/journal/mod.rs).
-                    let charging = match pending.start_here() {
-                        Started::Ended => None,
-                        Started::Spawned(charging) => charging,
-                    };
-                    if let Some(released) = released {
-                        if let Err(error) = released.await {
-                            tracing::error!(%error,
-                            "charge journal unavailable: charging before the response instead");
-                            if let Some(charging) = charging {
-                                let _ = charging.await;
-                            }
-                        }
-                    }
-                    Response::from_parts(parts, PaymentBody::inner(body))
+                }));
+            }
+            return Finish::Ready(Response::from_parts(parts, PaymentBody::inner(body)));
+        }
+        self.routes.remember(&admission.route);
+        let route = admission.route.clone();
+        let reserved = admission.reservation.amount();
+        let credits = match parts.extensions.remove::<ChargeOverride>() {
+            None => reserved,
+            Some(ChargeOverride(c)) if c.is_zero() => {
+                tracing::debug!("handler waived the charge");
+                return Finish::Ready(Response::from_parts(parts, PaymentBody::inner(body)));
+            }
+            // The meter decides a metered request's amount; only a waiver overrides it.
+            Some(_) if admission.meter.is_some() => reserved,
+            Some(ChargeOverride(c)) => admission.plan.redemption_amount(c).min(reserved),
+        };
+        let charge_now = admission.charge_now;
+        let meter = admission.meter.clone();
+        let plan = admission.plan.clone();
+        let pending = self.pending_charge(admission, credits);
+        if let (Some(meter), Some(rule)) = (meter, route.meter.clone()) {
+            let receipt_at = self.receipt_at(&mut parts.headers);
+            let mut charge = MeteredCharge::new(pending, meter, rule, plan, receipt_at);
+            if body.is_end_stream() {
+                // Never polled: what the handler metered before its head is all there is.
+                charge.fire("empty body");
+                return Finish::Ready(Response::from_parts(parts, PaymentBody::inner(body)));
+            }
+            return Finish::Ready(Response::from_parts(
+                parts,
+                PaymentBody::metered(body, charge),
+            ));
+        }
+        let timing = if charge_now {
+            ChargeTiming::BeforeResponse
+        } else {
+            self.config.timing
+        };
+        if self.journal.is_some() {
+            let gate = self.clone();
+            return Finish::Boxed(Box::pin(async move {
+                gate.finish_journaled(pending, timing, route, parts, body)
+                    .await
+            }));
+        }
+        match timing {
+            // Sent now; a client that hangs up from now on cannot cancel it (see
+            // `run_to_completion`).
+            ChargeTiming::BeforeResponse => Finish::Charging(ChargedResponse {
+                charge: pending.run_to_completion(),
+                gate: self.clone(),
+                route,
+                head: Some((parts, body)),
+            }),
+            ChargeTiming::OnBodyEnd if !body.is_end_stream() => Finish::Ready(
+                Response::from_parts(parts, PaymentBody::charging(body, pending)),
+            ),
+            // A body already at its end (204, empty) is never polled: charge now.
+            ChargeTiming::Background | ChargeTiming::OnBodyEnd => {
+                // Sent from here, as far as it goes without waiting: an instant backend
+                // ends it before the response leaves, with no task spawned; one over
+                // the network continues on its own task.
+                let _ = pending.start_here();
+                Finish::Ready(Response::from_parts(parts, PaymentBody::inner(body)))
+            }
+        }
+    }
+
+    /// [`finish_now`](Self::finish_now) with a charge journal: the response is released
+    /// once its charge is durable or final, whichever comes first; the charge need not
+    /// wait for the disk (docs/guarantees.md, the charge journal).
+    async fn finish_journaled<B: http_body::Body>(
+        &self,
+        mut pending: PendingCharge,
+        mut timing: ChargeTiming,
+        route: Arc<Route>,
+        parts: http::response::Parts,
+        body: B,
+    ) -> Response<PaymentBody<B>> {
+        let Some(journal) = &self.journal else {
+            return Response::from_parts(parts, PaymentBody::inner(body));
+        };
+        journal.ensure_replaying();
+        let mut released = None;
+        // Charged before its response: journaled only if the charge ends without a
+        // final outcome, since a crash before then leaves nothing served uncharged
+        // (src/settle/journal/mod.rs). A final charge costs the journal nothing.
+        let mut unfinished_to_journal = None;
+        if timing == ChargeTiming::BeforeResponse {
+            unfinished_to_journal = Some((
+                pending.charge.method,
+                pending.charge.payment_required.clone(),
+                pending.charge.caller.clone(),
+            ));
+        } else {
+            let (ticket, durable) = journal.record(&pending.charge);
+            pending.journal = Some(ticket);
+            released = Some(durable);
+        }
+        if timing == ChargeTiming::OnBodyEnd && !body.is_end_stream() {
+            // Charged after the body: the head waits for the disk.
+            if let Some(released) = released.take() {
+                if let Err(error) = released.await {
+                    tracing::error!(%error, request_id = %pending.charge.request_id,
+                    "charge journal unavailable: charging before the response instead");
+                    timing = ChargeTiming::BeforeResponse;
                 }
             }
         }
+        match timing {
+            ChargeTiming::BeforeResponse => {
+                // Run in place: a client that hangs up from now on cannot cancel the
+                // charge, since the response future then detaches this one.
+                super::future::charge_sent();
+                // What the response needs of the outcome is taken here, and the
+                // outcome dropped: it is large, and need not live across the wait below.
+                let outcome = pending.run_in_place().await;
+                let charged = Charged::of(&outcome);
+                if let Some((method, payment_required, caller)) = unfinished_to_journal {
+                    if outcome.retry_later {
+                        released = Some(journal.record_unfinished(
+                            &outcome,
+                            method,
+                            payment_required,
+                            &caller,
+                        ));
+                    }
+                }
+                drop(outcome);
+                if let Some(released) = released {
+                    // At once when the charge is final; otherwise when it is durable.
+                    if let Err(error) = released.await {
+                        tracing::error!(%error, "charge journal unavailable: this charge's outcome is not final and not durable");
+                    }
+                }
+                self.respond_charged(charged, &route, parts, body)
+            }
+            ChargeTiming::OnBodyEnd if !body.is_end_stream() => {
+                Response::from_parts(parts, PaymentBody::charging(body, pending))
+            }
+            ChargeTiming::Background | ChargeTiming::OnBodyEnd => {
+                // Journaled, the response waits until the charge is durable or final,
+                // and a charge final here is not waited for (src/settle/journal/mod.rs).
+                let charging = match pending.start_here() {
+                    Started::Ended => None,
+                    Started::Spawned(charging) => charging,
+                };
+                if let Some(released) = released {
+                    if let Err(error) = released.await {
+                        tracing::error!(%error,
+                        "charge journal unavailable: charging before the response instead");
+                        if let Some(charging) = charging {
+                            let _ = charging.await;
+                        }
+                    }
+                }
+                Response::from_parts(parts, PaymentBody::inner(body))
+            }
+        }
+    }
+
+    /// The response of a request charged before it: withheld when its single-use token
+    /// was spent elsewhere, else with the charge's receipt.
+    fn respond_charged<B>(
+        &self,
+        charged: Charged,
+        route: &Route,
+        mut parts: http::response::Parts,
+        body: B,
+    ) -> Response<PaymentBody<B>> {
+        if charged.spent {
+            return self.reject(Rejection::single_use_spent(), route);
+        }
+        if let Some(value) = charged.receipt {
+            parts.headers.insert(PAYMENT_RESPONSE, value);
+        }
+        Response::from_parts(parts, PaymentBody::inner(body))
+    }
+}
+
+/// How a served request ends, decided without waiting ([`Gate::finish_now`]).
+pub(crate) enum Finish<B> {
+    /// Its response, final.
+    Ready(Response<PaymentBody<B>>),
+    /// Charged before its response: the charge is sent, the response follows its outcome.
+    Charging(ChargedResponse<B>),
+    /// It waits for the charge journal, or a 404's verification to be forgotten.
+    Boxed(BoxFuture<'static, Response<PaymentBody<B>>>),
+}
+
+/// What the response of a request charged before it needs of the outcome.
+#[derive(Default)]
+struct Charged {
+    /// The token paid for another request (another replica, a restart).
+    spent: bool,
+    /// The `payment-response` header.
+    receipt: Option<HeaderValue>,
+}
+
+impl Charged {
+    fn of(outcome: &crate::settle::SettleOutcome) -> Self {
+        let spent = spent_elsewhere(outcome);
+        if spent {
+            // Withhold the work, as payments-py 1.18 does.
+            tracing::warn!(request_id = %outcome.request_id,
+            "single-use token already spent at the backend: response withheld");
+        }
+        Charged {
+            spent,
+            receipt: outcome.receipt.as_ref().and_then(receipt_header),
+        }
+    }
+}
+
+/// The response of a request charged before it, once the charge has ended. Dropped
+/// before then (the client hung up), the charge still completes on a task of its own.
+pub(crate) struct ChargedResponse<B> {
+    charge: DetachOnDrop,
+    gate: Arc<Gate>,
+    route: Arc<Route>,
+    /// The handler's response, until the charge ends.
+    head: Option<(http::response::Parts, B)>,
+}
+
+// The body is never pinned here: it is only moved into the response.
+impl<B> Unpin for ChargedResponse<B> {}
+
+impl<B> Future for ChargedResponse<B> {
+    type Output = Response<PaymentBody<B>>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let outcome = std::task::ready!(Pin::new(&mut this.charge).poll(cx));
+        let Some((parts, body)) = this.head.take() else {
+            // Polled again after its output was taken: there is nothing more to give.
+            return Poll::Pending;
+        };
+        let charged = outcome.as_ref().map(Charged::of).unwrap_or_default();
+        Poll::Ready(this.gate.respond_charged(charged, &this.route, parts, body))
     }
 }
 
@@ -670,7 +888,7 @@ impl Gate {
         &self,
         admission: Admission,
         credits: Option<Credits>,
-    ) -> Option<crate::settle::DetachOnDrop> {
+    ) -> Option<DetachOnDrop> {
         let reserved = admission.reservation.amount();
         let credits = match credits {
             None => reserved,

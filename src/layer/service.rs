@@ -11,7 +11,7 @@ use tracing::Instrument;
 
 use super::body::PaymentBody;
 use super::future::ResponseFuture;
-use super::gate::Gate;
+use super::gate::{Admission, Finish, Gate};
 
 /// Guards the inner service `S`: only requests that authenticate and can pay reach it,
 /// and successful ones are charged. Built by [`PaymentLayer`](super::PaymentLayer).
@@ -58,7 +58,7 @@ where
 {
     type Response = Response<PaymentBody<ResB>>;
     type Error = S::Error;
-    type Future = ResponseFuture<ResB, S::Error>;
+    type Future = ResponseFuture<S::Future, ResB, S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -67,26 +67,45 @@ where
     fn call(&mut self, request: Request<ReqB>) -> Self::Future {
         // Take the service that was driven to readiness; leave a clone in its place.
         let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
-        ResponseFuture::new(Box::pin(guard(self.gate.clone(), inner, request)))
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let (mut parts, body) = request.into_parts();
+        match self.gate.admit_now(&parts) {
+            Some((_, Ok(admission))) => {
+                parts.extensions.insert(admission.context.clone());
+                let span = handler_span(&admission);
+                let handler = span.in_scope(|| inner.call(Request::from_parts(parts, body)));
+                ResponseFuture::handler(handler, span, self.gate.clone(), admission)
+            }
+            Some((route, Err(rejection))) => {
+                tracing::debug!(code = rejection.kind.code(), "request refused");
+                ResponseFuture::answered(self.gate.reject(rejection, &route))
+            }
+            None => {
+                ResponseFuture::guarding(Box::pin(guard(self.gate.clone(), inner, parts, body)))
+            }
+        }
     }
 }
 
-/// The request's steps. An `async` block built by a plain function, not an `async fn`:
-/// an `async fn` copies its arguments into locals of its future, which then held the
-/// request's head twice (and this future is boxed per request).
+fn handler_span(admission: &Admission) -> tracing::Span {
+    tracing::debug_span!("nvm.handler", request_id = admission.context.request_id())
+}
+
+/// The request's steps when one of them must wait (see [`ResponseFuture`]). An `async`
+/// block built by a plain function, not an `async fn`: an `async fn` copies its
+/// arguments into locals of its future, which then held the request's head twice.
 // Written out by hand on purpose: see above.
 #[allow(clippy::manual_async_fn)]
 fn guard<S, ReqB, ResB>(
     gate: Arc<Gate>,
     mut inner: S,
-    request: Request<ReqB>,
+    mut parts: http::request::Parts,
+    body: ReqB,
 ) -> impl std::future::Future<Output = Result<Response<PaymentBody<ResB>>, S::Error>>
 where
     S: Service<Request<ReqB>, Response = Response<ResB>>,
-    ResB: http_body::Body,
+    ResB: http_body::Body + Send + 'static,
 {
-    let (mut parts, body) = request.into_parts();
     async move {
         let route = gate.route(&parts).await;
         let admission = match gate.admit(&parts, &route).await {
@@ -97,12 +116,16 @@ where
             }
         };
         parts.extensions.insert(admission.context.clone());
-        let span = tracing::debug_span!("nvm.handler", request_id = admission.context.request_id());
+        let span = handler_span(&admission);
         // An error or a panic here drops `admission`: its reservation is released.
         let response = inner
             .call(Request::from_parts(parts, body))
             .instrument(span)
             .await?;
-        Ok(gate.finish(admission, response).await)
+        Ok(match gate.finish_now(admission, response) {
+            Finish::Ready(response) => response,
+            Finish::Charging(charged) => charged.await,
+            Finish::Boxed(rest) => rest.await,
+        })
     }
 }

@@ -34,10 +34,10 @@ mod meter;
 mod outcome;
 mod pending;
 
-#[cfg(feature = "mcp")]
-pub(crate) use charge::DetachOnDrop;
 pub use charge::RetryPolicy;
-pub(crate) use charge::{finish_on_a_task, Charge, ChargeMethod, PendingCharge, Started};
+pub(crate) use charge::{
+    finish_on_a_task, Charge, ChargeMethod, DetachOnDrop, PendingCharge, Started,
+};
 pub use journal::JournalStats;
 pub(crate) use journal::{
     ChargeJournal, OpenError as JournalOpenError, ReplayContext, DEFAULT_REPLAY_INTERVAL,
