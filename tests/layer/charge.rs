@@ -547,6 +547,60 @@ async fn a_client_that_hangs_up_during_the_charge_does_not_cancel_it() {
     assert_eq!(backend.settle_calls.load(Ordering::SeqCst), 1);
 }
 
+/// A caller served lately is admitted in `call` and its request's state kept in the
+/// response future (no boxed future): hanging up during its charge must not cancel it.
+#[tokio::test]
+async fn a_warm_request_whose_client_hangs_up_during_the_charge_is_still_charged_once() {
+    let backend = MockBackend::with(100, |m| m.charge_hold = Some(tokio::sync::Notify::new()));
+    let (hook, mut outcomes) = outcomes();
+    let layer = builder(backend.clone()).on_settle(hook).build().unwrap();
+    let svc = layer.layer(Inner::ok().service());
+    // Two requests first: the verification is cached, then this thread knows the token.
+    for _ in 0..2 {
+        let served = tokio::spawn(svc.clone().oneshot(x402_request(valid_x402())));
+        backend.charge_entered.notified().await;
+        backend.charge_hold.as_ref().unwrap().notify_one();
+        assert_eq!(served.await.unwrap().unwrap().status(), 200);
+        outcomes.recv().await.unwrap();
+    }
+    let task = tokio::spawn(svc.oneshot(x402_request(valid_x402())));
+    backend.charge_entered.notified().await;
+    task.abort();
+    assert!(task.await.unwrap_err().is_cancelled());
+    backend.charge_hold.as_ref().unwrap().notify_one();
+    let outcome = tokio::time::timeout(std::time::Duration::from_secs(5), outcomes.recv())
+        .await
+        .expect("the charge was cancelled with the request")
+        .unwrap();
+    assert_eq!(outcome.status, SettleStatus::Settled);
+    assert_eq!(backend.charged_ids(), 3);
+    assert_eq!(backend.settle_calls.load(Ordering::SeqCst), 3);
+}
+
+/// A warm request holds its credits from `call` on: dropped before it is polled, it
+/// frees them, and its handler never runs.
+#[tokio::test]
+async fn a_warm_request_dropped_before_it_is_polled_runs_nothing_and_frees_its_credits() {
+    use tower::Service;
+    // 6 credits, 2 a request: two served leave room for exactly one more.
+    let backend = MockBackend::new(6);
+    let inner = Inner::ok();
+    let layer = builder(backend.clone()).build().unwrap();
+    let mut svc = layer.layer(inner.service());
+    let serve = |svc: &_| tower::ServiceExt::oneshot(Clone::clone(svc), x402_request(valid_x402()));
+    for _ in 0..2 {
+        assert_eq!(serve(&svc).await.unwrap().status(), 200);
+    }
+    let admitted = svc.ready().await.unwrap().call(x402_request(valid_x402()));
+    drop(admitted);
+    assert_eq!(inner.calls(), 2, "the dropped request's handler ran");
+    let served = serve(&svc).await.unwrap();
+    assert_eq!(served.status(), 200, "its credits stayed held");
+    assert_eq!(backend.charged_ids(), 3);
+    assert_eq!(serve(&svc).await.unwrap().status(), 402);
+    assert_eq!(inner.calls(), 3);
+}
+
 /// The default accepts only what the backend can charge: the hosted backends no longer
 /// mount redeem, so a bearer caller there is refused before the handler instead of
 /// being served and never charged.
