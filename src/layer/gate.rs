@@ -241,6 +241,20 @@ impl Gate {
         route: &Arc<Route>,
         requested: Credits,
     ) -> Result<Admission, Rejection> {
+        match self.admit_route_now(parts, route, requested) {
+            Some(admitted) => admitted,
+            // Boxed: a step waits, and its future must not weigh on every call's.
+            None => Box::pin(self.admit_waiting(parts, route, requested)).await,
+        }
+    }
+
+    /// [`admit_priced`](Self::admit_priced) when a step must wait.
+    async fn admit_waiting(
+        &self,
+        parts: &Parts,
+        route: &Arc<Route>,
+        requested: Credits,
+    ) -> Result<Admission, Rejection> {
         // A token this thread served lately is recognised by its raw bytes: equal to a
         // token validated before, they need no validation of their own.
         let recent = credential::credential_bytes(&parts.headers, &self.config.token_headers)
@@ -298,7 +312,8 @@ impl Gate {
         parts: &Parts,
     ) -> Option<(Arc<Route>, Result<Admission, Rejection>)> {
         let route = self.routes.get(&parts.method, parts.uri.path()).ok()?;
-        let admitted = self.admit_route_now(parts, &route);
+        let requested = self.requested(parts, &route);
+        let admitted = self.admit_route_now(parts, &route, requested);
         admitted.map(|admitted| (route, admitted))
     }
 
@@ -306,8 +321,8 @@ impl Gate {
         &self,
         parts: &Parts,
         route: &Arc<Route>,
+        requested: Credits,
     ) -> Option<Result<Admission, Rejection>> {
-        let requested = self.requested(parts, route);
         let recent = credential::credential_bytes(&parts.headers, &self.config.token_headers)
             .and_then(|raw| self.auth.recent(raw, route.id));
         let Some((key, verified)) = recent else {
