@@ -528,38 +528,29 @@ async fn a_single_use_token_not_charged_can_be_used_again() {
 
 #[tokio::test]
 async fn a_client_that_hangs_up_during_the_charge_does_not_cancel_it() {
-    let backend = MockBackend::with(100, |m| m.charge_hold = Some(tokio::sync::Notify::new()));
-    let (hook, mut outcomes) = outcomes();
-    let layer = builder(backend.clone()).on_settle(hook).build().unwrap();
-    let svc = layer.layer(Inner::ok().service());
-    let task = tokio::spawn(svc.oneshot(x402_request(valid_x402())));
-    backend.charge_entered.notified().await;
-    task.abort();
-    assert!(task.await.unwrap_err().is_cancelled());
-    // The settle call is still in flight; let the backend answer it.
-    backend.charge_hold.as_ref().unwrap().notify_one();
-    let outcome = tokio::time::timeout(std::time::Duration::from_secs(5), outcomes.recv())
-        .await
-        .expect("the charge was cancelled with the request")
-        .unwrap();
-    assert_eq!(outcome.status, SettleStatus::Settled);
-    assert_eq!(backend.charged_ids(), 1);
-    assert_eq!(backend.settle_calls.load(Ordering::SeqCst), 1);
+    hang_up_during_the_charge(0).await;
 }
 
 /// A caller served lately is admitted in `call` and its request's state kept in the
 /// response future (no boxed future): hanging up during its charge must not cancel it.
 #[tokio::test]
 async fn a_warm_request_whose_client_hangs_up_during_the_charge_is_still_charged_once() {
+    // Two requests first: the verification is cached, then this thread knows the token.
+    hang_up_during_the_charge(2).await;
+}
+
+/// Serves `served_before` requests, then hangs up during the charge of the next one:
+/// that charge still completes, once.
+async fn hang_up_during_the_charge(served_before: usize) {
     let backend = MockBackend::with(100, |m| m.charge_hold = Some(tokio::sync::Notify::new()));
     let (hook, mut outcomes) = outcomes();
     let layer = builder(backend.clone()).on_settle(hook).build().unwrap();
     let svc = layer.layer(Inner::ok().service());
-    // Two requests first: the verification is cached, then this thread knows the token.
-    for _ in 0..2 {
+    let hold = backend.charge_hold.as_ref().unwrap();
+    for _ in 0..served_before {
         let served = tokio::spawn(svc.clone().oneshot(x402_request(valid_x402())));
         backend.charge_entered.notified().await;
-        backend.charge_hold.as_ref().unwrap().notify_one();
+        hold.notify_one();
         assert_eq!(served.await.unwrap().unwrap().status(), 200);
         outcomes.recv().await.unwrap();
     }
@@ -567,14 +558,16 @@ async fn a_warm_request_whose_client_hangs_up_during_the_charge_is_still_charged
     backend.charge_entered.notified().await;
     task.abort();
     assert!(task.await.unwrap_err().is_cancelled());
-    backend.charge_hold.as_ref().unwrap().notify_one();
+    // The settle call is still in flight; let the backend answer it.
+    hold.notify_one();
     let outcome = tokio::time::timeout(std::time::Duration::from_secs(5), outcomes.recv())
         .await
         .expect("the charge was cancelled with the request")
         .unwrap();
     assert_eq!(outcome.status, SettleStatus::Settled);
-    assert_eq!(backend.charged_ids(), 3);
-    assert_eq!(backend.settle_calls.load(Ordering::SeqCst), 3);
+    let charged = served_before + 1;
+    assert_eq!(backend.charged_ids(), charged);
+    assert_eq!(backend.settle_calls.load(Ordering::SeqCst), charged);
 }
 
 /// A warm request holds its credits from `call` on: dropped before it is polled, it
