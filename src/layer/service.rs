@@ -69,6 +69,9 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let (mut parts, body) = request.into_parts();
+        // A warm caller is admitted here, without waiting, and its request's state then
+        // stays in the response future: no box, and nothing moved from step to step.
+        // Any other request runs the same steps in one boxed future (`guard`).
         match self.gate.admit_now(&parts) {
             Some((_, Ok(admission))) => {
                 parts.extensions.insert(admission.context.clone());
@@ -87,6 +90,7 @@ where
     }
 }
 
+/// The `debug` span the handler runs in.
 fn handler_span(admission: &Admission) -> tracing::Span {
     tracing::debug_span!("nvm.handler", request_id = admission.context.request_id())
 }
