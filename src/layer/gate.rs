@@ -10,7 +10,6 @@ use std::task::{Context, Poll};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures_util::future::BoxFuture;
-
 use http::request::Parts;
 use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
 
