@@ -641,10 +641,10 @@ impl Gate {
         } else {
             self.config.timing
         };
-        if self.journal.is_some() {
-            let gate = self.clone();
+        if let Some(journal) = &self.journal {
+            let (gate, journal) = (self.clone(), journal.clone());
             return Finish::Boxed(Box::pin(async move {
-                gate.finish_journaled(pending, timing, route, parts, body)
+                gate.finish_journaled(&journal, pending, timing, route, parts, body)
                     .await
             }));
         }
@@ -676,15 +676,13 @@ impl Gate {
     /// wait for the disk (docs/guarantees.md, the charge journal).
     async fn finish_journaled<B: http_body::Body>(
         &self,
+        journal: &Arc<ChargeJournal>,
         mut pending: PendingCharge,
         mut timing: ChargeTiming,
         route: Arc<Route>,
         parts: http::response::Parts,
         body: B,
     ) -> Response<PaymentBody<B>> {
-        let Some(journal) = &self.journal else {
-            return Response::from_parts(parts, PaymentBody::inner(body));
-        };
         journal.ensure_replaying();
         let mut released = None;
         // Charged before its response: journaled only if the charge ends without a
